@@ -1,0 +1,430 @@
+"""The ``fcn-deploy`` command line: a thin Typer layer over the Python API.
+
+Every command maps to one module.  Errors the user can fix are printed as one ``error:`` line on
+stderr with exit code 2; a check that ran and failed (export verification, validation) exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import EXIT_FAILED, EXIT_USAGE, FcnDeployError
+
+app = typer.Typer(
+    name="fcn-deploy",
+    help="Fully Convolutional Networks from PyTorch to verified ONNX Runtime / TensorRT engines.\n\n"
+    "Pipeline: train | import -> export -> build-engine -> validate -> infer | benchmark.  "
+    "`fcn-deploy demo` runs all of it on the embedded synthetic default.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+console = Console(soft_wrap=True, highlight=False)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"fcn-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """fcn-deploy."""
+
+
+def parse_hw(text: str | None, flag: str) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        if h <= 0 or w <= 0:
+            raise ValueError
+    except ValueError:
+        raise FcnDeployError(f"{flag} {text!r}: write HEIGHTxWIDTH with positive integers, e.g. 512x512") from None
+    return h, w
+
+
+def parse_batch(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise FcnDeployError(f"--batch {text!r}: write N (static) or MIN,OPT,MAX, e.g. 1,4,8") from None
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or min(values) < 1:
+        raise FcnDeployError(f"--batch {text!r}: write N (static) or MIN,OPT,MAX with positive integers")
+    return values[0], values[1], values[2]
+
+
+def write_report(path: Path | None, data: dict) -> None:
+    if path is None:
+        return
+    from .fileio import atomic_write_json
+
+    atomic_write_json(path, data)
+    console.print(f"report: {path}")
+
+
+# --------------------------------------------------------------------------- models / data
+
+
+@app.command("models")
+def models_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the architectures with their parameters and minimum input size."""
+    from . import models
+
+    rows = []
+    for name in models.names():
+        spec = models.spec(name)
+        rows.append(
+            {
+                "name": name,
+                "parameters": models.count_parameters(models.build(name, 21)),
+                "min_size": spec.min_size,
+                "output_stride": spec.output_stride,
+                "description": spec.description,
+            }
+        )
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(title="fcn-deploy architectures (21 classes)")
+    for column in ("name", "parameters", "min input", "stride", "description"):
+        table.add_column(column, justify="right" if column in ("parameters", "min input", "stride") else "left")
+    for row in rows:
+        table.add_row(
+            row["name"], f"{row['parameters'] / 1e6:.1f}M", f"{row['min_size']}x{row['min_size']}",
+            str(row["output_stride"]), row["description"],
+        )  # fmt: skip
+    console.print(table)
+
+
+@app.command("synth-data")
+def synth_data_command(
+    out: Annotated[Path, typer.Argument(help="Folder to write (VOC layout).")],
+    train_count: Annotated[int, typer.Option("--train", help="Training scenes.")] = 400,
+    val_count: Annotated[int, typer.Option("--val", help="Validation scenes (held-out seed).")] = 100,
+    size: Annotated[int, typer.Option(help="Scene side in pixels.")] = 256,
+) -> None:
+    """Write the synthetic dataset to disk in PASCAL VOC layout."""
+    from .data import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, open_dataset, write_voc
+
+    splits = {
+        "train": open_dataset("synthetic", "train", size=size, length=train_count).dataset,
+        "val": open_dataset("synthetic", "val", size=size, length=val_count).dataset,
+    }
+    write_voc(out, splits, list(SYNTHETIC_CLASSES), [list(c) for c in SYNTHETIC_PALETTE])
+    console.print(f"wrote {train_count} + {val_count} scenes to {out} (VOC layout)")
+
+
+@app.command("calib-data")
+def calib_data_command(
+    out: Annotated[Path, typer.Argument(help="Calibration folder.")] = Path("calibration"),
+    count: Annotated[int, typer.Option(help="Number of images.")] = 32,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
+) -> None:
+    """Generate the default calibration set (synthetic scenes from a held-out seed)."""
+    from .precision import generate_default_calibration
+
+    generate_default_calibration(out, count, size)
+    console.print(f"wrote {count} calibration images to {out}")
+
+
+# --------------------------------------------------------------------------- train / eval / import
+
+
+@app.command("train")
+def train_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Best checkpoint path (.pt).")],
+    data: Annotated[str, typer.Option(help="'synthetic' or a VOC-layout folder.")] = "synthetic",
+    arch: Annotated[str, typer.Option(help="Architecture (see `fcn-deploy models`).")] = "fcn8s-resnet18",
+    width: Annotated[float, typer.Option(help="Channel width multiplier.")] = 1.0,
+    epochs: Annotated[int, typer.Option(help="Epochs (validation + checkpoint after each).")] = 5,
+    steps: Annotated[Optional[int], typer.Option(help="Total steps (overrides epochs x dataset size).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size.")] = 16,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up + cosine).")] = 3e-3,
+    img_size: Annotated[int, typer.Option("--img-size", help="Training crop side.")] = 128,
+    learnable_upsample: Annotated[bool, typer.Option(help="Learn the bilinear upsampling.")] = False,
+    resume: Annotated[Optional[Path], typer.Option(help="Resume from a checkpoint (e.g. OUT.last.pt).")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="Start from an imported checkpoint's weights.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train an FCN; validates each epoch and keeps the best checkpoint."""
+    from . import models
+    from .train import TrainConfig, train
+
+    kwargs: dict = {}
+    if width != 1.0:
+        kwargs["width"] = width
+    if learnable_upsample:
+        kwargs["learnable_upsample"] = True
+    models.spec(arch)
+    result = train(
+        TrainConfig(
+            out=out, data=data, arch=arch, arch_kwargs=kwargs, epochs=epochs, steps=steps, batch_size=batch_size,
+            lr=lr, img_size=img_size, seed=seed, resume=resume, init_from=init,
+        ),
+        console=console,
+    )  # fmt: skip
+    console.print(
+        f"best mean IU {result['best_mean_iu']:.4f} -> {result['checkpoint']} ({result['seconds']:.0f} s, {result['steps']} steps)"
+    )
+
+
+@app.command("eval")
+def eval_command(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.pt).")],
+    data: Annotated[str, typer.Option(help="'synthetic' or a VOC-layout folder.")] = "synthetic",
+    split: Annotated[str, typer.Option(help="Split to score.")] = "val",
+    size: Annotated[int, typer.Option(help="Synthetic scene side.")] = 192,
+    count: Annotated[int, typer.Option(help="Synthetic scenes.")] = 96,
+    report: Annotated[Optional[Path], typer.Option(help="Write the scores as JSON.")] = None,
+) -> None:
+    """Score a checkpoint with the paper's metrics (pixel acc, mean acc, mean IU, f.w. IU)."""
+    from .checkpoint import load_checkpoint
+    from .data import open_dataset
+    from .train import evaluate
+
+    ckpt = load_checkpoint(checkpoint)
+    source = open_dataset(data, split, size=size, length=count)
+    if len(source.class_names) != ckpt.meta.num_classes:
+        raise FcnDeployError(
+            f"{checkpoint}: has {ckpt.meta.num_classes} classes, dataset {data} has {len(source.class_names)}"
+        )
+    scores = evaluate(ckpt.build_model(), source, ckpt.meta.mean, ckpt.meta.std, ckpt.meta.num_classes)
+    table = Table(title=f"{checkpoint.name} on {source.name}")
+    table.add_column("class")
+    table.add_column("IU", justify="right")
+    for name, iu in zip(ckpt.meta.class_names, scores.per_class_iu):
+        table.add_row(name, "n/a" if iu != iu else f"{iu:.4f}")
+    console.print(table)
+    console.print(
+        f"pixel acc {scores.pixel_accuracy:.4f}  mean acc {scores.mean_accuracy:.4f}  "
+        f"mean IU {scores.mean_iu:.4f}  f.w. IU {scores.fw_iu:.4f}"
+    )
+    write_report(report, {"checkpoint": str(checkpoint), "data": source.name, **scores.to_dict()})
+
+
+@app.command("import")
+def import_command(
+    source: Annotated[Optional[Path], typer.Argument(help="torchvision fcn_resnet50/101 or vgg16 state dict.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.pt).")] = Path("models/imported.pt"),
+    pretrained: Annotated[
+        Optional[str], typer.Option(help="Download torchvision weights: fcn_resnet50, fcn_resnet101 or vgg16.")
+    ] = None,
+    arch: Annotated[str, typer.Option(help="For a VGG16 classifier: fcn32s-vgg16, fcn16s-vgg16 or fcn8s-vgg16.")] = "fcn8s-vgg16",
+    num_classes: Annotated[int, typer.Option(help="For a VGG16 classifier: classes of the new FCN.")] = 21,
+    classes: Annotated[Optional[Path], typer.Option(help="classes.json with class_names (and palette).")] = None,
+) -> None:
+    """Convert torchvision FCN or VGG16 weights into an fcn-deploy checkpoint."""
+    from .importer import import_weights
+
+    path, meta = import_weights(out, source, pretrained, arch, num_classes, classes)
+    console.print(f"wrote {path}: {meta.arch}, {meta.num_classes} classes ({meta.metrics.get('kind')})")
+
+
+# --------------------------------------------------------------------------- export / build / validate
+
+
+@app.command("export")
+def export_command(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.pt).")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="ONNX file (default: next to the checkpoint).")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (17..23).")] = 20,
+    static_batch: Annotated[bool, typer.Option("--static-batch", help="Fix the batch to 1.")] = False,
+    simplify: Annotated[bool, typer.Option("--simplify", help="Simplify with onnxslim (verified again).")] = False,
+    mask_output: Annotated[bool, typer.Option("--mask-output", help="Add an int64 argmax 'mask' output.")] = False,
+    report: Annotated[Optional[Path], typer.Option(help="Write the check as JSON.")] = None,
+) -> None:
+    """Export to ONNX (dynamic N, H, W) and verify ONNX Runtime against PyTorch at many sizes."""
+    from .export import ExportOptions, export_onnx
+
+    out = out or checkpoint.with_suffix(".onnx")
+    result = export_onnx(checkpoint, out, ExportOptions(opset, static_batch, simplify, mask_output), console=console)
+    write_report(report, result)
+
+
+@app.command("build-engine")
+def build_engine_command(
+    onnx_path: Annotated[Path, typer.Argument(help="Exported FP32 ONNX.", metavar="MODEL.onnx")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Engine path (default: next to the ONNX).")] = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 graph (FP32 kept where values overflow).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="INT8 Q/DQ graph from calibration.")] = False,
+    calib: Annotated[Optional[Path], typer.Option(help="Calibration images (default: calibration/).")] = None,
+    calib_method: Annotated[str, typer.Option(help="minmax, entropy or percentile.")] = "minmax",
+    backend: Annotated[str, typer.Option(help="auto, tensorrt or onnxruntime.")] = "auto",
+    min_shape: Annotated[Optional[str], typer.Option("--min-shape", help="HxW (default: the arch minimum).")] = None,
+    opt_shape: Annotated[Optional[str], typer.Option("--opt-shape", help="HxW (default: the training size).")] = None,
+    max_shape: Annotated[Optional[str], typer.Option("--max-shape", help="HxW (default: the recommended max).")] = None,
+    batch: Annotated[Optional[str], typer.Option(help="N or MIN,OPT,MAX (default 1,1,8).")] = None,
+    workspace: Annotated[float, typer.Option(help="TensorRT workspace limit, GiB.")] = 4.0,
+    timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="TensorRT timing cache file (reused).")] = None,
+) -> None:
+    """Build an FP32, FP16 or INT8 engine (TensorRT or ONNX Runtime) with a JSON manifest."""
+    from .engines import BuildOptions, build_engine, manifest_path
+
+    if fp16 and int8:
+        raise FcnDeployError("choose one of --fp16 and --int8")
+    precision = "fp16" if fp16 else "int8" if int8 else "fp32"
+    opts = BuildOptions(
+        precision=precision, backend=backend, min_shape=parse_hw(min_shape, "--min-shape"),
+        opt_shape=parse_hw(opt_shape, "--opt-shape"), max_shape=parse_hw(max_shape, "--max-shape"),
+        batch=parse_batch(batch), calib_dir=calib, calib_method=calib_method, workspace_gib=workspace,
+        timing_cache=timing_cache,
+    )  # fmt: skip
+    command = shlex.join(["fcn-deploy", *sys.argv[1:]]) if sys.argv and "build-engine" in sys.argv else ""
+    manifest = build_engine(onnx_path, out, opts, log=console.print, command=command)
+    engine = onnx_path.with_name(manifest["engine"]) if out is None else out
+    profile = manifest["profile"]
+    console.print(
+        f"[green]built[/] {engine} ({manifest['backend']}, {precision}; profile N,H,W "
+        f"{profile['min']} .. {profile['max']}, opt {profile['opt']}); manifest {manifest_path(engine)}"
+    )
+
+
+@app.command("validate")
+def validate_command(
+    engine: Annotated[Path, typer.Argument(help="Engine, or any ONNX file.")],
+    reference: Annotated[Path, typer.Option("--reference", "-r", help="The PyTorch checkpoint (.pt).")],
+    sizes: Annotated[Optional[str], typer.Option(help="Comma-separated HxW list, e.g. 97x129,333x517.")] = None,
+    random_sizes: Annotated[int, typer.Option("--random-sizes", help="Extra seeded random sizes.")] = 4,
+    images: Annotated[Optional[Path], typer.Option(help="Real images (fitted to each size).")] = None,
+    batch: Annotated[int, typer.Option(help="Batch size per case.")] = 1,
+    precision: Annotated[Optional[str], typer.Option(help="Threshold set (default: the engine's).")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", help="Pixel agreement (0..1).")] = None,
+    min_confident: Annotated[Optional[float], typer.Option("--min-confident", help="Confident-pixel agreement.")] = None,
+    min_miou: Annotated[Optional[float], typer.Option("--min-miou", help="Mean IU vs the reference.")] = None,
+    margin: Annotated[Optional[float], typer.Option(help="Logit margin above which a pixel is confident.")] = None,
+    max_side: Annotated[Optional[int], typer.Option("--max-side", help="Cap the default sizes' largest side.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random sizes.")] = 0,
+    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
+) -> None:
+    """Check the engine's masks against the PyTorch FP32 reference at many sizes (exit 1 on failure)."""
+    from .validate import validate_engine
+
+    result = validate_engine(
+        engine, reference, sizes=sizes, random_sizes=random_sizes, images=images, batch=batch, precision=precision,
+        min_agreement=min_agreement, min_confident=min_confident, min_miou=min_miou, margin=margin,
+        max_side=max_side, seed=seed, console=console,
+    )  # fmt: skip
+    write_report(report, result.to_dict())
+    if not result.passed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+# --------------------------------------------------------------------------- infer / benchmark / demo
+
+
+@app.command("infer")
+def infer_command(
+    source: Annotated[Path, typer.Argument(help="Video file, image, or folder of images.")],
+    engine: Annotated[Path, typer.Option("--engine", "-e", help="Engine, ONNX file or checkpoint.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output video / folder.")] = None,
+    alpha: Annotated[float, typer.Option(help="Mask overlay opacity (0..1).")] = 0.5,
+    save_masks: Annotated[Optional[Path], typer.Option("--save-masks", help="Also write per-frame label PNGs.")] = None,
+    batch: Annotated[int, typer.Option(help="Frames per inference batch.")] = 1,
+    max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="Stop after N frames.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    convert_rgb: Annotated[bool, typer.Option("--convert-rgb", help="Convert grayscale/RGBA images to RGB.")] = False,
+    report: Annotated[Optional[Path], typer.Option(help="Write the timing summary as JSON.")] = None,
+) -> None:
+    """Segment a video (overlay video out) or images (mask PNGs + overlays)."""
+    from .video import run_infer
+
+    if not 0.0 <= alpha <= 1.0:
+        raise FcnDeployError(f"--alpha {alpha}: must be between 0 and 1")
+    summary = run_infer(
+        source, engine, out=out, alpha=alpha, save_masks=save_masks, batch=batch, max_frames=max_frames,
+        overwrite=overwrite, convert_rgb=convert_rgb, console=console,
+    )  # fmt: skip
+    write_report(report, summary)
+
+
+@app.command("benchmark")
+def benchmark_command(
+    engines: Annotated[list[Path], typer.Argument(help="Engines / ONNX files to time.", metavar="ENGINE...")],
+    reference: Annotated[Optional[Path], typer.Option("--reference", "-r", help="Checkpoint for the PyTorch eager baseline.")] = None,
+    sizes: Annotated[str, typer.Option(help="Comma-separated HxW list.")] = "512x512",
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up runs.")] = 3,
+    iters: Annotated[int, typer.Option(help="Timed runs (median and p90 reported).")] = 20,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch and ORT (default: all cores).")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
+) -> None:
+    """Time engines against the PyTorch eager FP32 baseline, in one run."""
+    from .bench import run_benchmark
+    from .validate import parse_sizes
+
+    result = run_benchmark(
+        engines, reference=reference, sizes=parse_sizes(sizes), batch=batch, warmup=warmup, iters=iters,
+        threads=threads, console=console,
+    )  # fmt: skip
+    write_report(report, result)
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where everything goes.")] = Path("demo-out"),
+    force: Annotated[bool, typer.Option("--force", help="Rebuild everything, even what exists.")] = False,
+    train_steps: Annotated[int, typer.Option("--train-steps", help="Training steps for the default model.")] = 0,
+    backend: Annotated[str, typer.Option(help="auto, tensorrt or onnxruntime.")] = "auto",
+) -> None:
+    """The main job: data, train, eval, export, FP32/FP16/INT8 engines, validate, video, benchmark."""
+    from .demo import run_demo
+
+    result = run_demo(out, force=force, train_steps=train_steps or None, backend=backend, console=console)
+    if not result.get("passed", False):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("gpu-check")
+def gpu_check_command() -> None:
+    """Say whether TensorRT and a CUDA device are usable here (scripts/gpu-check.sh runs the rest)."""
+    from .engines import library_versions
+    from .runners.ort_runner import choose_providers
+    from .runners.trt_runner import gpu_info, tensorrt_status
+
+    usable, why = tensorrt_status()
+    console.print(f"TensorRT: {'[green]usable[/]' if usable else '[yellow]not usable[/]'} ({why})")
+    console.print(f"GPU: {gpu_info() or 'none'}")
+    console.print(f"ONNX Runtime providers (auto): {choose_providers('auto')}")
+    console.print(f"versions: {library_versions()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: runs the app and maps errors to exit codes."""
+    try:
+        app(args=argv, prog_name="fcn-deploy")  # standalone mode: usage errors print and exit 2
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+    except FcnDeployError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The PyTorch FP32 reference: the checkpoint itself, run eagerly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import Checkpoint, load_checkpoint
+from .base import Prediction, Profile, Runner, TensorSpec, mask_from_logits
+
+
+class TorchRunner(Runner):
+    backend = "torch"
+    precision = "fp32"
+
+    def __init__(self, checkpoint: str | Path | Checkpoint, device: str = "cpu"):
+        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+        self.path = str(ckpt.path or "")
+        self.meta = ckpt.meta
+        self.device = torch.device(device)
+        self.model = ckpt.build_model().to(self.device)
+        self.profile = Profile(
+            (1, self.meta.min_size, self.meta.min_size),
+            (1, self.meta.train_size, self.meta.train_size),
+            (64, 8192, 8192),
+        )
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec("image", "float32", ("batch", 3, "height", "width"))]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec("logits", "float32", ("batch", self.meta.num_classes, "height", "width"))]
+
+    @torch.inference_mode()
+    def infer(self, batch: np.ndarray) -> Prediction:
+        logits = self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
+        logits_np = logits.float().cpu().numpy()
+        return Prediction(mask=mask_from_logits(logits_np), logits=logits_np)

@@ -1,0 +1,186 @@
+"""TensorRT 10.x/11.x: build a strongly typed engine from the precision-transformed ONNX, and run it.
+
+Kept thin on purpose: the precision is already in the ONNX (FP16 casts, INT8 Q/DQ), so the builder
+only parses, sets one optimization profile, a workspace limit and a timing cache, and compiles.
+Device buffers and the stream come from torch (no pycuda).  Nothing here imports ``tensorrt`` at
+module import time, so the package works without it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FcnDeployError, require_file
+from ..fileio import atomic_path, atomic_write_bytes
+from .base import Prediction, Profile, Runner, TensorSpec, mask_from_logits
+
+INPUT_NAME = "image"
+
+
+def import_tensorrt():
+    """``import tensorrt`` or a clear error saying how to get it."""
+    try:
+        import tensorrt as trt  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise FcnDeployError(
+            "TensorRT is not installed: on a machine with an NVIDIA GPU run "
+            "`pip install 'fcn-deploy[tensorrt]'` (see scripts/gpu-check.sh), or use --backend onnxruntime"
+        ) from exc
+    return trt
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover - a broken CUDA install
+        return False
+
+
+def tensorrt_status() -> tuple[bool, str]:
+    """Whether TensorRT can be used here, and why not."""
+    try:
+        import_tensorrt()
+    except FcnDeployError:
+        return False, "the tensorrt package is not installed"
+    if not cuda_available():
+        return False, "no CUDA device is visible to torch"
+    return True, "tensorrt imports and a CUDA device is present"
+
+
+def gpu_info() -> dict[str, str]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    index = torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    return {"name": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}", "cuda": str(torch.version.cuda)}
+
+
+def build_plan(
+    onnx_path: str | Path,
+    plan_path: str | Path,
+    profile: Profile,
+    workspace_gib: float = 4.0,
+    timing_cache: str | Path | None = None,
+    log=print,
+) -> dict[str, object]:
+    """Parse ``onnx_path``, build a serialised plan for ``profile`` and write it atomically."""
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # Strong typing: required (and the default) in 11.x, opt-in in 10.x, where the flag exists.
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = []
+        for i in range(parser.num_errors):
+            err = parser.get_error(i)
+            node = f"node {err.node()} ({err.node_name()}, {err.node_operator()})" if hasattr(err, "node_name") else ""
+            errors.append(f"{node}: {err.desc()}".strip(": "))
+        raise FcnDeployError(f"{onnx_path}: TensorRT could not parse the ONNX: " + " | ".join(errors or ["unknown error"]))
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    opt_profile = builder.create_optimization_profile()
+    name = network.get_input(0).name
+    shapes = [(n, 3, h, w) for n, h, w in (profile.min, profile.opt, profile.max)]
+    opt_profile.set_shape(name, *shapes)
+    config.add_optimization_profile(opt_profile)
+    cache_bytes = b""
+    if timing_cache is not None and Path(timing_cache).is_file():
+        cache_bytes = Path(timing_cache).read_bytes()
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    log(f"building TensorRT {trt.__version__} engine for {shapes[0]}..{shapes[2]} (opt {shapes[1]})")
+    started = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise FcnDeployError(f"{onnx_path}: TensorRT failed to build an engine (see the TensorRT log above)")
+    with atomic_path(plan_path) as tmp:
+        tmp.write_bytes(bytes(plan))
+    if timing_cache is not None:
+        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return {"build_seconds": time.perf_counter() - started, "tensorrt": trt.__version__, "timing_cache": str(timing_cache or "")}
+
+
+_TRT_TO_NUMPY = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT64": "int64", "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
+
+
+class TrtRunner(Runner):
+    """Runs a serialised TensorRT plan on torch CUDA tensors and a torch stream."""
+
+    backend = "tensorrt"
+
+    def __init__(self, plan_path: str | Path, meta, precision: str, profile: Profile | None = None):
+        import torch
+
+        trt = import_tensorrt()
+        if not torch.cuda.is_available():
+            raise FcnDeployError(f"{plan_path}: a TensorRT engine needs a CUDA device, and torch sees none")
+        self._torch = torch
+        self.path = str(require_file(plan_path, "TensorRT engine"))
+        self.meta, self.precision = meta, precision
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(Path(self.path).read_bytes())
+        if self.engine is None:
+            raise FcnDeployError(
+                f"{plan_path}: TensorRT could not deserialize the engine (built by another TensorRT version or GPU?)"
+            )
+        self.context = self.engine.create_execution_context()
+        self._names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self._inputs = [n for n in self._names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self._outputs = [n for n in self._names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        lo, opt, hi = self.engine.get_tensor_profile_shape(self._inputs[0], 0)
+        self.profile = profile or Profile((lo[0], lo[2], lo[3]), (opt[0], opt[2], opt[3]), (hi[0], hi[2], hi[3]))
+        self.stream = torch.cuda.Stream()
+
+    def _dtype(self, name: str) -> str:
+        return _TRT_TO_NUMPY.get(self.engine.get_tensor_dtype(name).name, "float32")
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec(n, self._dtype(n), tuple(self.engine.get_tensor_shape(n))) for n in self._inputs]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec(n, self._dtype(n), tuple(self.engine.get_tensor_shape(n))) for n in self._outputs]
+
+    def infer_torch(self, batch):
+        """Run on a CUDA tensor; returns ``{output name: CUDA tensor}`` (no host copies)."""
+        torch = self._torch
+        n, _, h, w = batch.shape
+        self.profile.check(n, h, w)
+        name = self._inputs[0]
+        batch = batch.to(device="cuda", dtype=getattr(torch, self._dtype(name))).contiguous()
+        self.context.set_input_shape(name, tuple(batch.shape))
+        self.context.set_tensor_address(name, batch.data_ptr())
+        outputs = {}
+        for out in self._outputs:
+            shape = tuple(self.context.get_tensor_shape(out))
+            tensor = torch.empty(shape, dtype=getattr(torch, self._dtype(out)), device="cuda")
+            self.context.set_tensor_address(out, tensor.data_ptr())
+            outputs[out] = tensor
+        self.stream.wait_stream(torch.cuda.current_stream())
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise FcnDeployError(f"{self.path}: TensorRT execution failed")
+        self.stream.synchronize()
+        return outputs
+
+    def infer(self, batch: np.ndarray) -> Prediction:
+        outputs = self.infer_torch(self._torch.from_numpy(np.ascontiguousarray(batch)))
+        logits = outputs.get("logits")
+        logits_np = logits.float().cpu().numpy() if logits is not None else None
+        mask = outputs.get("mask")
+        mask_np = mask.to(self._torch.int64).cpu().numpy() if mask is not None else mask_from_logits(logits_np)
+        return Prediction(mask=mask_np, logits=logits_np)
+
+    def close(self) -> None:
+        self.context = None
+        self.engine = None

@@ -1,0 +1,383 @@
+"""Prove that an engine's masks match the PyTorch FP32 reference at many input sizes.
+
+One function, :func:`validate`, serves ``fcn-deploy validate`` and the check that runs after every
+export: it feeds the engine and the reference the same image-like inputs at a spread of sizes
+(the profile's min and max, odd, prime, non-multiples of 32, extreme aspect ratios, seeded random
+sizes) and measures, per size:
+
+* pixel agreement of the argmax masks;
+* agreement on *confident* pixels, where the reference's top-1 minus top-2 logit margin exceeds a
+  threshold (disagreements on near-ties say nothing about the engine);
+* the largest reference margin at which the masks still disagree;
+* mean IU of the engine's mask against the reference mask;
+* max and mean absolute logit difference (when the engine outputs logits).
+
+Inputs are synthetic scenes or real images, never noise: random weights on noise give near-tied
+logits, and agreement on those measures nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .data.images import fit_to_size, list_images, load_rgb, preprocess
+from .data.synthetic import make_scene
+from .errors import FcnDeployError
+from .metrics import fast_hist, scores_from_hist
+from .runners.base import Prediction, Profile, Runner
+
+#: Seed of the scenes used for validation (disjoint from training, validation and calibration).
+VALIDATION_SEED = 3
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pass criteria for one size.  ``None`` disables a criterion."""
+
+    pixel_agreement: float
+    confident_agreement: float | None = 1.0
+    min_mean_iu: float | None = None
+    #: Reference top-1 minus top-2 logit margin above which a pixel counts as confident.
+    confidence_margin: float = 0.5
+    #: Largest allowed |logit difference| relative to max(1, max |reference logit|).
+    max_rel_logit_diff: float | None = None
+
+
+#: Documented defaults (README, "validate"); every field can be overridden on the command line.
+DEFAULT_THRESHOLDS = {
+    "fp32": Thresholds(pixel_agreement=0.9999, confident_agreement=1.0, confidence_margin=0.05),
+    "fp16": Thresholds(pixel_agreement=0.999, confident_agreement=1.0, confidence_margin=0.5),
+    "int8": Thresholds(pixel_agreement=0.99, confident_agreement=None, min_mean_iu=0.97, confidence_margin=2.0),
+}
+#: What export checks ORT against PyTorch with (FP32, plus a logit tolerance).
+EXPORT_THRESHOLDS = Thresholds(
+    pixel_agreement=0.9999, confident_agreement=1.0, confidence_margin=0.05, max_rel_logit_diff=1e-3
+)
+
+
+@dataclass
+class CaseResult:
+    height: int
+    width: int
+    batch: int
+    pixel_agreement: float
+    confident_agreement: float
+    confident_fraction: float
+    max_disagree_margin: float
+    mean_iu: float
+    max_abs_logit_diff: float | None
+    mean_abs_logit_diff: float | None
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class ValidationReport:
+    engine: str
+    backend: str
+    precision: str
+    reference: str
+    thresholds: Thresholds
+    cases: list[CaseResult]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.cases) and all(c.passed for c in self.cases)
+
+    @property
+    def failing_sizes(self) -> list[str]:
+        return [f"{c.height}x{c.width}" for c in self.cases if not c.passed]
+
+    def summary(self) -> dict[str, object]:
+        agreements = [c.pixel_agreement for c in self.cases]
+        return {
+            "sizes": len(self.cases),
+            "failed": len(self.failing_sizes),
+            "min_pixel_agreement": min(agreements) if agreements else None,
+            "mean_pixel_agreement": float(np.mean(agreements)) if agreements else None,
+            "min_mean_iu": min(c.mean_iu for c in self.cases) if self.cases else None,
+            "max_disagree_margin": max(c.max_disagree_margin for c in self.cases) if self.cases else None,
+        }
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "passed": self.passed,
+            "engine": self.engine,
+            "backend": self.backend,
+            "precision": self.precision,
+            "reference": self.reference,
+            "thresholds": asdict(self.thresholds),
+            "summary": self.summary(),
+            "failing_sizes": self.failing_sizes,
+            "cases": [c.to_dict() for c in self.cases],
+        }
+
+
+# --------------------------------------------------------------------------- sizes and inputs
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``"97x129,333x517"`` -> ``[(97, 129), (333, 517)]`` (height x width)."""
+    sizes = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            h, w = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise FcnDeployError(f"bad size {item!r}: write HEIGHTxWIDTH, e.g. 97x129") from None
+        if h <= 0 or w <= 0:
+            raise FcnDeployError(f"bad size {item!r}: height and width must be positive")
+        sizes.append((h, w))
+    if not sizes:
+        raise FcnDeployError("no sizes given: write e.g. --sizes 97x129,333x517")
+    return sizes
+
+
+def spread_sizes(profile: Profile, random_sizes: int = 4, seed: int = 0, cap: int | None = None) -> list[tuple[int, int]]:
+    """A spread of (height, width) inside ``profile``: min, max, opt, odd, prime, non-multiples of
+    32, extreme aspect ratios, and ``random_sizes`` seeded random sizes.  ``cap`` bounds the largest
+    side (to keep CPU checks quick) without dropping the profile's min."""
+    (_, h_min, w_min), (_, h_opt, w_opt), (_, h_max, w_max) = profile.min, profile.opt, profile.max
+    if cap:
+        h_max, w_max = min(h_max, max(cap, h_min)), min(w_max, max(cap, w_min))
+    candidates = [
+        (h_min, w_min),
+        (h_max, w_max),
+        (h_opt, w_opt),
+        (97, 129),  # odd
+        (127, 131),  # primes
+        (211, 173),  # primes, landscape
+        (255, 257),  # just off a multiple of 32 on both sides
+        (h_min, min(w_max, 8 * w_min + 5)),  # extreme aspect: wide
+        (min(h_max, 6 * h_min + 7), w_min),  # extreme aspect: tall
+        (333, 517),
+    ]
+    rng = np.random.default_rng(seed)
+    for _ in range(random_sizes):
+        candidates.append((int(rng.integers(h_min, h_max + 1)), int(rng.integers(w_min, w_max + 1))))
+    sizes: list[tuple[int, int]] = []
+    for h, w in candidates:
+        h, w = min(max(h, h_min), h_max), min(max(w, w_min), w_max)
+        if (h, w) not in sizes:
+            sizes.append((h, w))
+    return sizes
+
+
+class InputSource:
+    """Image-like uint8 inputs of any size: synthetic scenes, or real images fitted to the size."""
+
+    def __init__(self, images_dir: str | Path | None = None, seed: int = VALIDATION_SEED):
+        self.seed = seed
+        self.images: list[np.ndarray] = []
+        if images_dir is not None:
+            files = list_images(images_dir) if Path(images_dir).is_dir() else []
+            if not files:
+                raise FcnDeployError(f"--images {images_dir}: no images found (jpg/png/...)")
+            self.images = [load_rgb(f, convert=True) for f in files]
+
+    def batch(self, height: int, width: int, batch: int, index: int) -> np.ndarray:
+        if self.images:
+            picks = [self.images[(index * batch + i) % len(self.images)] for i in range(batch)]
+            return np.stack([fit_to_size(img, height, width) for img in picks])
+        return np.stack([make_scene(self.seed, index * batch + i, height, width)[0] for i in range(batch)])
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def top2_margin(logits: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 logit per pixel (``N x H x W``)."""
+    if logits.shape[1] < 2:
+        return np.full((logits.shape[0], *logits.shape[2:]), np.inf, dtype=np.float32)
+    part = np.partition(logits, -2, axis=1)
+    return part[:, -1] - part[:, -2]
+
+
+def compare(reference: Prediction, engine: Prediction, num_classes: int, thresholds: Thresholds) -> CaseResult:
+    assert reference.logits is not None, "the reference must output logits"
+    ref_mask, eng_mask = reference.mask, engine.mask
+    if eng_mask.shape != ref_mask.shape:
+        raise FcnDeployError(f"engine mask has shape {eng_mask.shape}, the reference {ref_mask.shape}")
+    agree = ref_mask == eng_mask
+    margin = top2_margin(reference.logits)
+    confident = margin > thresholds.confidence_margin
+    n_conf = int(confident.sum())
+    confident_agreement = float(agree[confident].mean()) if n_conf else 1.0
+    max_disagree = float(margin[~agree].max()) if (~agree).any() else 0.0
+    hist = fast_hist(ref_mask, eng_mask, num_classes)
+    mean_iu = scores_from_hist(hist).mean_iu
+    max_diff = mean_diff = None
+    if engine.logits is not None:
+        diff = np.abs(engine.logits.astype(np.float32) - reference.logits)
+        max_diff, mean_diff = float(diff.max()), float(diff.mean())
+    pixel_agreement = float(agree.mean())
+    failures = []
+    if pixel_agreement < thresholds.pixel_agreement:
+        failures.append(f"pixel agreement {pixel_agreement:.5f} < {thresholds.pixel_agreement}")
+    if thresholds.confident_agreement is not None and confident_agreement < thresholds.confident_agreement:
+        failures.append(
+            f"confident-pixel agreement {confident_agreement:.5f} < {thresholds.confident_agreement} "
+            f"(margin > {thresholds.confidence_margin})"
+        )
+    if thresholds.min_mean_iu is not None and mean_iu < thresholds.min_mean_iu:
+        failures.append(f"mean IU vs reference {mean_iu:.4f} < {thresholds.min_mean_iu}")
+    if thresholds.max_rel_logit_diff is not None and max_diff is not None:
+        limit = thresholds.max_rel_logit_diff * max(1.0, float(np.abs(reference.logits).max()))
+        if max_diff > limit:
+            failures.append(f"max |logit diff| {max_diff:.3g} > {limit:.3g}")
+    n, h, w = ref_mask.shape
+    return CaseResult(
+        height=h, width=w, batch=n, pixel_agreement=pixel_agreement, confident_agreement=confident_agreement,
+        confident_fraction=n_conf / agree.size, max_disagree_margin=max_disagree, mean_iu=float(mean_iu),
+        max_abs_logit_diff=max_diff, mean_abs_logit_diff=mean_diff, passed=not failures, failures=failures,
+    )  # fmt: skip
+
+
+def validate(
+    engine: Runner,
+    reference: Runner,
+    sizes: Sequence[tuple[int, int]],
+    thresholds: Thresholds,
+    inputs: InputSource | None = None,
+    batch: int = 1,
+    batch_sizes: dict[tuple[int, int], int] | None = None,
+    on_case: Callable[[CaseResult], None] | None = None,
+) -> ValidationReport:
+    """Run ``engine`` and ``reference`` on the same inputs at every size; compare the masks."""
+    inputs = inputs or InputSource()
+    meta = engine.meta
+    cases = []
+    for index, (height, width) in enumerate(sizes):
+        n = (batch_sizes or {}).get((height, width), batch)
+        engine.profile.check(n, height, width)
+        images = inputs.batch(height, width, n, index)
+        x = preprocess(images, meta.mean, meta.std)
+        case = compare(reference.infer(x), engine.infer(x), meta.num_classes, thresholds)
+        cases.append(case)
+        if on_case:
+            on_case(case)
+    return ValidationReport(
+        engine=engine.path, backend=engine.backend, precision=engine.precision, reference=reference.path,
+        thresholds=thresholds, cases=cases,
+    )  # fmt: skip
+
+
+def case_line(case: CaseResult) -> str:
+    """One human line per size, marked with a tick or a cross (export prints these)."""
+    mark = "[green]✓[/]" if case.passed else "[red]✗[/]"
+    diff = f"max|Δ| {case.max_abs_logit_diff:.2e}  " if case.max_abs_logit_diff is not None else ""
+    text = (
+        f"{mark} {case.batch}x3x{case.height}x{case.width}  {diff}mask agreement {case.pixel_agreement * 100:.4f}%  "
+        f"confident {case.confident_agreement * 100:.3f}%  mIU {case.mean_iu:.4f}"
+    )
+    return text + (f"  [red]{'; '.join(case.failures)}[/]" if case.failures else "")
+
+
+def thresholds_for(
+    precision: str,
+    min_agreement: float | None = None,
+    min_confident: float | None = None,
+    min_miou: float | None = None,
+    margin: float | None = None,
+) -> Thresholds:
+    """The documented defaults for ``precision`` with any overrides applied."""
+    from dataclasses import replace
+
+    if precision not in DEFAULT_THRESHOLDS:
+        raise FcnDeployError(f"unknown precision {precision!r}; choose one of {', '.join(DEFAULT_THRESHOLDS)}")
+    base = DEFAULT_THRESHOLDS[precision]
+    overrides = {
+        "pixel_agreement": min_agreement,
+        "confident_agreement": min_confident,
+        "min_mean_iu": min_miou,
+        "confidence_margin": margin,
+    }
+    for name, value in overrides.items():
+        if value is not None and name != "confidence_margin" and not 0.0 <= value <= 1.0:
+            raise FcnDeployError(f"threshold {name} = {value}: must be between 0 and 1")
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def validate_engine(
+    engine_path: str | Path,
+    reference_path: str | Path,
+    sizes: str | None = None,
+    random_sizes: int = 4,
+    images: str | Path | None = None,
+    batch: int = 1,
+    precision: str | None = None,
+    min_agreement: float | None = None,
+    min_confident: float | None = None,
+    min_miou: float | None = None,
+    margin: float | None = None,
+    max_side: int | None = None,
+    seed: int = 0,
+    console=None,
+) -> ValidationReport:
+    """``fcn-deploy validate``: load both, pick sizes and thresholds, compare, print a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .engines import load_runner
+    from .runners.torch_runner import TorchRunner
+
+    console = console or Console()
+    engine = load_runner(engine_path, providers="auto")
+    reference = TorchRunner(reference_path)
+    if (reference.meta.arch, reference.meta.num_classes) != (engine.meta.arch, engine.meta.num_classes):
+        raise FcnDeployError(
+            f"{reference_path} is {reference.meta.arch} with {reference.meta.num_classes} classes but {engine_path} "
+            f"was built from {engine.meta.arch} with {engine.meta.num_classes}; pass the engine's own checkpoint"
+        )
+    if engine.meta.source_sha256 and reference.path:
+        from .fileio import sha256_file
+
+        if sha256_file(reference.path) != engine.meta.source_sha256:
+            console.print(f"[yellow]note: {reference_path} is not the checkpoint {engine_path} was exported from[/]")
+    thresholds = thresholds_for(precision or engine.precision, min_agreement, min_confident, min_miou, margin)
+    size_list = parse_sizes(sizes) if sizes else spread_sizes(engine.profile, random_sizes, seed, cap=max_side)
+    inputs = InputSource(images)
+    table = Table(title=f"validate {Path(engine_path).name} ({engine.backend}, {engine.precision}) vs {Path(reference_path).name}")
+    for column in ("", "N x H x W", "agreement", "confident", "max disagree margin", "mIU vs ref", "max |Δlogit|"):
+        table.add_column(column, justify="left" if column in ("", "N x H x W") else "right")
+    console.print(
+        f"{len(size_list)} sizes; thresholds: agreement >= {thresholds.pixel_agreement}"
+        + (f", confident (margin > {thresholds.confidence_margin}) >= {thresholds.confident_agreement}" if thresholds.confident_agreement is not None else "")
+        + (f", mIU >= {thresholds.min_mean_iu}" if thresholds.min_mean_iu is not None else "")
+    )
+    with console.status("validating") as status:
+
+        def progress(case: CaseResult) -> None:
+            status.update(f"validated {case.height}x{case.width}")
+
+        report = validate(engine, reference, size_list, thresholds, inputs, batch=batch, on_case=progress)
+    for case in report.cases:
+        table.add_row(
+            "[green]✓[/]" if case.passed else "[red]✗[/]",
+            f"{case.batch}x{case.height}x{case.width}",
+            f"{case.pixel_agreement * 100:.4f}%",
+            f"{case.confident_agreement * 100:.3f}%",
+            f"{case.max_disagree_margin:.3g}",
+            f"{case.mean_iu:.4f}",
+            "-" if case.max_abs_logit_diff is None else f"{case.max_abs_logit_diff:.3g}",
+        )
+    console.print(table)
+    summary = report.summary()
+    if report.passed:
+        console.print(
+            f"[green]PASSED[/] {summary['sizes']} sizes; min agreement {summary['min_pixel_agreement'] * 100:.4f}%, "
+            f"min mIU {summary['min_mean_iu']:.4f}"
+        )
+    else:
+        for case in report.cases:
+            if not case.passed:
+                console.print(f"[red]✗ {case.height}x{case.width}[/]: {'; '.join(case.failures)}")
+        console.print(f"[red]FAILED[/] at {len(report.failing_sizes)} of {summary['sizes']} sizes: {', '.join(report.failing_sizes)}")
+    engine.close()
+    return report

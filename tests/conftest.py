@@ -1,0 +1,72 @@
+"""Shared fixtures: one small trained model, exported once per test session.
+
+The model is the light ``fcn8s-resnet18`` at a quarter width, trained for a few seconds on the
+synthetic scenes, so masks are image-like (not near-ties) while the whole suite stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+TINY_ARCH_KWARGS = {"width": 0.25}
+
+
+def _requires_cuda_reason() -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip GPU/TensorRT tests, with the reason, where the machine cannot run them."""
+    cuda_reason = _requires_cuda_reason()
+    try:
+        import tensorrt  # noqa: F401
+
+        trt_reason = None
+    except ImportError:
+        trt_reason = "the tensorrt package is not installed (pip install 'fcn-deploy[tensorrt]' on a GPU machine)"
+    for item in items:
+        if "gpu" in item.keywords and cuda_reason:
+            item.add_marker(pytest.mark.skip(reason=cuda_reason))
+        if "tensorrt" in item.keywords and (trt_reason or cuda_reason):
+            item.add_marker(pytest.mark.skip(reason=trt_reason or cuda_reason))
+
+
+@pytest.fixture(scope="session")
+def artefacts(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("artefacts")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(artefacts) -> Path:
+    from rich.console import Console
+
+    from fcn_deploy.train import TrainConfig, train
+
+    out = artefacts / "tiny.pt"
+    train(
+        TrainConfig(
+            out=out, arch="fcn8s-resnet18", arch_kwargs=TINY_ARCH_KWARGS, epochs=2, steps=120, batch_size=8,
+            lr=5e-3, img_size=96, train_count=480, val_count=8, val_size=96,
+        ),
+        console=Console(quiet=True),
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_checkpoint, artefacts) -> Path:
+    from rich.console import Console
+
+    from fcn_deploy.export import export_onnx
+
+    out = artefacts / "tiny.onnx"
+    export_onnx(tiny_checkpoint, out, console=Console(quiet=True), check_sizes=[(64, 64), (97, 129)])
+    return out
