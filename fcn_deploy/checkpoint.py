@@ -11,7 +11,6 @@ Loading never unpickles code: a file that needs more than tensors and plain cont
 from __future__ import annotations
 
 import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,12 +65,15 @@ def read_weights_only(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise FcnDeployError(
-            f"{path}: refused: the file needs arbitrary pickled code to load (weights_only=True); "
-            "re-save it as a plain state dict"
-        ) from exc
-    except (zipfile.BadZipFile, EOFError, RuntimeError) as exc:
-        raise FcnDeployError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]}); is it corrupt?") from exc
+        if "Unsupported global" in str(exc):  # a class or function the weights-only unpickler refused
+            raise FcnDeployError(
+                f"{path}: refused: the file needs arbitrary pickled code to load (weights_only=True); "
+                "re-save it as a plain state dict"
+            ) from exc
+        raise FcnDeployError(f"{path}: not a readable PyTorch checkpoint (invalid pickle data); is it corrupt?") from exc
+    except Exception as exc:  # BadZipFile, EOFError, RuntimeError, KeyError, ... from a damaged file
+        first = (str(exc).splitlines() or [exc.__class__.__name__])[0]
+        raise FcnDeployError(f"{path}: not a readable PyTorch checkpoint ({first}); is it corrupt?") from exc
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -29,7 +30,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
-console = Console(soft_wrap=True, highlight=False)
+#: Logs and CI capture stdout: give tables room there instead of rich's 80-column default.
+console = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
@@ -418,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
     except FcnDeployError as exc:
-        err_console.print(f"[red]error:[/] {exc}")
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

@@ -12,7 +12,8 @@ FP16 (as ModelOpt AutoCast does it)
 
 INT8 (explicit quantization, TensorRT's rules)
     ``quant_pre_process`` then ``quantize_static`` in QDQ format: symmetric int8 activations, per-
-    channel symmetric int8 weights (zero points 0).  Quantized ops: Conv, Add, MaxPool,
+    channel symmetric int8 weights (zero points 0), float biases (TensorRT cannot parse int32 bias
+    Q/DQ; ONNX Runtime quantizes them itself when it fuses).  Quantized ops: Conv, Add, MaxPool,
     GlobalAveragePool, AveragePool, Mul, BatchNormalization (what ModelOpt quantizes for TensorRT).
     **ConvTranspose is excluded** (stays FP32): TensorRT does not support per-channel quantization
     of deconvolutions, and the bilinear upsampling layers are a small share of the compute.
@@ -253,6 +254,9 @@ def convert_int8(
         extra = {
             "ActivationSymmetric": True,
             "WeightSymmetric": True,
+            # TensorRT's parser rejects DequantizeLinear of an int32 bias ("only activation types
+            # allowed"); biases stay float, and ORT quantizes them itself when it fuses QLinearConv.
+            "QuantizeBias": False,
         }
         if method == "percentile":
             extra["CalibPercentile"] = 99.999

