@@ -275,6 +275,9 @@ def build_engine_command(
     calib: Annotated[Optional[Path], typer.Option(help="Calibration images (default: calibration/).")] = None,
     calib_method: Annotated[str, typer.Option(help="minmax, entropy or percentile.")] = "minmax",
     backend: Annotated[str, typer.Option(help="auto, tensorrt or onnxruntime.")] = "auto",
+    int8_target: Annotated[
+        Optional[str], typer.Option("--int8-target", help="INT8 activation encoding for tensorrt or onnxruntime (default: the backend's).")
+    ] = None,
     min_shape: Annotated[Optional[str], typer.Option("--min-shape", help="HxW (default: the arch minimum).")] = None,
     opt_shape: Annotated[Optional[str], typer.Option("--opt-shape", help="HxW (default: the training size).")] = None,
     max_shape: Annotated[Optional[str], typer.Option("--max-shape", help="HxW (default: the recommended max).")] = None,
@@ -291,7 +294,7 @@ def build_engine_command(
     opts = BuildOptions(
         precision=precision, backend=backend, min_shape=parse_hw(min_shape, "--min-shape"),
         opt_shape=parse_hw(opt_shape, "--opt-shape"), max_shape=parse_hw(max_shape, "--max-shape"),
-        batch=parse_batch(batch), calib_dir=calib, calib_method=calib_method, workspace_gib=workspace,
+        batch=parse_batch(batch), calib_dir=calib, calib_method=calib_method, int8_target=int8_target, workspace_gib=workspace,
         timing_cache=timing_cache,
     )  # fmt: skip
     command = shlex.join(["fcn-deploy", *sys.argv[1:]]) if sys.argv and "build-engine" in sys.argv else ""

@@ -50,6 +50,9 @@ class BuildOptions:
     batch: tuple[int, int, int] | None = None  # (min, opt, max)
     calib_dir: Path | None = None
     calib_method: str = "minmax"
+    #: Activation encoding of the INT8 graph: that of the compiling backend unless set, e.g.
+    #: ``tensorrt`` with the onnxruntime backend to check TensorRT's exact graph on a CPU.
+    int8_target: str | None = None
     workspace_gib: float = 4.0
     timing_cache: Path | None = None
 
@@ -169,11 +172,14 @@ def build_engine(
     backend = resolve_backend(opts.backend, log)
     profile = resolve_profile(model, meta, opts, log)
     out = Path(out) if out else default_engine_path(src, opts.precision, backend)
-    precision_onnx = src if opts.precision == "fp32" else src.with_name(f"{src.stem}.{opts.precision}.onnx")
+    int8_target = opts.int8_target or backend
+    suffix = f"{opts.precision}-{int8_target}" if opts.precision == "int8" else opts.precision
+    precision_onnx = src if opts.precision == "fp32" else src.with_name(f"{src.stem}.{suffix}.onnx")
     if opts.precision != "fp32":
         log(f"{opts.precision}: transforming {src.name} -> {precision_onnx.name}")
         transform = apply_precision(
-            src, precision_onnx, opts.precision, opts.calib_dir, opts.calib_method, max_side=profile.max[1]
+            src, precision_onnx, opts.precision, opts.calib_dir, opts.calib_method, max_side=profile.max[1],
+            int8_target=int8_target,
         )
     else:
         transform = {"precision": "fp32"}
@@ -215,6 +221,8 @@ def rebuild_command(src: Path, out: Path, opts: BuildOptions, backend: str) -> s
         parts.append(f"--{opts.precision}")
     if opts.precision == "int8":
         parts += ["--calib-method", opts.calib_method]
+        if opts.int8_target:
+            parts += ["--int8-target", opts.int8_target]
         if opts.calib_dir:
             parts += ["--calib", str(opts.calib_dir)]
     for flag, shape in (("--min-shape", opts.min_shape), ("--opt-shape", opts.opt_shape), ("--max-shape", opts.max_shape)):

@@ -70,8 +70,11 @@ def test_fp16_graph_keeps_io_float32_and_blocks_overflowing_nodes(tiny_onnx, cal
     assert set(kept) <= set(kept_low)
 
 
-def test_int8_graph_is_explicit_symmetric_qdq(built):
-    int8_onnx = Path(read_manifest(built["int8"])["precision_onnx"])
+def test_int8_graph_for_tensorrt_is_explicit_symmetric_qdq(tiny_onnx, calib_dir, tmp_path):
+    """The graph TensorRT compiles: symmetric int8 Q/DQ, zero points 0, per-channel weights."""
+    int8_onnx = tmp_path / "tiny.int8-tensorrt.onnx"
+    report = apply_precision(tiny_onnx, int8_onnx, "int8", calib_dir, int8_target="tensorrt")
+    assert report["int8"]["target"] == "tensorrt"
     model = onnx.load(str(int8_onnx))
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
@@ -89,6 +92,18 @@ def test_int8_graph_is_explicit_symmetric_qdq(built):
     for deconv in (n for n in model.graph.node if n.op_type == "ConvTranspose"):
         source = produced_by.get(deconv.input[1])
         assert source is None or source.op_type != "DequantizeLinear", "ConvTranspose is excluded from INT8"
+
+
+def test_int8_graph_for_onnxruntime_uses_uint8_activations_and_int8_weights(built):
+    manifest = read_manifest(built["int8"])
+    assert manifest["transform"]["int8"]["target"] == "onnxruntime"
+    model = onnx.load(manifest["precision_onnx"])
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    produced_by = {o: n for n in model.graph.node for o in n.output}
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        act_dq, weight_dq = produced_by[conv.input[0]], produced_by[conv.input[1]]
+        assert inits[act_dq.input[2]].dtype == np.uint8
+        assert inits[weight_dq.input[0]].dtype == np.int8 and np.all(inits[weight_dq.input[2]] == 0)
 
 
 def test_calibration_cache_hits_and_misses(tiny_onnx, tmp_path):

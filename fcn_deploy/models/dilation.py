@@ -37,10 +37,11 @@ def shift_and_stitch(net: nn.Module, f: int, x: torch.Tensor) -> torch.Tensor:
     cell ``(i, j)`` is written to dense pixel ``(f*i + dy, f*j + dx)``.
     """
     n, _, height, width = x.shape
+    pad_h, pad_w = (-height) % f, (-width) % f  # every shifted copy covers ceil(H/f) output rows
     out = None
     for dy in range(f):
         for dx in range(f):
-            shifted = F.pad(x[:, :, dy:, dx:], (0, dx, 0, dy))
+            shifted = F.pad(x[:, :, dy:, dx:], (0, dx + pad_w, 0, dy + pad_h))
             y = net(shifted)
             if out is None:
                 out = y.new_zeros(n, y.shape[1], height, width)
@@ -58,6 +59,8 @@ def rarefy(net: nn.Sequential, f: int) -> nn.Sequential:
     net = copy.deepcopy(net)
     dilation, remaining = 1, f
     for layer in net:
+        if isinstance(layer, nn.AvgPool2d) and _pair(layer.stride)[0] > 1:
+            raise TypeError("rarefy: AvgPool2d has no dilation; use MaxPool2d or a strided conv instead")
         if not isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
             continue
         if dilation > 1:
