@@ -37,6 +37,10 @@ from .runners.base import Runner
 from .runners.torch_runner import TorchRunner
 
 
+#: Timed calls per runner before the round-robin moves on.
+BLOCK = 5
+
+
 @dataclass
 class Timing:
     median_ms: float
@@ -106,8 +110,9 @@ def count_flops(model: torch.nn.Module, height: int, width: int, batch: int = 1)
     return total[0]
 
 
-def measured_peak_gflops(device: str = "cpu", size: int = 1024, repeats: int = 5) -> float:
-    """Attainable FP32 GFLOP/s: best of a few square matmuls on ``device``."""
+def measured_peak_gflops(device: str = "cpu", size: int = 2048, repeats: int = 8) -> float:
+    """Attainable FP32 GFLOP/s: best of several square matmuls on ``device``.  INT8 engines can
+    exceed it (their arithmetic is not FP32), which the report's ``peak_kind`` says."""
     dev = torch.device("cuda" if device == "cuda" and torch.cuda.is_available() else "cpu")
     a = torch.randn(size, size, device=dev)
     b = torch.randn(size, size, device=dev)
@@ -123,21 +128,34 @@ def measured_peak_gflops(device: str = "cpu", size: int = 1024, repeats: int = 5
     return 2.0 * size**3 / best / 1e9
 
 
-def time_runner(runner: Runner, batch: np.ndarray, warmup: int, iters: int) -> Timing:
-    """Wall time of ``runner.infer`` (device-resident inputs for TensorRT: the engine alone)."""
-    call = lambda: runner.infer(batch)  # noqa: E731
+def _infer_call(runner: Runner, batch: np.ndarray):
+    """The call to time: ``runner.infer``, or for TensorRT the engine alone on device-resident inputs."""
     if hasattr(runner, "infer_torch"):
         device_batch = torch.from_numpy(batch).cuda()
-        call = lambda: runner.infer_torch(device_batch)  # noqa: E731
-    for _ in range(warmup):
+        return lambda: runner.infer_torch(device_batch)
+    return lambda: runner.infer(batch)
+
+
+def warm_up(runner: Runner, batch: np.ndarray, runs: int) -> None:
+    call = _infer_call(runner, batch)
+    for _ in range(runs):
         call()
+
+
+def _summarise(samples_ms: list[float]) -> Timing:
+    arr = np.asarray(samples_ms)
+    return Timing(float(np.median(arr)), float(np.percentile(arr, 90)), float(arr.mean()), float(arr.min()))
+
+
+def time_runner(runner: Runner, batch: np.ndarray, iters: int) -> Timing:
+    """Wall time of ``iters`` calls of one runner (warm it up first)."""
+    call = _infer_call(runner, batch)
     samples = []
     for _ in range(iters):
         start = time.perf_counter()
         call()
         samples.append((time.perf_counter() - start) * 1000)
-    arr = np.asarray(samples)
-    return Timing(float(np.median(arr)), float(np.percentile(arr, 90)), float(arr.mean()), float(arr.min()))
+    return _summarise(samples)
 
 
 def find_reference(engine: Path) -> Path | None:
@@ -153,7 +171,8 @@ def find_reference(engine: Path) -> Path | None:
     return None
 
 
-def _images(height: int, width: int, batch: int, meta) -> np.ndarray:
+def scene_batch(height: int, width: int, batch: int, meta) -> np.ndarray:
+    """Preprocessed synthetic scenes: image-like timing inputs (a held-out seed)."""
     scenes = np.stack([make_scene(4, i, height, width)[0] for i in range(batch)])
     return preprocess(scenes, meta.mean, meta.std)
 
@@ -184,65 +203,78 @@ def run_benchmark(
         )
     ckpt = load_checkpoint(reference)
     meta = ckpt.meta
-    devices = ["cpu"]
-    runners_spec = []
-    for path in engines:
-        runners_spec.append(Path(path))
-        if str(path).endswith((".plan", ".engine", ".trt")) and "cuda" not in devices:
-            devices.append("cuda")
+    devices = ["cpu"] + (["cuda"] if any(_is_plan(p) for p in engines) else [])
     machine = {
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "peak_gflops": {dev: measured_peak_gflops(dev) for dev in devices},
-        "peak_kind": "measured FP32 matmul",
+        "peak_kind": "measured FP32 matmul (INT8/FP16 engines can exceed 100 %)",
     }
-    results: list[dict] = []
-    baselines: dict[tuple[str, int, int], float] = {}
     reference_model = ckpt.build_model()
     flops_at = {(h, w): count_flops(reference_model, h, w, batch) for h, w in sizes}
+    inputs = {(h, w): scene_batch(h, w, batch, meta) for h, w in sizes}
 
-    def record(runner: Runner, label: str, device: str, memory: dict, timings: dict) -> None:
-        for (h, w), timing in timings.items():
-            flops = flops_at[(h, w)]
-            base = baselines.get((device, h, w))
-            gflops = flops / (timing.median_ms / 1000) / 1e9
+    # Load and warm every runner first; memory is sampled during that (the steady-state peak) and
+    # the sampler is stopped before timing: on a 2-core machine its wake-ups would skew latency.
+    contenders: list[tuple[str, str, Runner, dict]] = []
+    openers = [(f"torch-eager ({reference.name})", d, lambda d=d: TorchRunner(ckpt, device=d)) for d in devices]
+    openers += [(str(p), "cuda" if _is_plan(p) else "cpu", lambda p=p: load_runner(p, threads=threads)) for p in engines]
+    console.print(f"benchmark: {len(engines)} engine(s) + PyTorch eager baseline at {sizes}, batch {batch}, "
+                  f"{warmup} warm-up + {iters} timed runs interleaved, {torch.get_num_threads()} threads")
+    for label, device, open_runner in openers:
+        with peak_memory(device) as memory:
+            runner = open_runner()
+            for h, w in sizes:
+                runner.profile.check(batch, h, w)
+                warm_up(runner, inputs[(h, w)], max(1, warmup))
+        contenders.append((label, device, runner, memory))
+
+    # Timed runs go round-robin over the runners in short blocks, so drift in machine speed (shared
+    # VMs, thermal limits) hits every runner alike and the ratios stay meaningful.  Each block starts
+    # with one untimed call: the previous runtime's thread pool may still be spinning.
+    samples: dict[tuple[int, tuple[int, int]], list[float]] = {
+        (i, size): [] for i in range(len(contenders)) for size in sizes
+    }
+    calls = {(i, size): _infer_call(c[2], inputs[size]) for i, c in enumerate(contenders) for size in sizes}
+    while any(len(s) < iters for s in samples.values()):
+        for key, call in calls.items():
+            call()
+            for _ in range(min(BLOCK, iters - len(samples[key]))):
+                start = time.perf_counter()
+                call()
+                samples[key].append((time.perf_counter() - start) * 1000)
+    baselines = {
+        (c[1], size): float(np.median(samples[(i, size)])) for i, c in enumerate(contenders) if c[2].backend == "torch"
+        for size in sizes
+    }  # fmt: skip
+    results = []
+    for i, (label, device, runner, memory) in enumerate(contenders):
+        for h, w in sizes:
+            timing = _summarise(samples[(i, (h, w))])
+            base = baselines.get((device, (h, w)))
+            gflops = flops_at[(h, w)] / (timing.median_ms / 1000) / 1e9
             results.append({
                 "engine": label, "backend": runner.backend, "precision": runner.precision, "device": device,
                 "height": h, "width": w, "batch": batch, "median_ms": timing.median_ms, "p90_ms": timing.p90_ms,
                 "mean_ms": timing.mean_ms, "min_ms": timing.min_ms, "throughput_fps": batch * 1000.0 / timing.median_ms,
                 "speedup_vs_torch": (base / timing.median_ms) if base else None, "peak_memory_mb": memory.get("peak_mb"),
-                "memory_kind": memory.get("kind"), "gflop": flops / 1e9, "achieved_gflops": gflops,
+                "memory_kind": memory.get("kind"), "gflop": flops_at[(h, w)] / 1e9, "achieved_gflops": gflops,
                 "fraction_of_peak": gflops / machine["peak_gflops"][device],
             })  # fmt: skip
-
-    def measure(open_runner, label: str, device: str) -> None:
-        with peak_memory(device) as memory:
-            runner = open_runner()
-            timings = {}
-            for h, w in sizes:
-                runner.profile.check(batch, h, w)
-                timings[(h, w)] = time_runner(runner, _images(h, w, batch, meta), warmup, iters)
-                if runner.backend == "torch":
-                    baselines[(device, h, w)] = timings[(h, w)].median_ms
-            runner.close()
-        record(runner, label, device, memory, timings)
-        console.print(f"  timed {label}")
-
-    console.print(f"benchmark: {len(engines)} engine(s) + PyTorch eager baseline at {sizes}, batch {batch}, "
-                  f"{warmup} warm-up + {iters} timed runs, {torch.get_num_threads()} threads")
-    for device in devices:
-        measure(lambda d=device: TorchRunner(ckpt, device=d), f"torch-eager ({reference.name})", device)
-    for path in runners_spec:
-        device = "cuda" if str(path).endswith((".plan", ".engine", ".trt")) else "cpu"
-        measure(lambda p=path: load_runner(p, threads=threads), str(path), device)
+        runner.close()
     _print_table(console, results)
     return {
         "results": results,
         "baseline": {"backend": "torch", "precision": "fp32", "mode": "eager", "checkpoint": str(reference),
                      "checkpoint_sha256": sha256_file(reference)},
         "machine": machine,
-        "settings": {"warmup": warmup, "iters": iters, "batch": batch, "sizes": [list(s) for s in sizes]},
+        "settings": {"warmup": warmup, "iters": iters, "batch": batch, "sizes": [list(s) for s in sizes],
+                     "order": f"round-robin blocks of {BLOCK}"},
     }  # fmt: skip
+
+
+def _is_plan(path: str | Path) -> bool:
+    return str(path).endswith((".plan", ".engine", ".trt"))
 
 
 def _print_table(console: Console, results: list[dict]) -> None:

@@ -177,7 +177,6 @@ def verify_export(
     sizes = sizes or spread_sizes(profile, random_sizes=2, cap=CHECK_CAP)
     batch_sizes = {} if static_batch else {sizes[min(2, len(sizes) - 1)]: 2}
     engine = OrtRunner(onnx_path, providers="cpu", profile=profile)
-    engine.path = str(onnx_path)
     reference = TorchRunner(ckpt)
 
     def show(case: CaseResult) -> None:

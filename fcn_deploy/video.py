@@ -181,9 +181,19 @@ class Segmenter:
 
 
 def blend_mask(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], alpha: float) -> np.ndarray:
-    """Blend each pixel's class colour into ``image``; class 0 (background) keeps the image's colours."""
-    blended = image * np.float32(1 - alpha) + colorize(mask, palette) * np.float32(alpha)
-    return np.where((mask > 0)[..., None], (blended + 0.5).astype(np.uint8), image)
+    """Blend each pixel's class colour into ``image``; class 0 (background) keeps the image's colours.
+
+    Done with Pillow's C blend/composite: this runs once per video frame, and numpy float blending
+    of a full frame cost more than the engine's own pre-processing.
+    """
+    labels = Image.fromarray(mask.astype(np.uint8, copy=False))
+    colours = labels.copy()
+    flat = [int(v) for colour in list(palette)[:256] for v in colour]
+    colours.putpalette(flat + [0] * (768 - len(flat)))
+    base = Image.fromarray(image)
+    blended = Image.blend(base, colours.convert("RGB"), alpha)
+    foreground = labels.point(lambda label: 255 if label else 0)
+    return np.array(Image.composite(blended, base, foreground))  # writable: the legend is drawn into it
 
 
 @functools.lru_cache(maxsize=8)

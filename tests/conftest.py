@@ -33,10 +33,13 @@ def pytest_collection_modifyitems(config, items):
     except ImportError:
         trt_reason = "the tensorrt package is not installed (pip install 'fcn-deploy[tensorrt]' on a GPU machine)"
     for item in items:
-        if "gpu" in item.keywords and cuda_reason:
-            item.add_marker(pytest.mark.skip(reason=cuda_reason))
-        if "tensorrt" in item.keywords and (trt_reason or cuda_reason):
-            item.add_marker(pytest.mark.skip(reason=trt_reason or cuda_reason))
+        reasons = []
+        if ("gpu" in item.keywords or "tensorrt" in item.keywords) and cuda_reason:
+            reasons.append(cuda_reason)
+        if "tensorrt" in item.keywords and trt_reason:
+            reasons.append(trt_reason)
+        if reasons:
+            item.add_marker(pytest.mark.skip(reason="; ".join(reasons)))
 
 
 @pytest.fixture(scope="session")

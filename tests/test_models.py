@@ -693,6 +693,11 @@ def _assert_bilinear_diagonal(module: nn.ConvTranspose2d, kernel: int, stride: i
     assert module.kernel_size == (kernel, kernel) and module.stride == (stride, stride)
     assert module.in_channels == module.out_channels
     expected = bilinear_kernel(kernel)
+    if module.groups > 1:  # depthwise: the diagonal alone
+        assert module.groups == module.in_channels and module.weight.shape[1] == 1
+        for c in range(module.in_channels):
+            torch.testing.assert_close(module.weight[c, 0], expected)
+        return
     for c, d in itertools.product(range(module.in_channels), repeat=2):
         if c == d:
             torch.testing.assert_close(module.weight[c, d], expected)
@@ -733,6 +738,20 @@ def test_resnet18_skip_net_upsamplers_are_bilinear_odd_layout():
     for n, s in {"upscore2": 2, "upscore_layer3": 2, "upscore8": 8}.items():
         _assert_bilinear_diagonal(ups[n], 2 * s - 1, s)
         assert ups[n].padding == (s - 1, s - 1)
+        assert ups[n].groups == 3  # fixed upsampling is depthwise
+    learnable = build("fcn8s-resnet18", 3, width=0.25, learnable_upsample=True)
+    assert learnable.upscore8.groups == 1 and learnable.upscore8.weight.requires_grad
+
+
+@pytest.mark.parametrize("layout", ["even", "odd"])
+def test_depthwise_bilinear_equals_the_full_diagonal_kernel(layout):
+    torch.manual_seed(3)
+    x = torch.randn(2, 4, 9, 11)
+    full = BilinearUpsample(4, 8, layout=layout)
+    depthwise = BilinearUpsample(4, 8, layout=layout, depthwise=True)
+    assert depthwise.weight.numel() * 4 == full.weight.numel()
+    with torch.no_grad():
+        torch.testing.assert_close(depthwise(x), full(x))
 
 
 def test_fcn8s_at_once_scales_the_skips():

@@ -59,8 +59,10 @@ def preprocess(images: np.ndarray | Sequence[np.ndarray], mean: Sequence[float],
         raise ValueError(f"expected (N)xHxWx3 RGB images, got shape {batch.shape}")
     scale = (1.0 / (255.0 * np.asarray(std, dtype=np.float32))).reshape(1, 3, 1, 1)
     shift = (np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)).reshape(1, 3, 1, 1)
-    chw = batch.transpose(0, 3, 1, 2).astype(np.float32)
-    return np.ascontiguousarray(chw * scale - shift)
+    out = np.empty((batch.shape[0], 3, *batch.shape[1:3]), dtype=np.float32)
+    np.multiply(batch.transpose(0, 3, 1, 2), scale, out=out)  # one pass, no float temporaries
+    np.subtract(out, shift, out=out)
+    return out
 
 
 def resize_rgb(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -35,7 +35,7 @@ def _rng(seed: int, index: int, height: int, width: int) -> np.random.Generator:
     return np.random.default_rng([seed, index, height, width])
 
 
-_CLASS_HUE = {1: 0.0, 2: 0.33, 3: 0.14, 4: 0.6}
+_CLASS_HUE = {1: 0.0, 2: 0.25, 3: 0.5, 4: 0.75}
 _HUE_SPREAD = 0.05
 
 

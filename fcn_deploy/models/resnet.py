@@ -123,7 +123,8 @@ class FCN8sResNet18(nn.Module):
     Scores from layer4 (stride 32) are upsampled 2x and fused with layer3 scores (stride 16), again
     2x with layer2 scores (stride 8), then 8x to the input.  The ``odd`` bilinear layout places
     stride-s sample ``i`` on pixel ``s*i``, exactly where the strided convolutions took it from, so
-    every crop starts at offset 0 and the output is aligned to the input for any size.
+    every crop starts at offset 0 and the output is aligned to the input for any size.  Fixed
+    (non-learnable) upsampling is depthwise: the same bilinear function for a fraction of the work.
     """
 
     def __init__(self, num_classes: int = 21, width: float = 1.0, learnable_upsample: bool = False):
@@ -133,9 +134,10 @@ class FCN8sResNet18(nn.Module):
         self.score_layer4 = nn.Conv2d(c4, num_classes, 1)
         self.score_layer3 = nn.Conv2d(c3, num_classes, 1)
         self.score_layer2 = nn.Conv2d(c2, num_classes, 1)
-        self.upscore2 = BilinearUpsample(num_classes, 2, layout="odd", learnable=learnable_upsample)
-        self.upscore_layer3 = BilinearUpsample(num_classes, 2, layout="odd", learnable=learnable_upsample)
-        self.upscore8 = BilinearUpsample(num_classes, 8, layout="odd", learnable=learnable_upsample)
+        fixed = not learnable_upsample
+        self.upscore2 = BilinearUpsample(num_classes, 2, "odd", learnable_upsample, depthwise=fixed)
+        self.upscore_layer3 = BilinearUpsample(num_classes, 2, "odd", learnable_upsample, depthwise=fixed)
+        self.upscore8 = BilinearUpsample(num_classes, 8, "odd", learnable_upsample, depthwise=fixed)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         c2, c3, c4 = self.backbone(image)

@@ -1,0 +1,93 @@
+"""benchmark, the CLI surface, and the demo's end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fcn_deploy import __version__, models
+from fcn_deploy.bench import count_flops, run_benchmark
+from fcn_deploy.cli import main
+from fcn_deploy.errors import FcnDeployError
+
+PIPELINE = ["train", "import", "eval", "export", "build-engine", "validate", "infer", "benchmark", "demo", "models"]
+
+
+def test_help_lists_the_pipeline_and_version_works(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in PIPELINE:
+        assert command in out, command
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"fcn-deploy {__version__}"
+
+
+def test_models_command_lists_names_params_and_minimum(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == models.names()
+    by_name = {r["name"]: r for r in rows}
+    assert 130e6 < by_name["fcn8s-vgg16"]["parameters"] < 140e6  # the paper's 134M
+    assert all(r["min_size"] == 32 for r in rows)
+
+
+def test_flop_count_matches_hand_count():
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ConvTranspose2d(8, 4, 4, stride=2))
+    # conv: 2 * (10*12 outputs) * 3*9 inputs * 8 channels; deconv: 2 * (10*12 inputs) * 8*16 * 4
+    assert count_flops(net, 10, 12) == 2 * 120 * 27 * 8 + 2 * 120 * 8 * 16 * 4
+
+
+def test_benchmark_reports_baseline_and_engines(tiny_onnx, tiny_checkpoint, tmp_path, capsys):
+    report_path = tmp_path / "bench.json"
+    code = main(["benchmark", str(tiny_onnx), "--reference", str(tiny_checkpoint), "--sizes", "64x64,96x128",
+                 "--warmup", "1", "--iters", "3", "--report", str(report_path)])  # fmt: skip
+    assert code == 0
+    report = json.loads(report_path.read_text())
+    results = report["results"]
+    assert {(r["backend"], r["height"], r["width"]) for r in results} == {
+        ("torch", 64, 64), ("torch", 96, 128), ("onnxruntime", 64, 64), ("onnxruntime", 96, 128),
+    }  # fmt: skip
+    for r in results:
+        for key in ("backend", "precision", "height", "width", "batch", "median_ms", "p90_ms", "throughput_fps"):
+            assert key in r, key
+        assert r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] * 0.999
+        assert r["throughput_fps"] == pytest.approx(1000.0 / r["median_ms"])
+        assert r["gflop"] > 0 and r["fraction_of_peak"] > 0
+    engine = [r for r in results if r["backend"] == "onnxruntime"]
+    assert all(r["speedup_vs_torch"] is not None for r in engine)
+    assert report["baseline"]["mode"] == "eager" and report["machine"]["peak_gflops"]["cpu"] > 0
+    assert "vs torch" in capsys.readouterr().out
+
+
+def test_benchmark_needs_a_reference_and_valid_sizes(tiny_onnx, tmp_path, capsys):
+    lone = tmp_path / "lone.onnx"
+    lone.write_bytes(tiny_onnx.read_bytes())
+    with pytest.raises(FcnDeployError, match="--reference"):
+        run_benchmark([lone], sizes=[(64, 64)], iters=1)
+    assert main(["benchmark", str(tiny_onnx), "--sizes", "64"]) == 2
+    assert "HEIGHTxWIDTH" in capsys.readouterr().err
+
+
+def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, monkeypatch):
+    """The main job with a very short training run: every stage, the report, then a reuse run."""
+    import fcn_deploy.demo as demo
+
+    monkeypatch.setattr(demo, "VIDEO_FRAMES", 12)
+    monkeypatch.setattr(demo, "BENCH_SIZE", (128, 128))
+    monkeypatch.setattr(demo, "VALIDATE_CAP", 160)
+    from rich.console import Console
+
+    out = tmp_path / "demo"
+    report = demo.run_demo(out, train_steps=30, console=Console(quiet=True))
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["summary"] == json.loads(json.dumps(report["summary"]))
+    assert set(saved["steps"]) == {"train", "eval", "export", "build", "validate", "infer", "benchmark"}
+    assert set(saved["steps"]["build"]) == set(saved["steps"]["validate"]) == {"fp32", "fp16", "int8"}
+    assert saved["steps"]["validate"]["fp32"]["passed"] is True
+    assert saved["steps"]["infer"]["frames"] == 12 and (out / "sample.overlay.mp4").is_file()
+    assert {r["precision"] for r in saved["steps"]["benchmark"]["results"]} == {"fp32", "fp16", "int8"}
+    again = demo.run_demo(out, train_steps=30, console=Console(quiet=True))
+    assert again["steps"]["train"]["reused"] and again["steps"]["export"]["reused"]

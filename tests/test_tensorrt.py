@@ -1,0 +1,86 @@
+"""TensorRT engines on a GPU (skipped, with the reason, without CUDA or the tensorrt package).
+
+Run on a GPU machine with ``bash scripts/gpu-check.sh`` or ``python -m pytest -m "gpu or tensorrt"``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fcn_deploy.engines import BuildOptions, build_engine, load_runner, read_manifest
+from fcn_deploy.errors import FcnDeployError
+from fcn_deploy.export import ExportOptions, export_onnx
+from fcn_deploy.precision import generate_default_calibration
+from fcn_deploy.runners.torch_runner import TorchRunner
+from fcn_deploy.validate import DEFAULT_THRESHOLDS, spread_sizes, validate
+
+pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
+
+
+@pytest.fixture(scope="module")
+def trt_engines(tiny_onnx, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("trt")
+    src = out / "tiny.onnx"
+    shutil.copy(tiny_onnx, src)
+    calib = out / "calib"
+    generate_default_calibration(calib, count=10, size=96)
+    engines = {}
+    for precision in ("fp32", "fp16", "int8"):
+        manifest = build_engine(
+            src, None,
+            BuildOptions(precision=precision, backend="tensorrt", calib_dir=calib, max_shape=(512, 512), batch=(1, 1, 4),
+                         timing_cache=out / "timing.cache"),
+            log=lambda *a: None,
+        )  # fmt: skip
+        engines[precision] = out / manifest["engine"]
+    return engines
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_tensorrt_engine_matches_reference_at_many_sizes(trt_engines, tiny_checkpoint, precision):
+    runner = load_runner(trt_engines[precision])
+    assert runner.backend == "tensorrt" and runner.precision == precision
+    manifest = read_manifest(trt_engines[precision])
+    assert manifest["versions"].get("tensorrt") and manifest["device"].get("compute_capability")
+    sizes = spread_sizes(runner.profile, random_sizes=3, seed=1)
+    report = validate(runner, TorchRunner(tiny_checkpoint), sizes, DEFAULT_THRESHOLDS[precision], batch=2)
+    assert report.passed, report.failing_sizes
+
+
+def test_timing_cache_is_written_and_reused(trt_engines):
+    cache = trt_engines["fp32"].parent / "timing.cache"
+    assert cache.is_file() and cache.stat().st_size > 0
+
+
+def test_shape_outside_profile_is_refused_with_the_range(trt_engines):
+    runner = load_runner(trt_engines["fp32"])
+    with pytest.raises(FcnDeployError, match=r"height 32..512"):
+        runner.infer(np.zeros((1, 3, 600, 64), np.float32))
+
+
+def test_int64_mask_output_engine(tiny_checkpoint, tmp_path):
+    onnx_path = tmp_path / "masked.onnx"
+    export_onnx(tiny_checkpoint, onnx_path, ExportOptions(mask_output=True), check_sizes=[(64, 64)])
+    manifest = build_engine(onnx_path, None, BuildOptions(backend="tensorrt", max_shape=(256, 256)), log=lambda *a: None)
+    runner = load_runner(tmp_path / manifest["engine"])
+    assert {o.name for o in runner.outputs} == {"logits", "mask"}
+    x = np.random.default_rng(0).normal(size=(2, 3, 97, 129)).astype(np.float32)
+    prediction = runner.infer(x)
+    assert prediction.mask.shape == (2, 97, 129) and prediction.mask.dtype == np.int64
+    np.testing.assert_array_equal(prediction.mask, prediction.logits.argmax(1))
+
+
+def test_tampered_plan_is_refused_with_rebuild_command(trt_engines, tmp_path):
+    from fcn_deploy.engines import manifest_path
+
+    copy = tmp_path / trt_engines["fp16"].name
+    shutil.copy(trt_engines["fp16"], copy)
+    shutil.copy(manifest_path(trt_engines["fp16"]), manifest_path(copy))
+    with open(copy, "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(FcnDeployError, match="Rebuild it: fcn-deploy build-engine"):
+        load_runner(copy)
