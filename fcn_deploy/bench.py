@@ -129,9 +129,11 @@ def measured_peak_gflops(device: str = "cpu", size: int = 2048, repeats: int = 8
 
 
 def _infer_call(runner: Runner, batch: np.ndarray):
-    """The call to time: ``runner.infer``, or for TensorRT the engine alone on device-resident inputs."""
+    """The call to time.  Runners on torch devices (PyTorch, TensorRT) are timed on device-resident
+    inputs without host copies, so a GPU engine and the GPU baseline are timed alike; ONNX Runtime
+    is timed through ``infer`` (its session run, host in and out)."""
     if hasattr(runner, "infer_torch"):
-        device_batch = torch.from_numpy(batch).cuda()
+        device_batch = torch.from_numpy(batch).to(runner.device)
         return lambda: runner.infer_torch(device_batch)
     return lambda: runner.infer(batch)
 

@@ -7,7 +7,6 @@ stderr with exit code 2; a check that ran and failed (export verification, valid
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -53,13 +52,15 @@ def _root(
 def parse_hw(text: str | None, flag: str) -> tuple[int, int] | None:
     if text is None:
         return None
+    from .validate import parse_sizes
+
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-        if h <= 0 or w <= 0:
-            raise ValueError
-    except ValueError:
-        raise FcnDeployError(f"{flag} {text!r}: write HEIGHTxWIDTH with positive integers, e.g. 512x512") from None
-    return h, w
+        sizes = parse_sizes(text)
+    except FcnDeployError as exc:
+        raise FcnDeployError(f"{flag}: {exc}") from None
+    if len(sizes) != 1:
+        raise FcnDeployError(f"{flag} {text!r}: give one HEIGHTxWIDTH, e.g. 512x512")
+    return sizes[0]
 
 
 def parse_batch(text: str | None) -> tuple[int, int, int] | None:
@@ -93,15 +94,19 @@ def models_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List the architectures with their parameters and minimum input size."""
+    import torch
+
     from . import models
 
     rows = []
     for name in models.names():
         spec = models.spec(name)
+        with torch.device("meta"):  # shapes only: counting needs no weights in memory
+            parameters = models.count_parameters(models.build(name, 21))
         rows.append(
             {
                 "name": name,
-                "parameters": models.count_parameters(models.build(name, 21)),
+                "parameters": parameters,
                 "min_size": spec.min_size,
                 "output_stride": spec.output_stride,
                 "description": spec.description,
@@ -124,7 +129,7 @@ def models_command(
 @app.command("synth-data")
 def synth_data_command(
     out: Annotated[Path, typer.Argument(help="Folder to write (VOC layout).")],
-    train_count: Annotated[int, typer.Option("--train", help="Training scenes.")] = 400,
+    train_count: Annotated[int, typer.Option("--train", min=1, help="Training scenes.")] = 400,
     val_count: Annotated[int, typer.Option("--val", help="Validation scenes (held-out seed).")] = 100,
     size: Annotated[int, typer.Option(help="Scene side in pixels.")] = 256,
 ) -> None:
@@ -142,7 +147,7 @@ def synth_data_command(
 @app.command("calib-data")
 def calib_data_command(
     out: Annotated[Path, typer.Argument(help="Calibration folder.")] = Path("calibration"),
-    count: Annotated[int, typer.Option(help="Number of images.")] = 32,
+    count: Annotated[int, typer.Option(min=1, help="Number of images.")] = 32,
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
 ) -> None:
     """Generate the default calibration set (synthetic scenes from a held-out seed)."""
@@ -161,11 +166,11 @@ def train_command(
     data: Annotated[str, typer.Option(help="'synthetic' or a VOC-layout folder.")] = "synthetic",
     arch: Annotated[str, typer.Option(help="Architecture (see `fcn-deploy models`).")] = "fcn8s-resnet18",
     width: Annotated[float, typer.Option(help="Channel width multiplier.")] = 1.0,
-    epochs: Annotated[int, typer.Option(help="Epochs (validation + checkpoint after each).")] = 5,
-    steps: Annotated[Optional[int], typer.Option(help="Total steps (overrides epochs x dataset size).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size.")] = 16,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs (validation + checkpoint after each).")] = 5,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Total steps (overrides epochs x dataset size).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Batch size.")] = 16,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up + cosine).")] = 3e-3,
-    img_size: Annotated[int, typer.Option("--img-size", help="Training crop side.")] = 128,
+    img_size: Annotated[int, typer.Option("--img-size", min=1, help="Training crop side.")] = 128,
     learnable_upsample: Annotated[bool, typer.Option(help="Learn the bilinear upsampling.")] = False,
     resume: Annotated[Optional[Path], typer.Option(help="Resume from a checkpoint (e.g. OUT.last.pt).")] = None,
     init: Annotated[Optional[Path], typer.Option(help="Start from an imported checkpoint's weights.")] = None,
@@ -297,8 +302,7 @@ def build_engine_command(
         batch=parse_batch(batch), calib_dir=calib, calib_method=calib_method, int8_target=int8_target, workspace_gib=workspace,
         timing_cache=timing_cache,
     )  # fmt: skip
-    command = shlex.join(["fcn-deploy", *sys.argv[1:]]) if sys.argv and "build-engine" in sys.argv else ""
-    manifest = build_engine(onnx_path, out, opts, log=console.print, command=command)
+    manifest = build_engine(onnx_path, out, opts, log=console.print)
     engine = onnx_path.with_name(manifest["engine"]) if out is None else out
     profile = manifest["profile"]
     console.print(
@@ -314,7 +318,7 @@ def validate_command(
     sizes: Annotated[Optional[str], typer.Option(help="Comma-separated HxW list, e.g. 97x129,333x517.")] = None,
     random_sizes: Annotated[int, typer.Option("--random-sizes", help="Extra seeded random sizes.")] = 4,
     images: Annotated[Optional[Path], typer.Option(help="Real images (fitted to each size).")] = None,
-    batch: Annotated[int, typer.Option(help="Batch size per case.")] = 1,
+    batch: Annotated[int, typer.Option(min=1, help="Batch size per case.")] = 1,
     precision: Annotated[Optional[str], typer.Option(help="Threshold set (default: the engine's).")] = None,
     min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", help="Pixel agreement (0..1).")] = None,
     min_confident: Annotated[Optional[float], typer.Option("--min-confident", help="Confident-pixel agreement.")] = None,
@@ -347,7 +351,7 @@ def infer_command(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output video / folder.")] = None,
     alpha: Annotated[float, typer.Option(help="Mask overlay opacity (0..1).")] = 0.5,
     save_masks: Annotated[Optional[Path], typer.Option("--save-masks", help="Also write per-frame label PNGs.")] = None,
-    batch: Annotated[int, typer.Option(help="Frames per inference batch.")] = 1,
+    batch: Annotated[int, typer.Option(min=1, help="Frames per inference batch.")] = 1,
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="Stop after N frames.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     convert_rgb: Annotated[bool, typer.Option("--convert-rgb", help="Convert grayscale/RGBA images to RGB.")] = False,
@@ -370,9 +374,9 @@ def benchmark_command(
     engines: Annotated[list[Path], typer.Argument(help="Engines / ONNX files to time.", metavar="ENGINE...")],
     reference: Annotated[Optional[Path], typer.Option("--reference", "-r", help="Checkpoint for the PyTorch eager baseline.")] = None,
     sizes: Annotated[str, typer.Option(help="Comma-separated HxW list.")] = "512x512",
-    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
-    warmup: Annotated[int, typer.Option(help="Untimed warm-up runs.")] = 3,
-    iters: Annotated[int, typer.Option(help="Timed runs (median and p90 reported).")] = 20,
+    batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 1,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs.")] = 3,
+    iters: Annotated[int, typer.Option(min=1, help="Timed runs (median and p90 reported).")] = 20,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch and ORT (default: all cores).")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
 ) -> None:
@@ -425,9 +429,10 @@ def main(argv: list[str] | None = None) -> int:
     except FcnDeployError as exc:
         err_console.print(f"[red]error:[/] {escape(str(exc))}")
         return exc.exit_code
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
-        return 130
+    except OSError as exc:  # disk full, permissions, ... met while writing or reading artefacts
+        where = f"{exc.filename}: " if exc.filename else ""
+        err_console.print(f"[red]error:[/] {escape(where + (exc.strerror or str(exc)))}; check the path, its permissions and free space")
+        return EXIT_USAGE
     return 0
 
 

@@ -48,7 +48,7 @@ def run_demo(
     out: Path, force: bool = False, train_steps: int | None = None, backend: str = "auto", console: Console | None = None
 ) -> dict[str, Any]:
     from .bench import run_benchmark
-    from .engines import BuildOptions, build_engine, manifest_path, read_manifest
+    from .engines import BuildOptions, build_engine, default_engine_path, manifest_path, read_manifest, resolve_backend
     from .export import export_onnx
     from .precision import generate_default_calibration
     from .train import TrainConfig, evaluate, train
@@ -118,15 +118,15 @@ def run_demo(
     step("5/8 build engines")
     engines: dict[str, Path] = {}
     report["steps"]["build"] = {}
+    chosen = resolve_backend(backend, log=console.print)
     for precision in ("fp32", "fp16", "int8"):
-        existing = sorted(models_dir.glob(f"default.{precision}.*.json"))
-        engine = existing[0].with_suffix("") if existing else None
-        if engine is not None and _fresh(engine, onnx_path, force=force) and _fresh(manifest_path(engine), onnx_path):
+        engine = default_engine_path(onnx_path, precision, chosen)
+        if _fresh(engine, onnx_path, force=force) and _fresh(manifest_path(engine), onnx_path):
             console.print(f"reusing {engine}")
             manifest = read_manifest(engine)
         else:
             manifest = build_engine(
-                onnx_path, None, BuildOptions(precision=precision, backend=backend, calib_dir=calib_dir), log=console.print
+                onnx_path, None, BuildOptions(precision=precision, backend=chosen, calib_dir=calib_dir), log=console.print
             )
             engine = models_dir / manifest["engine"]
         engines[precision] = engine
@@ -173,26 +173,28 @@ def _standalone_fps(engine: Path, size: tuple[int, int]) -> float:
     from .bench import scene_batch, time_runner, warm_up
     from .engines import load_runner
 
-    runner = load_runner(engine)
-    batch = scene_batch(*size, 1, runner.meta)
-    warm_up(runner, batch, 2)
-    fps = 1000.0 / time_runner(runner, batch, 15).median_ms
-    runner.close()
-    return fps
+    with load_runner(engine) as runner:
+        batch = scene_batch(*size, 1, runner.meta)
+        warm_up(runner, batch, 2)
+        return 1000.0 / time_runner(runner, batch, 15).median_ms
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
-    bench = {(r["precision"], r["backend"]): r for r in report["steps"]["benchmark"]["results"]}
-    torch_ms = next(r["median_ms"] for r in report["steps"]["benchmark"]["results"] if r["backend"] == "torch")
-    ort = {p: r for (p, b), r in bench.items() if b != "torch"}
+    """The headline figures; every engine is compared with PyTorch eager on its own device."""
+    results = report["steps"]["benchmark"]["results"]
+    torch_ms = {r["device"]: r["median_ms"] for r in results if r["backend"] == "torch"}
+    engines = {r["precision"]: r for r in results if r["backend"] != "torch"}
     infer = report["steps"]["infer"]
-    fp32_ms = ort["fp32"]["median_ms"] if "fp32" in ort else None
+    fp32 = engines.get("fp32")
     return {
         "held_out_mean_iu": report["steps"]["eval"]["mean_iu"],
+        "backend": fp32["backend"] if fp32 else None,
         "validation": {p: v["summary"] | {"passed": v["passed"]} for p, v in report["steps"]["validate"].items()},
-        "median_ms_512": {"torch_eager": torch_ms, **{p: r["median_ms"] for p, r in ort.items()}},
-        "ort_fp32_vs_torch": (torch_ms / fp32_ms) if fp32_ms else None,
-        "int8_vs_fp32": (fp32_ms / ort["int8"]["median_ms"]) if fp32_ms and "int8" in ort else None,
+        "median_ms": {f"{r['backend']}-{p}": r["median_ms"] for p, r in engines.items()}
+        | {f"torch-eager-{d}": ms for d, ms in torch_ms.items()},
+        "bench_size": list(BENCH_SIZE),
+        "speedup_vs_torch": {p: torch_ms[r["device"]] / r["median_ms"] for p, r in engines.items()},
+        "int8_vs_fp32": fp32["median_ms"] / engines["int8"]["median_ms"] if fp32 and "int8" in engines else None,
         "video_fps": infer.get("end_to_end_fps"),
         "video_engine_fps": infer.get("engine_fps"),
         "video_fps_ratio": (infer["end_to_end_fps"] / infer["engine_fps"]) if infer.get("engine_fps") else None,
@@ -203,25 +205,27 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 
 def _print_summary(console: Console, report: dict[str, Any], out: Path, overlay: Path) -> None:
     summary = report["summary"]
+    results = report["steps"]["benchmark"]["results"]
+    h, w = BENCH_SIZE
     table = Table(title="fcn-deploy demo summary")
-    for column in ("engine", "validation", "min agreement", "min mIU vs ref", "median ms @512", "vs torch"):
-        table.add_column(column, justify="left" if column in ("engine", "validation") else "right")
-    torch_ms = summary["median_ms_512"]["torch_eager"]
-    table.add_row("torch eager fp32 (reference)", "-", "-", "-", f"{torch_ms:.1f}", "1.00x")
-    for precision, val in summary["validation"].items():
-        ms = summary["median_ms_512"].get(precision)
+    for column in ("engine", "device", "validation", "min agreement", "min mIU vs ref", f"median ms @{h}x{w}", "vs torch"):
+        table.add_column(column, justify="left" if column in ("engine", "device", "validation") else "right")
+    torch_ms = {r["device"]: r["median_ms"] for r in results if r["backend"] == "torch"}
+    for device, ms in torch_ms.items():
+        table.add_row("torch eager fp32 (reference)", device, "-", "-", "-", f"{ms:.1f}", "1.00x")
+    for r in (r for r in results if r["backend"] != "torch"):
+        val = summary["validation"][r["precision"]]
         table.add_row(
-            f"{report['steps']['build'][precision]['backend']} {precision}",
+            f"{r['backend']} {r['precision']}", r["device"],
             "[green]passed[/]" if val["passed"] else "[red]FAILED[/]",
-            f"{val['min_pixel_agreement'] * 100:.3f}%",
-            f"{val['min_mean_iu']:.4f}",
-            "-" if ms is None else f"{ms:.1f}",
-            "-" if ms is None else f"{torch_ms / ms:.2f}x",
-        )
+            f"{val['min_pixel_agreement'] * 100:.3f}%", f"{val['min_mean_iu']:.4f}",
+            f"{r['median_ms']:.1f}", f"{torch_ms[r['device']] / r['median_ms']:.2f}x",
+        )  # fmt: skip
     console.print(table)
+    backend = summary["backend"]
     console.print(
-        f"held-out mean IU {summary['held_out_mean_iu']:.4f}; ORT FP32 {summary['ort_fp32_vs_torch']:.2f}x torch; "
-        f"INT8 {summary['int8_vs_fp32']:.2f}x ORT FP32; video {summary['video_fps']:.1f} fps end to end "
+        f"held-out mean IU {summary['held_out_mean_iu']:.4f}; {backend} FP32 {summary['speedup_vs_torch']['fp32']:.2f}x "
+        f"torch eager; INT8 {summary['int8_vs_fp32']:.2f}x {backend} FP32; video {summary['video_fps']:.1f} fps end to end "
         f"({summary['video_fps_ratio']:.2f}x the engine's FPS inside the pipeline, "
         f"{summary['video_vs_standalone_engine']:.2f}x the engine alone at {VIDEO_SIZE[0]}x{VIDEO_SIZE[1]})"
     )

@@ -34,6 +34,7 @@ from .precision import apply_precision
 from .runners.base import Profile, Runner
 from .runners.ort_runner import OrtRunner
 from .runners.torch_runner import TorchRunner
+from .runners.ort_runner import choose_providers
 from .runners.trt_runner import TrtRunner, build_plan, gpu_info, tensorrt_status
 
 MANIFEST_FORMAT = "fcn-deploy-engine/1"
@@ -69,6 +70,8 @@ def default_engine_path(onnx_path: Path, precision: str, backend: str) -> Path:
 def resolve_backend(requested: str, log=print) -> str:
     if requested not in BACKENDS:
         raise FcnDeployError(f"unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}")
+    if requested == "onnxruntime":
+        return requested
     usable, why = tensorrt_status()
     if requested == "auto":
         chosen = "tensorrt" if usable else "onnxruntime"
@@ -141,8 +144,12 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def _ort_compile(src: Path, out: Path, meta: ModelMeta, precision: str) -> None:
-    """ORT's offline-optimised graph (extended level), with the fcn-deploy metadata put back."""
+def _ort_compile(src: Path, out: Path, meta: ModelMeta, precision: str, providers: list[str]) -> None:
+    """ORT's offline-optimised graph (extended level) for ``providers``, with the metadata put back.
+
+    Offline-optimised graphs must run with the providers they were optimised for (fused CPU
+    kernels would not run on CUDA), so the manifest records them and loading uses them.
+    """
     import onnxruntime as ort
 
     with atomic_path(out) as tmp:
@@ -150,14 +157,14 @@ def _ort_compile(src: Path, out: Path, meta: ModelMeta, precision: str) -> None:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(tmp)
         options.log_severity_level = 3
-        ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(src), options, providers=providers)
         optimized = onnx.load(str(tmp))
         write_onnx_meta(optimized, meta, {"fcn_deploy.precision": precision, "fcn_deploy.backend": "onnxruntime"})
         onnx.save(optimized, str(tmp), save_as_external_data=False)
 
 
 def build_engine(
-    onnx_path: str | Path, out: str | Path | None = None, opts: BuildOptions | None = None, log=print, command: str = ""
+    onnx_path: str | Path, out: str | Path | None = None, opts: BuildOptions | None = None, log=print
 ) -> dict[str, Any]:
     """Build one engine and its manifest; returns the manifest."""
     opts = opts or BuildOptions()
@@ -167,27 +174,36 @@ def build_engine(
     except Exception as exc:
         raise FcnDeployError(f"{src}: not a readable ONNX model ({exc.__class__.__name__}); re-export it") from exc
     meta = read_onnx_meta(model, str(src))
-    if read_onnx_props(model).get("fcn_deploy.precision", "fp32") != "fp32":
-        raise FcnDeployError(f"{src}: is already a {read_onnx_props(model)['fcn_deploy.precision']} model; build from the FP32 export")
+    props = read_onnx_props(model)
+    if props.get("fcn_deploy.precision", "fp32") != "fp32" or "fcn_deploy.backend" in props:
+        raise FcnDeployError(
+            f"{src}: is already a built {props.get('fcn_deploy.precision', '')} engine; build from the FP32 export"
+        )
     backend = resolve_backend(opts.backend, log)
+    int8_target = opts.int8_target or backend
+    if opts.precision == "int8" and backend == "tensorrt" and int8_target != "tensorrt":
+        raise FcnDeployError(
+            f"--int8-target {int8_target} with --backend tensorrt: TensorRT needs symmetric int8 Q/DQ; drop --int8-target"
+        )
     profile = resolve_profile(model, meta, opts, log)
     out = Path(out) if out else default_engine_path(src, opts.precision, backend)
-    int8_target = opts.int8_target or backend
     suffix = f"{opts.precision}-{int8_target}" if opts.precision == "int8" else opts.precision
     precision_onnx = src if opts.precision == "fp32" else src.with_name(f"{src.stem}.{suffix}.onnx")
     if opts.precision != "fp32":
         log(f"{opts.precision}: transforming {src.name} -> {precision_onnx.name}")
         transform = apply_precision(
-            src, precision_onnx, opts.precision, opts.calib_dir, opts.calib_method, max_side=profile.max[1],
-            int8_target=int8_target,
+            src, precision_onnx, opts.precision, opts.calib_dir, opts.calib_method, max_hw=profile.max[1:],
+            int8_target=int8_target, log=log,
         )
     else:
         transform = {"precision": "fp32"}
     build_info: dict[str, Any] = {}
     if backend == "tensorrt":
-        build_info = build_plan(precision_onnx, out, profile, opts.workspace_gib, opts.timing_cache, log=log)
+        timing_cache = opts.timing_cache or out.parent / "timing.cache"  # reused by every later build there
+        build_info = build_plan(precision_onnx, out, profile, opts.workspace_gib, timing_cache, log=log)
     else:
-        _ort_compile(precision_onnx, out, meta, opts.precision)
+        build_info["providers"] = choose_providers("auto")
+        _ort_compile(precision_onnx, out, meta, opts.precision, build_info["providers"])
     device = gpu_info() if backend == "tensorrt" else {"cpu": platform.processor() or platform.machine()}
     calibration = transform.get("calibration") or {}
     manifest = {
@@ -199,9 +215,9 @@ def build_engine(
         "versions": library_versions(),
         "device": device,
         "profile": profile.to_dict(),
-        "source_onnx": str(src),
+        "source_onnx": str(src.resolve()),
         "source_onnx_sha256": sha256_file(src),
-        "precision_onnx": str(precision_onnx),
+        "precision_onnx": str(precision_onnx.resolve()),
         "precision_onnx_sha256": sha256_file(precision_onnx),
         "calibration_sha256": calibration.get("sha256"),
         "transform": transform,
@@ -209,22 +225,23 @@ def build_engine(
         "meta": meta.to_dict(),
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "built_by": f"fcn-deploy {__version__}",
-        "rebuild_command": command or rebuild_command(src, out, opts, backend),
+        "rebuild_command": rebuild_command(src, out, opts, backend),
     }
     atomic_write_json(manifest_path(out), manifest)
     return manifest
 
 
 def rebuild_command(src: Path, out: Path, opts: BuildOptions, backend: str) -> str:
-    parts = ["fcn-deploy", "build-engine", str(src), "-o", str(out), "--backend", backend]
+    """The command that builds this engine again (absolute paths: it is printed from anywhere)."""
+    parts = ["fcn-deploy", "build-engine", str(src.resolve()), "-o", str(out.resolve()), "--backend", backend]
     if opts.precision != "fp32":
         parts.append(f"--{opts.precision}")
     if opts.precision == "int8":
         parts += ["--calib-method", opts.calib_method]
         if opts.int8_target:
             parts += ["--int8-target", opts.int8_target]
-        if opts.calib_dir:
-            parts += ["--calib", str(opts.calib_dir)]
+    if opts.precision != "fp32" and opts.calib_dir:
+        parts += ["--calib", str(Path(opts.calib_dir).resolve())]
     for flag, shape in (("--min-shape", opts.min_shape), ("--opt-shape", opts.opt_shape), ("--max-shape", opts.max_shape)):
         if shape:
             parts += [flag, f"{shape[0]}x{shape[1]}"]
@@ -284,9 +301,11 @@ def load_runner(path: str | Path, providers: str = "auto", device: str = "cpu", 
         if has_manifest:
             manifest = read_manifest(path)
             check_manifest(path, manifest)
-            runner = OrtRunner(path, providers=providers, threads=threads, profile=Profile.from_dict(manifest["profile"]))
-            runner.precision = manifest["precision"]
-            return runner
+            built_for = manifest.get("build", {}).get("providers")
+            return OrtRunner(
+                path, providers=built_for or providers, threads=threads, profile=Profile.from_dict(manifest["profile"]),
+                precision=manifest["precision"],
+            )  # fmt: skip
         return OrtRunner(path, providers=providers, threads=threads)
     raise FcnDeployError(f"{path}: unknown artefact type {path.suffix!r}; expected .pt, .onnx or .plan (with its manifest)")
 

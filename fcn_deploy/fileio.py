@@ -11,16 +11,12 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import FcnDeployError
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def ensure_writable_dir(path: str | Path) -> Path:
@@ -43,11 +39,16 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     savers) choose the format from it.
     """
     final = Path(final)
+    if final.is_dir():
+        raise FcnDeployError(f"{final} is a directory; give a file path to write")
     ensure_writable_dir(final.parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{final.suffix}", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; artefacts get the usual mode
+    while True:  # like mkstemp, but created 0666 & ~umask, the mode any artefact gets
+        tmp = final.parent / f".{final.name}.{secrets.token_hex(4)}.tmp{final.suffix}"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
         yield tmp
         os.replace(tmp, final)

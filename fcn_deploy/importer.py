@@ -75,7 +75,13 @@ def import_torchvision_fcn(state: dict[str, torch.Tensor], classes_file: Path | 
     num_classes = int(state["classifier.4.weight"].shape[0])
     aux = any(k.startswith("aux_classifier.") for k in state)
     model = models.build(f"fcn-resnet{depth}", num_classes, aux=aux)
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise FcnDeployError(
+            f"weights look like a torchvision FCN-ResNet{depth} but do not fit it ({str(exc).splitlines()[0]}); "
+            "is the file complete?"
+        ) from exc
     names, palette = _class_info(num_classes, classes_file)
     meta = ModelMeta(
         arch=f"fcn-resnet{depth}", num_classes=num_classes, class_names=names, palette=palette,

@@ -46,7 +46,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .data.images import IMAGE_SUFFIXES, fit_to_size, load_rgb, preprocess
+from .data.images import list_images, load_rgb, preprocess, resize_rgb
+from .data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 from .data.synthetic import make_scene
 from .errors import FcnDeployError, require_file
 from .fileio import atomic_path, ensure_writable_dir, sha256_bytes
@@ -99,32 +100,31 @@ def generate_default_calibration(folder: Path, count: int = DEFAULT_CALIB_COUNT,
 
 
 def load_calibration(
-    folder: str | Path, meta: ModelMeta, max_side: int | None = None, min_count: int = MIN_CALIB_IMAGES
+    folder: str | Path, meta: ModelMeta, max_hw: tuple[int, int] | None = None, min_count: int = MIN_CALIB_IMAGES
 ) -> CalibrationSet:
     """Read every image in ``folder`` and preprocess it as inference does.
 
     Files that are not images (or cannot be decoded) are skipped and counted; fewer than
-    ``min_count`` usable images is an error.  Images larger than ``max_side`` (the profile's max)
-    are fitted into it, as ``infer`` would.
+    ``min_count`` usable images is an error.  Images larger than ``max_hw`` (the profile's max
+    height and width) are scaled down to fit, keeping their aspect, as ``infer`` would.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FcnDeployError(f"calibration folder not found: {folder} (run `fcn-deploy calib-data {folder}`)")
-    files, batches, skipped = [], [], []
+    files, batches = [], []
+    images = set(list_images(folder))
+    skipped = [p.name for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
+               and p not in images and p.name.lower() != "readme.md"]  # fmt: skip
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            if path.name.lower() != "readme.md":
-                skipped.append(path.name)
-            continue
+    for path in sorted(images):
         try:
             image = load_rgb(path, convert=True)
         except FcnDeployError:
             skipped.append(path.name)
             continue
-        if max_side and max(image.shape[:2]) > max_side:
-            scale = max_side / max(image.shape[:2])
-            image = fit_to_size(image, max(1, int(image.shape[0] * scale)), max(1, int(image.shape[1] * scale)))
+        if max_hw and (image.shape[0] > max_hw[0] or image.shape[1] > max_hw[1]):
+            scale = min(max_hw[0] / image.shape[0], max_hw[1] / image.shape[1])
+            image = resize_rgb(image, max(1, int(image.shape[0] * scale)), max(1, int(image.shape[1] * scale)))
         if min(image.shape[:2]) < meta.min_size:
             skipped.append(path.name)
             continue
@@ -224,6 +224,12 @@ class _Reader:
         self.index = 0
 
 
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
 def calibration_cache_key(model_bytes: bytes, calibration: CalibrationSet, method: str, target: str = "tensorrt") -> str:
     """Hash of everything the ranges depend on: model, image list and content, method, shapes
     (and the activation encoding, which changes how ranges are symmetrised)."""
@@ -233,6 +239,7 @@ def calibration_cache_key(model_bytes: bytes, calibration: CalibrationSet, metho
             "images": calibration.sha256,
             "method": method,
             "target": INT8_TARGETS[target],
+            "onnxruntime": _ort_version(),
             "shapes": [list(s) for s in calibration.shapes],
             "int8_ops": INT8_OP_TYPES,
         },
@@ -322,8 +329,9 @@ def apply_precision(
     precision: str,
     calib_dir: str | Path | None = None,
     calib_method: str = "minmax",
-    max_side: int | None = None,
+    max_hw: tuple[int, int] | None = None,
     int8_target: str = "tensorrt",
+    log=print,
 ) -> dict[str, object]:
     """Write ``src`` (an exported FP32 ONNX) transformed to ``precision`` at ``out``.
 
@@ -341,9 +349,15 @@ def apply_precision(
         transformed = model
     else:
         folder = Path(calib_dir) if calib_dir is not None else DEFAULT_CALIB_DIR
-        if calib_dir is None and not any(folder.glob("*.png")):
+        if calib_dir is None and not (folder.is_dir() and list_images(folder)):
+            if meta.class_names != SYNTHETIC_CLASSES:
+                raise FcnDeployError(
+                    f"no calibration images in {folder}: pass --calib DIR with images like {meta.arch}'s real data "
+                    "(the generated synthetic set only suits models trained on it)"
+                )
+            log(f"generating the default calibration set in {folder} (synthetic scenes, held-out seed)")
             generate_default_calibration(folder)
-        calibration = load_calibration(folder, meta, max_side=max_side)
+        calibration = load_calibration(folder, meta, max_hw=max_hw)
         report["calibration"] = {
             "folder": str(folder),
             "images": len(calibration.files),
@@ -376,11 +390,7 @@ def apply_precision(
     return report
 
 
-def default_output_name(src: Path, precision: str) -> Path:
-    return src.with_name(f"{src.stem}.{precision}.onnx")
-
-
 __all__ = [
     "PRECISIONS", "CALIB_METHODS", "apply_precision", "convert_fp16", "convert_int8", "load_calibration",
-    "generate_default_calibration", "calibration_cache_key", "CalibrationSet", "default_output_name",
+    "generate_default_calibration", "calibration_cache_key", "CalibrationSet",
 ]  # fmt: skip

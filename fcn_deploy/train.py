@@ -1,6 +1,6 @@
 """Training and evaluation.
 
-``train(config)`` runs epochs of SGD-style training with a rich progress bar (loss, lr, it/s, ETA),
+``train(config)`` runs epochs of AdamW training (warm-up, then cosine decay) with a rich progress bar (loss, lr, it/s, ETA),
 evaluates on the validation split after every epoch, keeps the best checkpoint at ``config.out``
 and the latest at ``<out>.last.pt`` (both written atomically), and resumes from either.  Ctrl-C
 stops between steps and leaves both files as they were after the last completed epoch.
@@ -245,6 +245,8 @@ def train(config: TrainConfig, console: Console | None = None) -> dict[str, Any]
         )
         raise
     elapsed = time.perf_counter() - started
+    if not state["history"]:
+        raise FcnDeployError(f"no training steps ran (epochs={config.epochs}, steps={config.steps}); nothing was written")
     return {
         "checkpoint": str(out),
         "last": str(last_path(out)),

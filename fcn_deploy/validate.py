@@ -27,6 +27,7 @@ import numpy as np
 from .data.images import fit_to_size, list_images, load_rgb, preprocess
 from .data.synthetic import make_scene
 from .errors import FcnDeployError
+from .fileio import sha256_file
 from .metrics import fast_hist, scores_from_hist
 from .runners.base import Prediction, Profile, Runner
 
@@ -322,41 +323,46 @@ def validate_engine(
 ) -> ValidationReport:
     """``fcn-deploy validate``: load both, pick sizes and thresholds, compare, print a table."""
     from rich.console import Console
-    from rich.table import Table
 
     from .engines import load_runner
     from .runners.torch_runner import TorchRunner
 
     console = console or Console()
-    engine = load_runner(engine_path, providers="auto")
-    reference = TorchRunner(reference_path)
-    if (reference.meta.arch, reference.meta.num_classes) != (engine.meta.arch, engine.meta.num_classes):
-        raise FcnDeployError(
-            f"{reference_path} is {reference.meta.arch} with {reference.meta.num_classes} classes but {engine_path} "
-            f"was built from {engine.meta.arch} with {engine.meta.num_classes}; pass the engine's own checkpoint"
-        )
-    if engine.meta.source_sha256 and reference.path:
-        from .fileio import sha256_file
+    with load_runner(engine_path, providers="auto") as engine:
+        reference = TorchRunner(reference_path)
+        if (reference.meta.arch, reference.meta.num_classes) != (engine.meta.arch, engine.meta.num_classes):
+            raise FcnDeployError(
+                f"{reference_path} is {reference.meta.arch} with {reference.meta.num_classes} classes but {engine_path} "
+                f"was built from {engine.meta.arch} with {engine.meta.num_classes}; pass the engine's own checkpoint"
+            )
+        if engine.meta.source_sha256 and reference.path:
+            if sha256_file(reference.path) != engine.meta.source_sha256:
+                console.print(f"[yellow]note: {reference_path} is not the checkpoint {engine_path} was exported from[/]")
+        thresholds = thresholds_for(precision or engine.precision, min_agreement, min_confident, min_miou, margin)
+        size_list = parse_sizes(sizes) if sizes else spread_sizes(engine.profile, random_sizes, seed, cap=max_side)
+        console.print(
+            f"{len(size_list)} sizes; thresholds: agreement >= {thresholds.pixel_agreement}"
+            + (f", confident (margin > {thresholds.confidence_margin}) >= {thresholds.confident_agreement}"
+               if thresholds.confident_agreement is not None else "")
+            + (f", mIU >= {thresholds.min_mean_iu}" if thresholds.min_mean_iu is not None else "")
+        )  # fmt: skip
+        with console.status("validating") as status:
+            report = validate(
+                engine, reference, size_list, thresholds, InputSource(images), batch=batch,
+                on_case=lambda case: status.update(f"validated {case.height}x{case.width}"),
+            )  # fmt: skip
+        title = f"validate {Path(engine_path).name} ({engine.backend}, {engine.precision}) vs {Path(reference_path).name}"
+        print_validation(console, report, title)
+        return report
 
-        if sha256_file(reference.path) != engine.meta.source_sha256:
-            console.print(f"[yellow]note: {reference_path} is not the checkpoint {engine_path} was exported from[/]")
-    thresholds = thresholds_for(precision or engine.precision, min_agreement, min_confident, min_miou, margin)
-    size_list = parse_sizes(sizes) if sizes else spread_sizes(engine.profile, random_sizes, seed, cap=max_side)
-    inputs = InputSource(images)
-    table = Table(title=f"validate {Path(engine_path).name} ({engine.backend}, {engine.precision}) vs {Path(reference_path).name}")
+
+def print_validation(console, report: ValidationReport, title: str) -> None:
+    """A table with one row per size (tick or cross), then a summary line naming failing sizes."""
+    from rich.table import Table
+
+    table = Table(title=title)
     for column in ("", "N x H x W", "agreement", "confident", "max disagree margin", "mIU vs ref", "max |Δlogit|"):
         table.add_column(column, justify="left" if column in ("", "N x H x W") else "right")
-    console.print(
-        f"{len(size_list)} sizes; thresholds: agreement >= {thresholds.pixel_agreement}"
-        + (f", confident (margin > {thresholds.confidence_margin}) >= {thresholds.confident_agreement}" if thresholds.confident_agreement is not None else "")
-        + (f", mIU >= {thresholds.min_mean_iu}" if thresholds.min_mean_iu is not None else "")
-    )
-    with console.status("validating") as status:
-
-        def progress(case: CaseResult) -> None:
-            status.update(f"validated {case.height}x{case.width}")
-
-        report = validate(engine, reference, size_list, thresholds, inputs, batch=batch, on_case=progress)
     for case in report.cases:
         table.add_row(
             "[green]✓[/]" if case.passed else "[red]✗[/]",
@@ -374,10 +380,8 @@ def validate_engine(
             f"[green]PASSED[/] {summary['sizes']} sizes; min agreement {summary['min_pixel_agreement'] * 100:.4f}%, "
             f"min mIU {summary['min_mean_iu']:.4f}"
         )
-    else:
-        for case in report.cases:
-            if not case.passed:
-                console.print(f"[red]✗ {case.height}x{case.width}[/]: {'; '.join(case.failures)}")
-        console.print(f"[red]FAILED[/] at {len(report.failing_sizes)} of {summary['sizes']} sizes: {', '.join(report.failing_sizes)}")
-    engine.close()
-    return report
+        return
+    for case in report.cases:
+        if not case.passed:
+            console.print(f"[red]✗ {case.height}x{case.width}[/]: {'; '.join(case.failures)}")
+    console.print(f"[red]FAILED[/] at {len(report.failing_sizes)} of {summary['sizes']} sizes: {', '.join(report.failing_sizes)}")

@@ -54,7 +54,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from .data.images import IMAGE_SUFFIXES, colorize, list_images, load_rgb, preprocess, resize_mask, resize_rgb, save_palette_png
+from .data.images import IMAGE_SUFFIXES, list_images, load_rgb, preprocess, resize_mask, resize_rgb, save_palette_png
 from .engines import load_runner
 from .errors import FcnDeployError
 from .fileio import atomic_path, ensure_writable_dir
@@ -162,7 +162,7 @@ class Segmenter:
             frames += frames[-1:] * (run_batch - len(frames))  # a static batch wants more: repeat the last
             batch = preprocess(np.stack(frames), self.meta.mean, self.meta.std)
         with self.times.measure("infer"):
-            prediction = self.runner.infer(batch)
+            prediction = self.runner.infer(batch, need_logits=False)
         with self.times.measure("postprocess"):
             return [resize_mask(mask.astype(np.uint8), height, width) for mask in prediction.mask[: len(images)]]
 
@@ -363,7 +363,15 @@ def even_size(height: int, width: int) -> tuple[int, int]:
     return height + height % 2, width + width % 2
 
 
-def _add_video_stream(container, codec: str, fps: Fraction, height: int, width: int):
+def pad_to_even(picture: np.ndarray) -> np.ndarray:
+    """Replicate the last row/column of an odd-sized frame: yuv420p needs even sides."""
+    height, width = picture.shape[:2]
+    if height % 2 == 0 and width % 2 == 0:
+        return picture
+    return np.pad(picture, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+
+
+def add_video_stream(container, codec: str, fps: Fraction, height: int, width: int):
     stream = container.add_stream(codec, rate=fps)
     stream.height, stream.width = even_size(height, width)
     stream.pix_fmt = "yuv420p"
@@ -381,7 +389,7 @@ def _encode_frames(
     """Encode thread: overlay each (index, frame, mask), encode it, save its mask PNG."""
     try:
         with av.open(str(tmp), "w") as container:
-            stream = _add_video_stream(container, codec, info.fps, info.height, info.width)
+            stream = add_video_stream(container, codec, info.fps, info.height, info.width)
             while (item := _get_unless(results, stop)) is not _END:
                 if item is None:
                     return  # stopped: the main thread discards the temporary file
@@ -389,17 +397,14 @@ def _encode_frames(
                 with times.measure("postprocess"):
                     picture = render_overlay(frame, mask, meta, alpha)
                 with times.measure("encode"):
-                    height, width = picture.shape[:2]
-                    if (height, width) != (stream.height, stream.width):
-                        picture = np.pad(picture, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-                    video_frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+                    video_frame = av.VideoFrame.from_ndarray(pad_to_even(picture), format="rgb24")
                     video_frame.pts = index
                     container.mux(stream.encode(video_frame))
                     if masks_dir is not None:
                         save_palette_png(masks_dir / f"frame_{index:06d}.png", mask, meta.palette)
             with times.measure("encode"):
                 container.mux(stream.encode(None))
-    except OSError as exc:
+    except (OSError, av.FFmpegError) as exc:  # disk full, permissions, encoder errors
         raise FcnDeployError(f"{final}: writing failed ({exc.strerror or exc}); free disk space or choose another output path") from exc
 
 

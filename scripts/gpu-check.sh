@@ -21,7 +21,9 @@ python3 -m venv .venv-gpu
 . .venv-gpu/bin/activate
 python -m pip install --quiet --upgrade pip
 pip install --quiet torch==2.14.1 torchvision==0.29.1
-pip install --quiet --extra-index-url https://pypi.nvidia.com -e ".[dev,tensorrt]"
+# TensorRT built for the CUDA major version torch uses (tensorrt-cu12 / tensorrt-cu13).
+CUDA_MAJOR=$(python -c "import torch; print((torch.version.cuda or '13').split('.')[0])")
+pip install --quiet --extra-index-url https://pypi.nvidia.com -e ".[dev]" "tensorrt-cu${CUDA_MAJOR}>=10"
 
 fcn-deploy gpu-check
 python -m pytest -m "gpu or tensorrt" -rs

@@ -240,3 +240,21 @@ def test_validate_spread_stays_inside_profile(built):
     assert all(32 <= h <= 256 and 32 <= w <= 256 for h, w in sizes)
     assert any(h % 32 and w % 32 for h, w in sizes)
     assert any(max(h, w) / min(h, w) >= 5 for h, w in sizes)
+
+
+def test_refuses_to_build_from_a_built_engine_or_to_guess_calibration(built, tmp_path, monkeypatch):
+    with pytest.raises(FcnDeployError, match="already a built"):
+        build_engine(built["fp16"], tmp_path / "again.ort.onnx", BuildOptions(), log=lambda *a: None)
+    # A model not trained on the synthetic scenes gets no generated calibration set.
+    model = onnx.load(str(read_manifest(built["fp32"])["source_onnx"]))
+    meta = read_onnx_meta(model)
+    meta.class_names = [f"class{i}" for i in range(meta.num_classes)]
+    from fcn_deploy.meta import write_onnx_meta
+
+    write_onnx_meta(model, meta)
+    other = tmp_path / "other.onnx"
+    onnx.save(model, str(other))
+    monkeypatch.chdir(tmp_path)  # no ./calibration here
+    with pytest.raises(FcnDeployError, match="pass --calib DIR"):
+        apply_precision(other, tmp_path / "other.int8.onnx", "int8")
+    assert not (tmp_path / "calibration").exists()

@@ -173,3 +173,10 @@ def test_export_bad_input(tiny_checkpoint, tmp_path, capsys):
     with pytest.raises(FcnDeployError, match="cannot create output directory"):
         export_onnx(tiny_checkpoint, blocker / "x.onnx", console=QUIET)
     assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_output_path_that_is_a_directory_is_refused(tiny_checkpoint, tmp_path, capsys):
+    target = tmp_path / "existing-dir.onnx"
+    target.mkdir()
+    assert main(["export", str(tiny_checkpoint), "-o", str(target)]) == 2
+    assert "is a directory" in capsys.readouterr().err

@@ -99,6 +99,7 @@ def fake_tensorrt(recorder: _Recorder, parse_ok: bool = True, plan: bytes | None
         def set_timing_cache(self, cache, ignore_mismatch):
             recorder.calls.append(("set_timing_cache", ignore_mismatch))
             self.cache = cache
+            return True
 
         def get_timing_cache(self):
             return self.cache

@@ -66,11 +66,11 @@ def runner_with(tiny_onnx: Path, profile: Profile | None = None, fail_on_call: i
     calls = []
     infer = runner.infer
 
-    def recording_infer(batch):
+    def recording_infer(batch, **kwargs):
         calls.append(batch.shape)
         if fail_on_call is not None and len(calls) >= fail_on_call:
             raise error
-        return infer(batch)
+        return infer(batch, **kwargs)
 
     runner.infer = recording_infer
     runner.calls = calls

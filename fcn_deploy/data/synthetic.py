@@ -177,26 +177,24 @@ def panning_frames(seed: int, count: int, height: int, width: int, speed: int = 
 
 
 def write_video(path, frames, fps: int = 25) -> int:
-    """Encode uint8 RGB frames to an H.264 .mp4 (atomically); returns the frame count."""
+    """Encode uint8 RGB frames to a video (atomically) with the encoder ``infer`` uses; returns the count."""
     from fractions import Fraction
 
     import av
 
     from ..fileio import atomic_path
+    from ..video import add_video_stream, choose_codec, pad_to_even
 
     count = 0
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w") as container:
-            stream = None
-            for frame in frames:
-                if stream is None:
-                    stream = container.add_stream("libx264", rate=Fraction(fps))
-                    stream.height, stream.width = frame.shape[0] - frame.shape[0] % 2, frame.shape[1] - frame.shape[1] % 2
-                    stream.pix_fmt = "yuv420p"
-                    stream.options = {"crf": "18", "preset": "veryfast"}
-                frame = frame[: stream.height, : stream.width]
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-                count += 1
-            if stream is not None:
-                container.mux(stream.encode(None))
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w") as container:
+        stream = None
+        for frame in frames:
+            if stream is None:
+                stream = add_video_stream(container, choose_codec(), Fraction(fps), *frame.shape[:2])
+            video_frame = av.VideoFrame.from_ndarray(pad_to_even(np.ascontiguousarray(frame)), format="rgb24")
+            video_frame.pts = count
+            container.mux(stream.encode(video_frame))
+            count += 1
+        if stream is not None:
+            container.mux(stream.encode(None))
     return count

@@ -40,8 +40,6 @@ class ArchSpec:
     #: crops/resize), but below one coarsest cell (32 px) the top layers see mostly padding; 32 is the
     #: supported minimum and the default engine profile's min.
     min_size: int = 32
-    #: Height/width multiple at which no crop or resize discards anything (not required).
-    alignment: int = 32
     defaults: dict[str, Any] = field(default_factory=dict)
 
 

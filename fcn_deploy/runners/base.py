@@ -82,8 +82,12 @@ class Runner(abc.ABC):
     def outputs(self) -> list[TensorSpec]: ...
 
     @abc.abstractmethod
-    def infer(self, batch: np.ndarray) -> Prediction:
-        """Segment ``batch`` (float32 Nx3xHxW, preprocessed per ``meta``)."""
+    def infer(self, batch: np.ndarray, need_logits: bool = True) -> Prediction:
+        """Segment ``batch`` (float32 Nx3xHxW, preprocessed per ``meta``).
+
+        With ``need_logits=False`` a runner may skip returning logits (the argmax then stays on
+        the device that computed it): what video inference wants.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

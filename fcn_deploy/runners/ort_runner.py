@@ -16,11 +16,20 @@ _ORT_TYPES = {
 }  # fmt: skip
 
 
-def choose_providers(requested: str = "auto") -> list[str]:
-    """``auto``: the TensorRT and CUDA execution providers when installed, then the CPU one."""
+def choose_providers(requested: str | list[str] = "auto") -> list[str]:
+    """``auto``: the TensorRT and CUDA execution providers when installed, then the CPU one; a list
+    (from an engine manifest) is used as it is, if every provider in it is available."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
+    if isinstance(requested, list):
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise FcnDeployError(
+                f"the engine was optimised for ONNX Runtime providers {requested}, and {missing} are not available "
+                "here; rebuild it on this machine"
+            )
+        return requested
     if requested == "cpu":
         return ["CPUExecutionProvider"]
     preferred = ["TensorrtExecutionProvider", "CUDAExecutionProvider"] if requested == "auto" else [requested]
@@ -45,7 +54,14 @@ def default_profile(meta, batch_dim) -> Profile:
 class OrtRunner(Runner):
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, providers: str = "auto", threads: int | None = None, profile: Profile | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        providers: str | list[str] = "auto",
+        threads: int | None = None,
+        profile: Profile | None = None,
+        precision: str | None = None,
+    ):
         import onnx
         import onnxruntime as ort
 
@@ -55,7 +71,7 @@ class OrtRunner(Runner):
         except Exception as exc:  # onnx raises DecodeError / ValueError on a corrupt file
             raise FcnDeployError(f"{path}: not a readable ONNX model ({exc.__class__.__name__}); re-export it") from exc
         self.meta = read_onnx_meta(proto, str(path))
-        self.precision = read_onnx_props(proto).get("fcn_deploy.precision", "fp32")
+        self.precision = precision or read_onnx_props(proto).get("fcn_deploy.precision", "fp32")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -87,12 +103,13 @@ class OrtRunner(Runner):
     def outputs(self) -> list[TensorSpec]:
         return [self._spec(o) for o in self.session.get_outputs()]
 
-    def infer(self, batch: np.ndarray) -> Prediction:
+    def infer(self, batch: np.ndarray, need_logits: bool = True) -> Prediction:
         n, _, h, w = batch.shape
         self.profile.check(n, h, w)
-        wanted = [name for name in (self._logits_name, self._mask_name) if name]
+        skip_logits = not need_logits and self._mask_name is not None
+        wanted = [name for name in (None if skip_logits else self._logits_name, self._mask_name) if name]
         results = dict(zip(wanted, self.session.run(wanted, {self._input.name: batch.astype(self._input_dtype, copy=False)})))
-        logits = results.get(self._logits_name) if self._logits_name else None
+        logits = results.get(self._logits_name)
         if logits is not None:
             logits = logits.astype(np.float32, copy=False)
         mask = results[self._mask_name].astype(np.int64, copy=False) if self._mask_name else mask_from_logits(logits)

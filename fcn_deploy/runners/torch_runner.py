@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint, load_checkpoint
-from .base import Prediction, Profile, Runner, TensorSpec, mask_from_logits
+from .base import Prediction, Profile, Runner, TensorSpec
 
 
 class TorchRunner(Runner):
@@ -36,7 +36,15 @@ class TorchRunner(Runner):
         return [TensorSpec("logits", "float32", ("batch", self.meta.num_classes, "height", "width"))]
 
     @torch.inference_mode()
-    def infer(self, batch: np.ndarray) -> Prediction:
-        logits = self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
-        logits_np = logits.float().cpu().numpy()
-        return Prediction(mask=mask_from_logits(logits_np), logits=logits_np)
+    def infer_torch(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch already on ``self.device`` (what the benchmark times on a GPU)."""
+        logits = self.model(batch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return logits
+
+    @torch.inference_mode()
+    def infer(self, batch: np.ndarray, need_logits: bool = True) -> Prediction:
+        logits = self.infer_torch(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
+        mask = logits.argmax(1).cpu().numpy()
+        return Prediction(mask=mask, logits=logits.float().cpu().numpy() if need_logits else None)

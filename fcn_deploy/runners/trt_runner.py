@@ -15,9 +15,9 @@ import numpy as np
 
 from ..errors import FcnDeployError, require_file
 from ..fileio import atomic_path, atomic_write_bytes
-from .base import Prediction, Profile, Runner, TensorSpec, mask_from_logits
+from .base import Prediction, Profile, Runner, TensorSpec
 
-INPUT_NAME = "image"
+_LOGGER = None
 
 
 def import_tensorrt():
@@ -30,6 +30,14 @@ def import_tensorrt():
             "`pip install 'fcn-deploy[tensorrt]'` (see scripts/gpu-check.sh), or use --backend onnxruntime"
         ) from exc
     return trt
+
+
+def trt_logger(trt):
+    """One logger for the process: TensorRT keeps the first it is given and warns about others."""
+    global _LOGGER
+    if _LOGGER is None:
+        _LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _LOGGER
 
 
 def cuda_available() -> bool:
@@ -72,7 +80,7 @@ def build_plan(
 ) -> dict[str, object]:
     """Parse ``onnx_path``, build a serialised plan for ``profile`` and write it atomically."""
     trt = import_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt_logger(trt)
     builder = trt.Builder(logger)
     # Strong typing: required (and the default) in 11.x, opt-in in 10.x, where the flag exists.
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
@@ -96,7 +104,10 @@ def build_plan(
     if timing_cache is not None and Path(timing_cache).is_file():
         cache_bytes = Path(timing_cache).read_bytes()
     cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        log(f"timing cache {timing_cache} does not match this TensorRT/GPU; starting a new one")
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=True)
     log(f"building TensorRT {trt.__version__} engine for {shapes[0]}..{shapes[2]} (opt {shapes[1]})")
     started = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
@@ -109,7 +120,8 @@ def build_plan(
     return {"build_seconds": time.perf_counter() - started, "tensorrt": trt.__version__, "timing_cache": str(timing_cache or "")}
 
 
-_TRT_TO_NUMPY = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT64": "int64", "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
+#: TensorRT I/O types this runner can bind (anything else is refused rather than mis-sized).
+_TRT_TO_TORCH = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT64": "int64", "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
 
 
 class TrtRunner(Runner):
@@ -124,33 +136,44 @@ class TrtRunner(Runner):
         if not torch.cuda.is_available():
             raise FcnDeployError(f"{plan_path}: a TensorRT engine needs a CUDA device, and torch sees none")
         self._torch = torch
+        self.device = torch.device("cuda")
         self.path = str(require_file(plan_path, "TensorRT engine"))
         self.meta, self.precision = meta, precision
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
+        self._runtime = trt.Runtime(trt_logger(trt))
         self.engine = self._runtime.deserialize_cuda_engine(Path(self.path).read_bytes())
         if self.engine is None:
             raise FcnDeployError(
                 f"{plan_path}: TensorRT could not deserialize the engine (built by another TensorRT version or GPU?)"
             )
         self.context = self.engine.create_execution_context()
-        self._names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self._inputs = [n for n in self._names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self._outputs = [n for n in self._names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if self.context is None:
+            raise FcnDeployError(f"{plan_path}: TensorRT could not create an execution context (out of GPU memory?)")
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self._inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self._outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if not {"logits", "mask"} & set(self._outputs):
+            raise FcnDeployError(f"{plan_path}: has neither a 'logits' nor a 'mask' output; rebuild from an fcn-deploy export")
+        self._dtypes = {n: self._torch_dtype(n) for n in names}
         lo, opt, hi = self.engine.get_tensor_profile_shape(self._inputs[0], 0)
         self.profile = profile or Profile((lo[0], lo[2], lo[3]), (opt[0], opt[2], opt[3]), (hi[0], hi[2], hi[3]))
         self.stream = torch.cuda.Stream()
 
-    def _dtype(self, name: str) -> str:
-        return _TRT_TO_NUMPY.get(self.engine.get_tensor_dtype(name).name, "float32")
+    def _torch_dtype(self, name: str):
+        trt_type = self.engine.get_tensor_dtype(name).name
+        if trt_type not in _TRT_TO_TORCH:
+            raise FcnDeployError(f"{self.path}: tensor {name!r} has TensorRT type {trt_type}, which this runner cannot bind")
+        return getattr(self._torch, _TRT_TO_TORCH[trt_type])
+
+    def _spec(self, name: str) -> TensorSpec:
+        return TensorSpec(name, _TRT_TO_TORCH[self.engine.get_tensor_dtype(name).name], tuple(self.engine.get_tensor_shape(name)))
 
     @property
     def inputs(self) -> list[TensorSpec]:
-        return [TensorSpec(n, self._dtype(n), tuple(self.engine.get_tensor_shape(n))) for n in self._inputs]
+        return [self._spec(n) for n in self._inputs]
 
     @property
     def outputs(self) -> list[TensorSpec]:
-        return [TensorSpec(n, self._dtype(n), tuple(self.engine.get_tensor_shape(n))) for n in self._outputs]
+        return [self._spec(n) for n in self._outputs]
 
     def infer_torch(self, batch):
         """Run on a CUDA tensor; returns ``{output name: CUDA tensor}`` (no host copies)."""
@@ -158,13 +181,13 @@ class TrtRunner(Runner):
         n, _, h, w = batch.shape
         self.profile.check(n, h, w)
         name = self._inputs[0]
-        batch = batch.to(device="cuda", dtype=getattr(torch, self._dtype(name))).contiguous()
-        self.context.set_input_shape(name, tuple(batch.shape))
+        batch = batch.to(device=self.device, dtype=self._dtypes[name]).contiguous()
+        if not self.context.set_input_shape(name, tuple(batch.shape)):
+            raise FcnDeployError(f"{self.path}: TensorRT refused input shape {tuple(batch.shape)} (outside the engine's profile?)")
         self.context.set_tensor_address(name, batch.data_ptr())
         outputs = {}
         for out in self._outputs:
-            shape = tuple(self.context.get_tensor_shape(out))
-            tensor = torch.empty(shape, dtype=getattr(torch, self._dtype(out)), device="cuda")
+            tensor = torch.empty(tuple(self.context.get_tensor_shape(out)), dtype=self._dtypes[out], device=self.device)
             self.context.set_tensor_address(out, tensor.data_ptr())
             outputs[out] = tensor
         self.stream.wait_stream(torch.cuda.current_stream())
@@ -173,13 +196,14 @@ class TrtRunner(Runner):
         self.stream.synchronize()
         return outputs
 
-    def infer(self, batch: np.ndarray) -> Prediction:
+    def infer(self, batch: np.ndarray, need_logits: bool = True) -> Prediction:
         outputs = self.infer_torch(self._torch.from_numpy(np.ascontiguousarray(batch)))
         logits = outputs.get("logits")
-        logits_np = logits.float().cpu().numpy() if logits is not None else None
-        mask = outputs.get("mask")
-        mask_np = mask.to(self._torch.int64).cpu().numpy() if mask is not None else mask_from_logits(logits_np)
-        return Prediction(mask=mask_np, logits=logits_np)
+        mask = outputs["mask"] if "mask" in outputs else logits.argmax(1)  # argmax on the GPU
+        return Prediction(
+            mask=mask.to(self._torch.int64).cpu().numpy(),
+            logits=logits.float().cpu().numpy() if need_logits and logits is not None else None,
+        )
 
     def close(self) -> None:
         self.context = None
