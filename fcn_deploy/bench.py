@@ -129,10 +129,10 @@ def measured_peak_gflops(device: str = "cpu", size: int = 2048, repeats: int = 8
 
 
 def _infer_call(runner: Runner, batch: np.ndarray):
-    """The call to time.  Runners on torch devices (PyTorch, TensorRT) are timed on device-resident
-    inputs without host copies, so a GPU engine and the GPU baseline are timed alike; ONNX Runtime
-    is timed through ``infer`` (its session run, host in and out)."""
-    if hasattr(runner, "infer_torch"):
+    """The call to time, the same for every runner on a device: on the CPU ``infer`` (host arrays
+    in, logits and argmax mask out), on CUDA (PyTorch, TensorRT) the forward pass alone on
+    device-resident inputs, so the GPU engine and the GPU baseline are timed alike."""
+    if getattr(runner, "device", None) is not None and runner.device.type == "cuda":
         device_batch = torch.from_numpy(batch).to(runner.device)
         return lambda: runner.infer_torch(device_batch)
     return lambda: runner.infer(batch)

@@ -155,7 +155,7 @@ def run_demo(
     # 8. benchmark ---------------------------------------------------------------------------
     step("8/8 benchmark")
     report["steps"]["benchmark"] = run_benchmark(
-        [engines[p] for p in ("fp32", "fp16", "int8")], reference=ckpt, sizes=[BENCH_SIZE], warmup=2, iters=20,
+        [engines[p] for p in ("fp32", "fp16", "int8")], reference=ckpt, sizes=[BENCH_SIZE], warmup=2, iters=30,
         console=console,
     )  # fmt: skip
     done("8/8 benchmark")

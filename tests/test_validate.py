@@ -143,3 +143,13 @@ def test_inputs_are_images_not_noise(tmp_path):
     assert real.shape == (1, 64, 64, 3) and (real == 200).all()
     with pytest.raises(FcnDeployError, match="no images"):
         InputSource(tmp_path / "missing")
+
+
+def test_mask_from_logits_is_argmax_including_ties():
+    from fcn_deploy.runners.base import mask_from_logits
+
+    rng = np.random.default_rng(1)
+    for shape in [(2, 5, 37, 41), (1, 1, 8, 8), (1, 21, 16, 16)]:
+        logits = rng.normal(size=shape).astype(np.float32)
+        logits[..., :4, :4] = 0.0  # ties: the first maximum wins, as np.argmax
+        np.testing.assert_array_equal(mask_from_logits(logits), np.argmax(logits, axis=1))

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint, load_checkpoint
-from .base import Prediction, Profile, Runner, TensorSpec
+from .base import Prediction, Profile, Runner, TensorSpec, mask_from_logits
 
 
 class TorchRunner(Runner):
@@ -46,5 +46,8 @@ class TorchRunner(Runner):
     @torch.inference_mode()
     def infer(self, batch: np.ndarray, need_logits: bool = True) -> Prediction:
         logits = self.infer_torch(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
-        mask = logits.argmax(1).cpu().numpy()
-        return Prediction(mask=mask, logits=logits.float().cpu().numpy() if need_logits else None)
+        if self.device.type == "cuda":  # argmax where the logits are; copy only what is needed
+            mask = logits.argmax(1).cpu().numpy()
+            return Prediction(mask=mask, logits=logits.float().cpu().numpy() if need_logits else None)
+        logits_np = logits.numpy()
+        return Prediction(mask=mask_from_logits(logits_np), logits=logits_np if need_logits else None)
