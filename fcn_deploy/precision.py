@@ -40,6 +40,7 @@ import hashlib
 import io
 import json
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,13 +193,15 @@ def convert_fp16(
         for node in model.graph.node
         if any(peaks.get(o, 0.0) > data_max for o in node.output) or any(i in big_inits for i in node.input)
     ]
-    converted = float16.convert_float_to_float16(
-        model,
-        keep_io_types=True,
-        node_block_list=keep_fp32,
-        max_finite_val=init_max,
-        disable_shape_infer=False,
-    )
+    with warnings.catch_warnings():  # it warns once per weight it rounds to the smallest FP16 value
+        warnings.simplefilter("ignore", UserWarning)
+        converted = float16.convert_float_to_float16(
+            model,
+            keep_io_types=True,
+            node_block_list=keep_fp32,
+            max_finite_val=init_max,
+            disable_shape_infer=False,
+        )
     return converted, keep_fp32
 
 
