@@ -78,6 +78,8 @@ def read_weights_only(path: Path) -> Any:
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     path = require_file(path, "checkpoint")
+    if path.suffix in (".onnx", ".plan", ".engine"):
+        raise FcnDeployError(f"{path}: is an exported model, not a checkpoint; pass the .pt checkpoint it came from")
     data = read_weights_only(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise FcnDeployError(
