@@ -360,8 +360,6 @@ def infer_command(
     """Segment a video (overlay video out) or images (mask PNGs + overlays)."""
     from .video import run_infer
 
-    if not 0.0 <= alpha <= 1.0:
-        raise FcnDeployError(f"--alpha {alpha}: must be between 0 and 1")
     summary = run_infer(
         source, engine, out=out, alpha=alpha, save_masks=save_masks, batch=batch, max_frames=max_frames,
         overwrite=overwrite, convert_rgb=convert_rgb, console=console,

@@ -73,3 +73,18 @@ def tiny_onnx(tiny_checkpoint, artefacts) -> Path:
     out = artefacts / "tiny.onnx"
     export_onnx(tiny_checkpoint, out, console=Console(quiet=True), check_sizes=[(64, 64), (97, 129)])
     return out
+
+
+def build_all_precisions(tiny_onnx: Path, out_dir: Path, **options) -> dict[str, Path]:
+    """FP32, FP16 and INT8 engines of the tiny model in ``out_dir`` (``options`` go to BuildOptions)."""
+    import shutil
+
+    from fcn_deploy.engines import BuildOptions, build_engine
+
+    src = out_dir / "tiny.onnx"
+    shutil.copy(tiny_onnx, src)
+    engines = {}
+    for precision in ("fp32", "fp16", "int8"):
+        manifest = build_engine(src, None, BuildOptions(precision=precision, **options), log=lambda *a: None)
+        engines[precision] = out_dir / manifest["engine"]
+    return engines

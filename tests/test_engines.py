@@ -11,6 +11,8 @@ import onnx
 import pytest
 from PIL import Image
 
+from conftest import build_all_precisions
+
 from fcn_deploy.cli import main
 from fcn_deploy.engines import BuildOptions, build_engine, load_runner, manifest_path, read_manifest, resolve_profile
 from fcn_deploy.errors import FcnDeployError
@@ -33,15 +35,7 @@ def calib_dir(tmp_path_factory) -> Path:
 def built(tiny_onnx, calib_dir, tmp_path_factory) -> dict[str, Path]:
     """The three precisions, built once for the module (ONNX Runtime backend)."""
     out_dir = tmp_path_factory.mktemp("engines")
-    src = out_dir / "tiny.onnx"
-    shutil.copy(tiny_onnx, src)
-    engines = {}
-    for precision in ("fp32", "fp16", "int8"):
-        manifest = build_engine(
-            src, None, BuildOptions(precision=precision, calib_dir=calib_dir, max_shape=(256, 256)), log=lambda *a: None
-        )
-        engines[precision] = out_dir / manifest["engine"]
-    return engines
+    return build_all_precisions(tiny_onnx, out_dir, calib_dir=calib_dir, max_shape=(256, 256))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import build_all_precisions
 
 from fcn_deploy.engines import BuildOptions, build_engine, load_runner, read_manifest
 from fcn_deploy.errors import FcnDeployError
@@ -24,20 +25,12 @@ pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
 @pytest.fixture(scope="module")
 def trt_engines(tiny_onnx, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("trt")
-    src = out / "tiny.onnx"
-    shutil.copy(tiny_onnx, src)
     calib = out / "calib"
     generate_default_calibration(calib, count=10, size=96)
-    engines = {}
-    for precision in ("fp32", "fp16", "int8"):
-        manifest = build_engine(
-            src, None,
-            BuildOptions(precision=precision, backend="tensorrt", calib_dir=calib, max_shape=(512, 512), batch=(1, 1, 4),
-                         timing_cache=out / "timing.cache"),
-            log=lambda *a: None,
-        )  # fmt: skip
-        engines[precision] = out / manifest["engine"]
-    return engines
+    return build_all_precisions(
+        tiny_onnx, out, backend="tensorrt", calib_dir=calib, max_shape=(512, 512), batch=(1, 1, 4),
+        timing_cache=out / "timing.cache",
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
