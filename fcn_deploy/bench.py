@@ -1,52 +1,79 @@
 """benchmark: latency, throughput and memory of engines against PyTorch eager FP32, in one run.
 
-Speed targets are only meaningful as ratios measured side by side, so every run times the
-baseline (the PyTorch checkpoint, eager, FP32, on the same device) next to each engine, with the
-same inputs, warm-up and thread count, and reports medians, p90s and speedups.
+Speed targets are only meaningful as ratios measured side by side, so every run times the baseline
+(the PyTorch checkpoint, eager, FP32, on the same device) next to each engine, with the same
+inputs, warm-up and thread count, and reports medians, the p10-p90 spread and speedups.
+
+Fairness: each engine runs in **its own worker process**, loaded once, and the parent times them in
+interleaved rounds of short blocks.  A runtime's worker threads keep spinning for a while after a
+run (ONNX Runtime's pool, torch's OpenMP team); in one process those threads take cores from the
+next engine, and the ratios then depend on the order (measured here: ORT INT8 looked 1.00-1.07x
+ORT FP32 interleaved in one process and 1.41x alone).  In separate processes an idle engine's
+threads are parked, each block starts after a short settle pause and one untimed call, and the
+interleaving makes drift in machine speed (shared VMs, thermal limits) hit every engine alike.
 
 Per engine and size it also reports:
 
-* peak memory: the largest process RSS growth while the engine loads and runs (sampled every
-  2 ms from /proc; on CUDA, the device memory in use from ``torch.cuda.mem_get_info``);
+* memory: the worker's peak RSS growth while the engine loads and warms up (CUDA engines: the
+  device memory in use, from ``torch.cuda.mem_get_info``);
 * the achieved fraction of the machine's peak: the model's FLOPs at that size (conv and deconv
   multiply-adds x 2, counted on the PyTorch model) per second, over a measured FP32 matmul peak
-  of the same device and thread count (an honest, attainable peak rather than a datasheet one).
+  of the same device and thread count (an attainable peak rather than a datasheet one).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-import threading
+import signal
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from .backends import Runner, manifest_path, read_manifest
 from .checkpoint import load_checkpoint
 from .data.images import preprocess
 from .data.synthetic import make_scene
-from .engines import load_runner, manifest_path, read_manifest
 from .errors import FcnDeployError
 from .fileio import sha256_file
-from .runners.base import Runner
-from .runners.torch_runner import TorchRunner
 
-
-#: Timed calls per runner before the round-robin moves on.
+#: Timed calls per engine before the round moves on to the next one.
 BLOCK = 5
+#: Pause before each block, so the previous engine's spinning threads go idle first.
+SETTLE_S = 0.05
+#: Synthetic seed of the timing inputs (held out from training and validation).
+BENCH_SEED = 4
 
 
-@dataclass
-class Timing:
-    median_ms: float
-    p90_ms: float
-    mean_ms: float
-    min_ms: float
+@dataclass(frozen=True)
+class Contender:
+    """Something to time: a checkpoint (the PyTorch eager baseline) or a model/engine file."""
+
+    label: str
+    path: str
+    device: str = "cpu"
+
+
+def scene_batch(height: int, width: int, batch: int, meta) -> np.ndarray:
+    """Preprocessed synthetic scenes: image-like timing inputs (a held-out seed)."""
+    scenes = np.stack([make_scene(BENCH_SEED, i, height, width)[0] for i in range(batch)])
+    return preprocess(scenes, meta.mean, meta.std)
+
+
+def infer_call(runner: Runner, batch: np.ndarray):
+    """The call to time, the same for every runner on a device: on the CPU ``infer`` (host arrays
+    in, logits and argmax mask out); on CUDA the forward pass alone on device-resident inputs, so
+    the GPU engines and the GPU baseline are timed alike."""
+    if runner.device == "cuda" and hasattr(runner, "infer_on_device"):
+        device_batch = torch.from_numpy(batch).to("cuda")
+        return lambda: runner.infer_on_device(device_batch)  # type: ignore[attr-defined]
+    return lambda: runner.infer(batch)
 
 
 def _rss_bytes() -> int:
@@ -59,31 +86,144 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-@contextmanager
-def peak_memory(device: str = "cpu"):
-    """Yield a dict that ends up holding the peak memory growth (MB) during the block."""
-    result: dict[str, float] = {}
-    use_cuda = device == "cuda" and torch.cuda.is_available()
-    read = (lambda: torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0]) if use_cuda else _rss_bytes
-    start = read()
-    peak = [start]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], read())
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (Linux: ``5`` into clear_refs), so the peak that
+    follows is the engine's, not the imports'."""
     try:
-        yield result
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _open(contender: Contender, threads: int | None) -> Runner:
+    from .backends import open_runner
+    from .backends.torch import TorchRunner
+
+    if contender.device == "cuda" and Path(contender.path).suffix in (".pt", ".pth"):
+        return TorchRunner(contender.path, device="cuda")
+    return open_runner(contender.path, threads=threads)
+
+
+def _worker_main(conn, contender: Contender, threads: int | None, sizes: list[tuple[int, int]], batch: int, warmup: int) -> None:
+    """A worker process: open one engine, warm it up, then time blocks on request."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        cuda = contender.device == "cuda" and torch.cuda.is_available()
+        used = (lambda: torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0]) if cuda else _rss_bytes
+        before = used()
+        peak_tracked = not cuda and _reset_peak_rss()
+        runner = _open(contender, threads)
+        calls = {}
+        peak = used()
+        for h, w in sizes:
+            runner.profile.check(batch, h, w)
+            calls[(h, w)] = infer_call(runner, scene_batch(h, w, batch, runner.meta))
+            for _ in range(max(1, warmup)):
+                calls[(h, w)]()
+                peak = max(peak, used())
+        grown = max(peak, (_peak_rss_bytes() or 0) if peak_tracked else 0) - before
+        conn.send(("ready", {"backend": runner.backend, "precision": runner.precision, "device": runner.device,
+                             "peak_memory_mb": grown / 1e6, "memory_kind": "cuda_device_memory" if cuda else "peak_rss_growth"}))  # fmt: skip
+        while True:
+            message = conn.recv()
+            if message[0] == "close":
+                break
+            _, size, count = message
+            call = calls[tuple(size)]
+            call()  # untimed: caches and thread pools wake up
+            samples = []
+            for _ in range(count):
+                start = time.perf_counter()
+                call()
+                samples.append((time.perf_counter() - start) * 1000.0)
+            conn.send(("samples", samples))
+        runner.close()
+    except FcnDeployError as exc:
+        conn.send(("error", str(exc)))
+    except Exception as exc:  # noqa: BLE001 - reported by the parent as one line
+        conn.send(("error", f"{contender.path}: {exc.__class__.__name__}: {exc}"))
+
+
+class _Worker:
+    def __init__(self, contender: Contender, threads: int | None, sizes, batch: int, warmup: int):
+        ctx = multiprocessing.get_context("spawn")
+        self.contender = contender
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(
+            target=_worker_main, args=(child, contender, threads, sizes, batch, warmup), daemon=True,
+            name=f"fcn-deploy-bench-{contender.label}",
+        )  # fmt: skip
+        self.process.start()
+        child.close()
+        self.info: dict[str, Any] = {}
+
+    def receive(self, expected: str):
+        try:
+            kind, payload = self.conn.recv()
+        except EOFError:
+            raise FcnDeployError(
+                f"{self.contender.path}: the benchmark worker died (exit code {self.process.exitcode}); out of memory?"
+            ) from None
+        if kind == "error":
+            raise FcnDeployError(payload)
+        assert kind == expected, (kind, expected)
+        return payload
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            try:
+                self.conn.send(("close",))
+            except (BrokenPipeError, OSError):
+                pass
+            self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join()
+
+
+def time_contenders(
+    contenders: list[Contender], sizes: list[tuple[int, int]], batch: int = 1, warmup: int = 3, iters: int = 20,
+    threads: int | None = None, progress=None,
+) -> list[tuple[dict[str, Any], dict[tuple[int, int], list[float]]]]:  # fmt: skip
+    """Time every contender in its own worker process, in interleaved rounds of blocks.
+
+    Returns, per contender, its info (backend, precision, device, memory) and its samples (ms) per size.
+    """
+    workers = [_Worker(c, threads, sizes, batch, warmup) for c in contenders]
+    try:
+        for worker in workers:
+            worker.info = worker.receive("ready")
+        samples = {(i, size): [] for i in range(len(workers)) for size in sizes}
+        total = len(samples) * iters
+        while any(len(s) < iters for s in samples.values()):
+            for (i, size), got in samples.items():
+                count = min(BLOCK, iters - len(got))
+                if count <= 0:
+                    continue
+                time.sleep(SETTLE_S)
+                workers[i].conn.send(("block", size, count))
+                got.extend(workers[i].receive("samples"))
+                if progress:
+                    progress(sum(len(s) for s in samples.values()), total)
+        return [(w.info, {size: samples[(i, size)] for size in sizes}) for i, w in enumerate(workers)]
     finally:
-        stop.set()
-        thread.join()
-        peak[0] = max(peak[0], read())
-        result["peak_mb"] = (peak[0] - start) / 1e6
-        result["kind"] = "cuda_device_memory" if use_cuda else "rss_growth"
+        for worker in workers:
+            worker.close()
 
 
 def count_flops(model: torch.nn.Module, height: int, width: int, batch: int = 1) -> float:
@@ -95,10 +235,9 @@ def count_flops(model: torch.nn.Module, height: int, width: int, batch: int = 1)
         in_per_group = module.in_channels // module.groups
         if isinstance(module, torch.nn.ConvTranspose2d):
             positions = inputs[0].shape[0] * inputs[0].shape[2] * inputs[0].shape[3]
-            total[0] += 2.0 * positions * in_per_group * kernel * module.out_channels
         else:
             positions = output.shape[0] * output.shape[2] * output.shape[3]
-            total[0] += 2.0 * positions * in_per_group * kernel * module.out_channels
+        total[0] += 2.0 * positions * in_per_group * kernel * module.out_channels
 
     hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
     try:
@@ -128,55 +267,34 @@ def measured_peak_gflops(device: str = "cpu", size: int = 2048, repeats: int = 8
     return 2.0 * size**3 / best / 1e9
 
 
-def _infer_call(runner: Runner, batch: np.ndarray):
-    """The call to time, the same for every runner on a device: on the CPU ``infer`` (host arrays
-    in, logits and argmax mask out), on CUDA (PyTorch, TensorRT) the forward pass alone on
-    device-resident inputs, so the GPU engine and the GPU baseline are timed alike."""
-    if getattr(runner, "device", None) is not None and runner.device.type == "cuda":
-        device_batch = torch.from_numpy(batch).to(runner.device)
-        return lambda: runner.infer_torch(device_batch)
-    return lambda: runner.infer(batch)
-
-
-def warm_up(runner: Runner, batch: np.ndarray, runs: int) -> None:
-    call = _infer_call(runner, batch)
-    for _ in range(runs):
-        call()
-
-
-def _summarise(samples_ms: list[float]) -> Timing:
-    arr = np.asarray(samples_ms)
-    return Timing(float(np.median(arr)), float(np.percentile(arr, 90)), float(arr.mean()), float(arr.min()))
-
-
-def time_runner(runner: Runner, batch: np.ndarray, iters: int) -> Timing:
-    """Wall time of ``iters`` calls of one runner (warm it up first)."""
-    call = _infer_call(runner, batch)
-    samples = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - start) * 1000)
-    return _summarise(samples)
+def summarise(samples_ms: list[float]) -> dict[str, float]:
+    """Median and spread (p10, p90, min, max, mean) of timed runs, in milliseconds."""
+    arr = np.asarray(samples_ms, dtype=np.float64)
+    return {
+        "median_ms": float(np.median(arr)), "p10_ms": float(np.percentile(arr, 10)), "p90_ms": float(np.percentile(arr, 90)),
+        "min_ms": float(arr.min()), "max_ms": float(arr.max()), "mean_ms": float(arr.mean()),
+    }  # fmt: skip
 
 
 def find_reference(engine: Path) -> Path | None:
-    """The checkpoint an engine came from: ``<source onnx stem>.pt`` whose sha256 matches."""
+    """The checkpoint an engine came from: ``<source onnx stem>.pt`` next to its source ONNX."""
     candidates = []
     if manifest_path(engine).is_file():
         source = Path(read_manifest(engine).get("source_onnx", ""))
         candidates.append(source.with_suffix(".pt"))
     candidates.append(engine.with_name(engine.name.split(".")[0] + ".pt"))
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    return None
+    return next((c for c in candidates if c.is_file()), None)
 
 
-def scene_batch(height: int, width: int, batch: int, meta) -> np.ndarray:
-    """Preprocessed synthetic scenes: image-like timing inputs (a held-out seed)."""
-    scenes = np.stack([make_scene(4, i, height, width)[0] for i in range(batch)])
-    return preprocess(scenes, meta.mean, meta.std)
+def _engine_device(path: Path) -> str:
+    """cpu or cuda, from the manifest's backend (a plain ONNX runs on the CPU here)."""
+    if manifest_path(path).is_file():
+        from . import backends
+
+        name = read_manifest(path).get("backend")
+        if name in backends.REGISTRY:
+            return backends.get(name).device
+    return "cpu"
 
 
 def run_benchmark(
@@ -198,98 +316,93 @@ def run_benchmark(
         raise FcnDeployError("--iters must be >= 1 and --warmup >= 0")
     if threads:
         torch.set_num_threads(threads)
-    reference = reference or find_reference(Path(engines[0]))
+    engines = [Path(e) for e in engines]
+    for engine in engines:
+        if not engine.is_file():
+            raise FcnDeployError(f"engine not found: {engine}")
+    reference = reference or find_reference(engines[0])
     if reference is None:
-        raise FcnDeployError(
-            f"no PyTorch checkpoint found for the baseline of {engines[0]}; pass --reference CKPT"
-        )
+        raise FcnDeployError(f"no PyTorch checkpoint found for the baseline of {engines[0]}; pass --reference CKPT")
     ckpt = load_checkpoint(reference)
-    meta = ckpt.meta
-    devices = ["cpu"] + (["cuda"] if any(_is_plan(p) for p in engines) else [])
+    engine_devices = [_engine_device(p) for p in engines]
+    devices = ["cpu"] + (["cuda"] if "cuda" in engine_devices else [])
+    contenders = [Contender(f"torch-eager ({reference.name})", str(reference), d) for d in devices]
+    contenders += [Contender(str(p), str(p), d) for p, d in zip(engines, engine_devices)]
+    reference_model = ckpt.build_model()
+    flops_at = {(h, w): count_flops(reference_model, h, w, batch) for h, w in sizes}
+    del reference_model
+    console.print(
+        f"benchmark: {len(engines)} engine(s) + PyTorch eager baseline at {sizes}, batch {batch}, {warmup} warm-up + "
+        f"{iters} timed runs each, every engine in its own process, interleaved in blocks of {BLOCK}; "
+        f"threads: {threads or 'each runtime default'}"
+    )
+    with console.status("loading engines in their worker processes") as status:
+        timed = time_contenders(
+            contenders, sizes, batch, warmup, iters, threads,
+            progress=lambda done, total: status.update(f"timing: {done}/{total} runs"),
+        )  # fmt: skip
     machine = {
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "threads": threads or torch.get_num_threads(),
         "peak_gflops": {dev: measured_peak_gflops(dev) for dev in devices},
         "peak_kind": "measured FP32 matmul (INT8/FP16 engines can exceed 100 %)",
     }
-    reference_model = ckpt.build_model()
-    flops_at = {(h, w): count_flops(reference_model, h, w, batch) for h, w in sizes}
-    inputs = {(h, w): scene_batch(h, w, batch, meta) for h, w in sizes}
-
-    # Load and warm every runner first; memory is sampled during that (the steady-state peak) and
-    # the sampler is stopped before timing: on a 2-core machine its wake-ups would skew latency.
-    contenders: list[tuple[str, str, Runner, dict]] = []
-    openers = [(f"torch-eager ({reference.name})", d, lambda d=d: TorchRunner(ckpt, device=d)) for d in devices]
-    openers += [(str(p), "cuda" if _is_plan(p) else "cpu", lambda p=p: load_runner(p, threads=threads)) for p in engines]
-    console.print(f"benchmark: {len(engines)} engine(s) + PyTorch eager baseline at {sizes}, batch {batch}, "
-                  f"{warmup} warm-up + {iters} timed runs interleaved, {torch.get_num_threads()} threads")
-    for label, device, open_runner in openers:
-        with peak_memory(device) as memory:
-            runner = open_runner()
-            for h, w in sizes:
-                runner.profile.check(batch, h, w)
-                warm_up(runner, inputs[(h, w)], max(1, warmup))
-        contenders.append((label, device, runner, memory))
-
-    # Timed runs go round-robin over the runners in short blocks, so drift in machine speed (shared
-    # VMs, thermal limits) hits every runner alike and the ratios stay meaningful.  Each block starts
-    # with one untimed call: the previous runtime's thread pool may still be spinning.
-    samples: dict[tuple[int, tuple[int, int]], list[float]] = {
-        (i, size): [] for i in range(len(contenders)) for size in sizes
-    }
-    calls = {(i, size): _infer_call(c[2], inputs[size]) for i, c in enumerate(contenders) for size in sizes}
-    while any(len(s) < iters for s in samples.values()):
-        for key, call in calls.items():
-            call()
-            for _ in range(min(BLOCK, iters - len(samples[key]))):
-                start = time.perf_counter()
-                call()
-                samples[key].append((time.perf_counter() - start) * 1000)
     baselines = {
-        (c[1], size): float(np.median(samples[(i, size)])) for i, c in enumerate(contenders) if c[2].backend == "torch"
-        for size in sizes
+        (info["device"], size): float(np.median(samples[size]))
+        for (info, samples), c in zip(timed, contenders) if info["backend"] == "torch" for size in sizes
     }  # fmt: skip
     results = []
-    for i, (label, device, runner, memory) in enumerate(contenders):
+    for contender, (info, samples) in zip(contenders, timed):
         for h, w in sizes:
-            timing = _summarise(samples[(i, (h, w))])
-            base = baselines.get((device, (h, w)))
-            gflops = flops_at[(h, w)] / (timing.median_ms / 1000) / 1e9
+            stats = summarise(samples[(h, w)])
+            base = baselines.get((info["device"], (h, w)))
+            gflops = flops_at[(h, w)] / (stats["median_ms"] / 1000) / 1e9
             results.append({
-                "engine": label, "backend": runner.backend, "precision": runner.precision, "device": device,
-                "height": h, "width": w, "batch": batch, "median_ms": timing.median_ms, "p90_ms": timing.p90_ms,
-                "mean_ms": timing.mean_ms, "min_ms": timing.min_ms, "throughput_fps": batch * 1000.0 / timing.median_ms,
-                "speedup_vs_torch": (base / timing.median_ms) if base else None, "peak_memory_mb": memory.get("peak_mb"),
-                "memory_kind": memory.get("kind"), "gflop": flops_at[(h, w)] / 1e9, "achieved_gflops": gflops,
-                "fraction_of_peak": gflops / machine["peak_gflops"][device],
+                "engine": contender.label, "label": f"{info['backend']}-{info['precision']}", "backend": info["backend"],
+                "precision": info["precision"], "device": info["device"], "height": h, "width": w, "batch": batch,
+                **stats, "throughput_fps": batch * 1000.0 / stats["median_ms"],
+                "speedup_vs_torch": (base / stats["median_ms"]) if base else None,
+                "peak_memory_mb": info["peak_memory_mb"], "memory_kind": info["memory_kind"],
+                "gflop": flops_at[(h, w)] / 1e9, "achieved_gflops": gflops,
+                "fraction_of_peak": gflops / machine["peak_gflops"][info["device"]], "samples_ms": samples[(h, w)],
             })  # fmt: skip
-        runner.close()
-    _print_table(console, results)
+    print_results(console, results)
     return {
         "results": results,
         "baseline": {"backend": "torch", "precision": "fp32", "mode": "eager", "checkpoint": str(reference),
                      "checkpoint_sha256": sha256_file(reference)},
         "machine": machine,
         "settings": {"warmup": warmup, "iters": iters, "batch": batch, "sizes": [list(s) for s in sizes],
-                     "order": f"round-robin blocks of {BLOCK}"},
+                     "isolation": "one worker process per engine",
+                     "order": f"interleaved blocks of {BLOCK}, {SETTLE_S * 1000:.0f} ms settle + 1 untimed call before each"},
     }  # fmt: skip
 
 
-def _is_plan(path: str | Path) -> bool:
-    return str(path).endswith((".plan", ".engine", ".trt"))
+def ratio(results: list[dict], numerator: str, denominator: str, size: tuple[int, int] | None = None) -> float | None:
+    """How many times faster ``numerator`` (a ``label`` such as ``openvino-int8``) ran than
+    ``denominator``, by median latency, at ``size`` (default: the first size measured)."""
+    picked = {}
+    for r in results:
+        if size is None or (r["height"], r["width"]) == tuple(size):
+            size = size or (r["height"], r["width"])
+            key = "torch-fp32" if r["backend"] == "torch" else r["label"]
+            picked.setdefault(key, r["median_ms"])
+    if numerator not in picked or denominator not in picked:
+        return None
+    return picked[denominator] / picked[numerator]
 
 
-def _print_table(console: Console, results: list[dict]) -> None:
-    table = Table(title="benchmark (median of timed runs)")
-    for column in ("engine", "precision", "device", "N x H x W", "median ms", "p90 ms", "fps", "vs torch",
-                   "peak MB", "GFLOP/s", "% of peak"):  # fmt: skip
-        table.add_column(column, justify="left" if column in ("engine", "precision", "device") else "right")
+def print_results(console: Console, results: list[dict]) -> None:
+    table = Table(title="benchmark (median of timed runs; p10-p90 spread)")
+    for column in ("backend", "precision", "device", "N x H x W", "median ms", "p10-p90 ms", "fps", "vs torch",
+                   "peak MB", "GFLOP/s", "% of peak", "file"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("backend", "precision", "device", "file") else "right")
     for r in results:
         table.add_row(
-            Path(r["engine"]).name if r["backend"] != "torch" else r["engine"], r["precision"], r["device"],
-            f"{r['batch']}x{r['height']}x{r['width']}", f"{r['median_ms']:.1f}", f"{r['p90_ms']:.1f}",
+            r["backend"], r["precision"], r["device"],
+            f"{r['batch']}x{r['height']}x{r['width']}", f"{r['median_ms']:.1f}", f"{r['p10_ms']:.1f}-{r['p90_ms']:.1f}",
             f"{r['throughput_fps']:.2f}", "-" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.2f}x",
             "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}", f"{r['achieved_gflops']:.1f}",
-            f"{r['fraction_of_peak'] * 100:.1f}%",
+            f"{r['fraction_of_peak'] * 100:.1f}%", Path(r["engine"]).name if r["backend"] != "torch" else r["engine"],
         )  # fmt: skip
     console.print(table)

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
+from .backends import names as backend_names
 from .errors import EXIT_FAILED, EXIT_USAGE, FcnDeployError
 
 app = typer.Typer(
@@ -32,6 +33,8 @@ app = typer.Typer(
 #: Logs and CI capture stdout: give tables room there instead of rich's 80-column default.
 console = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+#: The --backend choices besides auto, from the registry (listing it imports no backend library).
+BACKEND_CHOICES = ", ".join(backend_names())
 
 
 def _version(value: bool) -> None:
@@ -151,7 +154,7 @@ def calib_data_command(
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
 ) -> None:
     """Generate the default calibration set (synthetic scenes from a held-out seed)."""
-    from .precision import generate_default_calibration
+    from .data.calibration import generate_default_calibration
 
     generate_default_calibration(out, count, size)
     console.print(f"wrote {count} calibration images to {out}")
@@ -279,9 +282,10 @@ def build_engine_command(
     int8: Annotated[bool, typer.Option("--int8", help="INT8 Q/DQ graph from calibration.")] = False,
     calib: Annotated[Optional[Path], typer.Option(help="Calibration images (default: calibration/).")] = None,
     calib_method: Annotated[str, typer.Option(help="minmax, entropy or percentile.")] = "minmax",
-    backend: Annotated[str, typer.Option(help="auto, tensorrt or onnxruntime.")] = "auto",
+    backend: Annotated[str, typer.Option(help=f"auto or one of: {BACKEND_CHOICES}.")] = "auto",
     int8_target: Annotated[
-        Optional[str], typer.Option("--int8-target", help="INT8 activation encoding for tensorrt or onnxruntime (default: the backend's).")
+        Optional[str],
+        typer.Option("--int8-target", help="Build the INT8 graph with this backend's activation encoding (default: the compiling backend's)."),
     ] = None,
     min_shape: Annotated[Optional[str], typer.Option("--min-shape", help="HxW (default: the arch minimum).")] = None,
     opt_shape: Annotated[Optional[str], typer.Option("--opt-shape", help="HxW (default: the training size).")] = None,
@@ -290,8 +294,9 @@ def build_engine_command(
     workspace: Annotated[float, typer.Option(help="TensorRT workspace limit, GiB.")] = 4.0,
     timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="TensorRT timing cache file (reused).")] = None,
 ) -> None:
-    """Build an FP32, FP16 or INT8 engine (TensorRT or ONNX Runtime) with a JSON manifest."""
-    from .engines import BuildOptions, build_engine, manifest_path
+    """Build an FP32, FP16 or INT8 engine (any registered backend) with a JSON manifest."""
+    from .backends import manifest_path
+    from .engines import BuildOptions, build_engine
 
     if fp16 and int8:
         raise FcnDeployError("choose one of --fp16 and --int8")
@@ -305,8 +310,9 @@ def build_engine_command(
     manifest = build_engine(onnx_path, out, opts, log=console.print)
     engine = onnx_path.with_name(manifest["engine"]) if out is None else out
     profile = manifest["profile"]
+    files = ", ".join(f["name"] for f in manifest["files"])
     console.print(
-        f"[green]built[/] {engine} ({manifest['backend']}, {precision}; profile N,H,W "
+        f"[green]built[/] {engine} ({manifest['backend']}, {precision}; files {files}; profile N,H,W "
         f"{profile['min']} .. {profile['max']}, opt {profile['opt']}); manifest {manifest_path(engine)}"
     )
 
@@ -320,9 +326,12 @@ def validate_command(
     images: Annotated[Optional[Path], typer.Option(help="Real images (fitted to each size).")] = None,
     batch: Annotated[int, typer.Option(min=1, help="Batch size per case.")] = 1,
     precision: Annotated[Optional[str], typer.Option(help="Threshold set (default: the engine's).")] = None,
-    min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", help="Pixel agreement (0..1).")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", help="Pixel agreement over all sizes (0..1).")] = None,
+    min_size_agreement: Annotated[
+        Optional[float], typer.Option("--min-size-agreement", help="Floor on each size's pixel agreement (0..1).")
+    ] = None,
     min_confident: Annotated[Optional[float], typer.Option("--min-confident", help="Confident-pixel agreement.")] = None,
-    min_miou: Annotated[Optional[float], typer.Option("--min-miou", help="Mean IU vs the reference.")] = None,
+    min_miou: Annotated[Optional[float], typer.Option("--min-miou", help="Mean IU vs the reference, over all sizes.")] = None,
     margin: Annotated[Optional[float], typer.Option(help="Logit margin above which a pixel is confident.")] = None,
     max_side: Annotated[Optional[int], typer.Option("--max-side", help="Cap the default sizes' largest side.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random sizes.")] = 0,
@@ -334,7 +343,7 @@ def validate_command(
     result = validate_engine(
         engine, reference, sizes=sizes, random_sizes=random_sizes, images=images, batch=batch, precision=precision,
         min_agreement=min_agreement, min_confident=min_confident, min_miou=min_miou, margin=margin,
-        max_side=max_side, seed=seed, console=console,
+        max_side=max_side, seed=seed, console=console, min_size_agreement=min_size_agreement,
     )  # fmt: skip
     write_report(report, result.to_dict())
     if not result.passed:
@@ -394,7 +403,7 @@ def demo_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where everything goes.")] = Path("demo-out"),
     force: Annotated[bool, typer.Option("--force", help="Rebuild everything, even what exists.")] = False,
     train_steps: Annotated[int, typer.Option("--train-steps", help="Training steps for the default model.")] = 0,
-    backend: Annotated[str, typer.Option(help="auto, tensorrt or onnxruntime.")] = "auto",
+    backend: Annotated[str, typer.Option(help=f"auto (every usable backend) or one of: {BACKEND_CHOICES}.")] = "auto",
 ) -> None:
     """The main job: data, train, eval, export, FP32/FP16/INT8 engines, validate, video, benchmark."""
     from .demo import run_demo
@@ -404,18 +413,45 @@ def demo_command(
         raise typer.Exit(EXIT_FAILED)
 
 
+@app.command("backends")
+def backends_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the registered backends: usable here or not (and why), and what `auto` picks."""
+    from . import backends
+
+    rows = []
+    for name in backends.names():
+        backend = backends.get(name)
+        usable, why = backend.status()
+        rows.append({"name": name, "usable": usable, "why": why, "device": backend.device, "int8_encoding": backend.int8_encoding,
+                     "engine_suffix": backend.engine_suffix, "auto_rank": backend.auto_rank})  # fmt: skip
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(title="fcn-deploy backends (auto picks the first usable, top to bottom)")
+    for column in ("name", "usable", "device", "INT8 activations", "engine", "why"):
+        table.add_column(column)
+    for row in sorted(rows, key=lambda r: r["auto_rank"]):
+        table.add_row(row["name"], "[green]yes[/]" if row["usable"] else "[yellow]no[/]", row["device"], row["int8_encoding"],
+                      f"*.{row['engine_suffix']}", escape(row["why"]))  # fmt: skip
+    console.print(table)
+
+
 @app.command("gpu-check")
 def gpu_check_command() -> None:
     """Say whether TensorRT and a CUDA device are usable here (scripts/gpu-check.sh runs the rest)."""
+    from . import backends
+    from .backends.onnxruntime import choose_providers
+    from .backends.tensorrt import gpu_info
     from .engines import library_versions
-    from .runners.ort_runner import choose_providers
-    from .runners.trt_runner import gpu_info, tensorrt_status
 
-    usable, why = tensorrt_status()
+    tensorrt = backends.get("tensorrt")
+    usable, why = tensorrt.status()
     console.print(f"TensorRT: {'[green]usable[/]' if usable else '[yellow]not usable[/]'} ({why})")
     console.print(f"GPU: {gpu_info() or 'none'}")
     console.print(f"ONNX Runtime providers (auto): {choose_providers('auto')}")
-    console.print(f"versions: {library_versions()}")
+    console.print(f"versions: {library_versions(tensorrt)}")
 
 
 def main(argv: list[str] | None = None) -> int:

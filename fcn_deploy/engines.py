@@ -1,24 +1,21 @@
-"""build-engine: precision transform, backend compile, and the manifest; plus ``load_runner``.
+"""build-engine: the precision transform, the backend's compile, and the manifest.
 
-``build_engine`` turns an exported ONNX into a deployable engine:
+``build_engine`` turns an exported (or adopted) FP32 ONNX into a deployable engine:
 
-1. the precision transform (:mod:`fcn_deploy.precision`) writes ``<stem>.<precision>.onnx``;
-2. the backend compiles it: TensorRT to a serialised plan, or ONNX Runtime to its offline-optimised
-   ONNX (``ORT_ENABLE_EXTENDED``: portable across CPUs, unlike the layout-specific ``ALL``);
-3. a JSON manifest is written next to the engine (``<engine>.json``) recording the backend and
-   library versions, the GPU, the precision, the profile, the hashes of the engine, the source
-   ONNX and the calibration set, the class metadata, the build time and the command that rebuilds it.
+1. the precision transform (:mod:`fcn_deploy.precision`) writes ``<stem>.<precision>.onnx``
+   (``<stem>.int8-<target>.onnx`` for INT8, whose activation encoding is the target backend's);
+2. the backend (from :mod:`fcn_deploy.backends`' registry) compiles that graph under one profile;
+3. a JSON manifest next to the engine (``<engine>.json``) lists every engine file with its sha256
+   and records the backend, library versions and device, the precision, the profile, the hashes of
+   the source ONNX and the calibration set, the class metadata, the build time and the command that
+   rebuilds it.
 
-``load_runner(path)`` opens any artefact (``.pt`` checkpoint, ``.onnx``, engine + manifest) as a
-runner; for engines it checks the manifest (engine hash, library versions, GPU) first and, on a
-mismatch, stops with the exact rebuild command.
+Opening engines is :func:`fcn_deploy.backends.open_engine`'s job, next to the backends.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import platform
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,19 +23,14 @@ from typing import Any
 
 import onnx
 
-from . import __version__
+from . import __version__, backends
+from .backends import CompileOptions, Profile, default_profile
+from .backends.manifest import MANIFEST_FORMAT, common_versions, file_entries, write_manifest
+from .backends.onnxruntime import load_onnx_proto
 from .errors import FcnDeployError, require_file
-from .fileio import atomic_path, atomic_write_json, sha256_file
-from .meta import ModelMeta, read_onnx_meta, read_onnx_props, write_onnx_meta
+from .fileio import sha256_file
+from .meta import ModelMeta, read_onnx_meta, read_onnx_props
 from .precision import apply_precision
-from .runners.base import Profile, Runner
-from .runners.ort_runner import OrtRunner
-from .runners.torch_runner import TorchRunner
-from .runners.ort_runner import choose_providers
-from .runners.trt_runner import TrtRunner, build_plan, gpu_info, tensorrt_status
-
-MANIFEST_FORMAT = "fcn-deploy-engine/1"
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
 
 
 @dataclass
@@ -51,35 +43,11 @@ class BuildOptions:
     batch: tuple[int, int, int] | None = None  # (min, opt, max)
     calib_dir: Path | None = None
     calib_method: str = "minmax"
-    #: Activation encoding of the INT8 graph: that of the compiling backend unless set, e.g.
-    #: ``tensorrt`` with the onnxruntime backend to check TensorRT's exact graph on a CPU.
+    #: Build the INT8 graph with this backend's activation encoding instead of the compiling
+    #: backend's, e.g. ``tensorrt`` with ``--backend onnxruntime`` to check TensorRT's exact graph on a CPU.
     int8_target: str | None = None
     workspace_gib: float = 4.0
     timing_cache: Path | None = None
-
-
-def manifest_path(engine: str | Path) -> Path:
-    engine = Path(engine)
-    return engine.with_name(engine.name + ".json")
-
-
-def default_engine_path(onnx_path: Path, precision: str, backend: str) -> Path:
-    return onnx_path.with_name(f"{onnx_path.stem}.{precision}.{'plan' if backend == 'tensorrt' else 'ort.onnx'}")
-
-
-def resolve_backend(requested: str, log=print) -> str:
-    if requested not in BACKENDS:
-        raise FcnDeployError(f"unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}")
-    if requested == "onnxruntime":
-        return requested
-    usable, why = tensorrt_status()
-    if requested == "auto":
-        chosen = "tensorrt" if usable else "onnxruntime"
-        log(f"backend auto -> {chosen}: {why}")
-        return chosen
-    if requested == "tensorrt" and not usable:
-        raise FcnDeployError(f"--backend tensorrt: {why}; install the tensorrt extra on a GPU machine, or use --backend onnxruntime")
-    return requested
 
 
 def _input_dims(model: onnx.ModelProto) -> list[int | str]:
@@ -88,25 +56,18 @@ def _input_dims(model: onnx.ModelProto) -> list[int | str]:
 
 
 def resolve_profile(model: onnx.ModelProto, meta: ModelMeta, opts: BuildOptions, log=print) -> Profile:
-    """min/opt/max from the flags, else from the ONNX metadata (min = the architecture's minimum).
-
-    An ONNX whose input has fixed sizes gives a static engine, and says so.
-    """
+    """min/opt/max from the flags, else the default profile (from the ONNX metadata: min = the
+    architecture's minimum).  An ONNX whose input has fixed sizes gives a static engine, and says so."""
     dims = _input_dims(model)
-    static_hw = isinstance(dims[2], int) and isinstance(dims[3], int) and dims[2] > 0
-    static_n = isinstance(dims[0], int) and dims[0] > 0
+    base = default_profile(meta, dims)
+    fixed = [isinstance(d, int) and d > 0 for d in dims]
+    static_hw = fixed[2] and fixed[3]
     if static_hw:
-        fixed = (int(dims[2]), int(dims[3]))
-        log(f"[yellow]the ONNX input has no dynamic height/width: building a static engine for {fixed[0]}x{fixed[1]}[/]")
-        hw_min = hw_opt = hw_max = fixed
+        log(f"[yellow]the ONNX input has no dynamic height/width: building a static engine for {dims[2]}x{dims[3]}[/]")
+        hw_min, hw_opt, hw_max = base.min[1:], base.opt[1:], base.max[1:]
     else:
-        hw_min = opts.min_shape or (meta.min_size, meta.min_size)
-        hw_opt = opts.opt_shape or (meta.train_size, meta.train_size)
-        hw_max = opts.max_shape or (meta.max_size, meta.max_size)
-    if static_n:
-        n_min = n_opt = n_max = int(dims[0])
-    else:
-        n_min, n_opt, n_max = opts.batch or (1, 1, 8)
+        hw_min, hw_opt, hw_max = opts.min_shape or base.min[1:], opts.opt_shape or base.opt[1:], opts.max_shape or base.max[1:]
+    n_min, n_opt, n_max = (base.min[0], base.opt[0], base.max[0]) if fixed[0] or not opts.batch else opts.batch
     lo, opt, hi = (n_min, *hw_min), (n_opt, *hw_opt), (n_max, *hw_max)
     for axis, label in enumerate(("batch", "height", "width")):
         if not lo[axis] <= opt[axis] <= hi[axis]:
@@ -120,47 +81,17 @@ def resolve_profile(model: onnx.ModelProto, meta: ModelMeta, opts: BuildOptions,
     return Profile(lo, opt, hi)  # type: ignore[arg-type]
 
 
-def library_versions() -> dict[str, str]:
-    import numpy
-    import onnxruntime
-    import torch
-
-    versions = {
-        "fcn_deploy": __version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-    }
-    try:
-        import tensorrt  # type: ignore[import-not-found]
-
-        versions["tensorrt"] = tensorrt.__version__
-    except ImportError:
-        pass
-    if torch.version.cuda:
-        versions["cuda"] = str(torch.version.cuda)
-    return versions
+def library_versions(backend: backends.Backend | None = None) -> dict[str, str]:
+    """What a manifest records: the common libraries plus the backend's own."""
+    return {**common_versions(), **(backend.versions() if backend else {})}
 
 
-def _ort_compile(src: Path, out: Path, meta: ModelMeta, precision: str, providers: list[str]) -> None:
-    """ORT's offline-optimised graph (extended level) for ``providers``, with the metadata put back.
-
-    Offline-optimised graphs must run with the providers they were optimised for (fused CPU
-    kernels would not run on CUDA), so the manifest records them and loading uses them.
-    """
-    import onnxruntime as ort
-
-    with atomic_path(out) as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.optimized_model_filepath = str(tmp)
-        options.log_severity_level = 3
-        ort.InferenceSession(str(src), options, providers=providers)
-        optimized = onnx.load(str(tmp))
-        write_onnx_meta(optimized, meta, {"fcn_deploy.precision": precision, "fcn_deploy.backend": "onnxruntime"})
-        onnx.save(optimized, str(tmp), save_as_external_data=False)
+def precision_graph_path(src: Path, precision: str, int8_target: str) -> Path:
+    """Where the precision transform of ``src`` goes (the FP32 graph is ``src`` itself)."""
+    if precision == "fp32":
+        return src
+    suffix = f"int8-{int8_target}" if precision == "int8" else precision
+    return src.with_name(f"{src.stem}.{suffix}.onnx")
 
 
 def build_engine(
@@ -168,52 +99,51 @@ def build_engine(
 ) -> dict[str, Any]:
     """Build one engine and its manifest; returns the manifest."""
     opts = opts or BuildOptions()
-    src = require_file(onnx_path, "ONNX model", "export one with `fcn-deploy export`")
-    try:
-        model = onnx.load(str(src), load_external_data=False)
-    except Exception as exc:
-        raise FcnDeployError(f"{src}: not a readable ONNX model ({exc.__class__.__name__}); re-export it") from exc
+    src = require_file(onnx_path, "ONNX model", "export one with `fcn-deploy export`, or adopt one with `fcn-deploy adopt`")
+    model = load_onnx_proto(src)
     meta = read_onnx_meta(model, str(src))
     props = read_onnx_props(model)
     if props.get("fcn_deploy.precision", "fp32") != "fp32" or "fcn_deploy.backend" in props:
         raise FcnDeployError(
             f"{src}: is already a built {props.get('fcn_deploy.precision', '')} engine; build from the FP32 export"
         )
-    backend = resolve_backend(opts.backend, log)
-    int8_target = opts.int8_target or backend
-    if opts.precision == "int8" and backend == "tensorrt" and int8_target != "tensorrt":
+    backend = backends.resolve(opts.backend, log)
+    int8_target = opts.int8_target or backend.name
+    encoding = backends.get(int8_target).int8_encoding
+    if opts.precision == "int8" and encoding not in backend.accepted_int8_encodings:
         raise FcnDeployError(
-            f"--int8-target {int8_target} with --backend tensorrt: TensorRT needs symmetric int8 Q/DQ; drop --int8-target"
+            f"--int8-target {int8_target} with --backend {backend.name}: {backend.name} compiles only "
+            f"{', '.join(backend.accepted_int8_encodings)} Q/DQ graphs; drop --int8-target"
         )
     profile = resolve_profile(model, meta, opts, log)
-    out = Path(out) if out else default_engine_path(src, opts.precision, backend)
-    suffix = f"{opts.precision}-{int8_target}" if opts.precision == "int8" else opts.precision
-    precision_onnx = src if opts.precision == "fp32" else src.with_name(f"{src.stem}.{suffix}.onnx")
+    out = Path(out) if out else backend.default_engine_path(src, opts.precision)
+    files = backend.engine_files(out)
+    if src.resolve() in {f.resolve() for f in files}:
+        raise FcnDeployError(f"-o {out}: would overwrite the source ONNX; choose another engine path")
+    precision_onnx = precision_graph_path(src, opts.precision, int8_target)
     if opts.precision != "fp32":
         log(f"{opts.precision}: transforming {src.name} -> {precision_onnx.name}")
         transform = apply_precision(
             src, precision_onnx, opts.precision, opts.calib_dir, opts.calib_method, max_hw=profile.max[1:],
-            int8_target=int8_target, log=log,
-        )
+            int8_encoding=encoding, log=log,
+        )  # fmt: skip
+        if opts.precision == "int8":
+            transform["int8"]["target"] = int8_target  # type: ignore[index]
     else:
         transform = {"precision": "fp32"}
-    build_info: dict[str, Any] = {}
-    if backend == "tensorrt":
-        timing_cache = opts.timing_cache or out.parent / "timing.cache"  # reused by every later build there
-        build_info = build_plan(precision_onnx, out, profile, opts.workspace_gib, timing_cache, log=log)
-    else:
-        build_info["providers"] = choose_providers("auto")
-        _ort_compile(precision_onnx, out, meta, opts.precision, build_info["providers"])
-    device = gpu_info() if backend == "tensorrt" else {"cpu": platform.processor() or platform.machine()}
+    log(f"{backend.name}: compiling {precision_onnx.name} -> {out.name}")
+    options = CompileOptions(precision=opts.precision, workspace_gib=opts.workspace_gib, timing_cache=opts.timing_cache)
+    build_info = backend.compile(precision_onnx, out, profile, meta, options, log=log)
     calibration = transform.get("calibration") or {}
     manifest = {
         "format": MANIFEST_FORMAT,
         "engine": out.name,
+        "files": file_entries(files),
         "engine_sha256": sha256_file(out),
-        "backend": backend,
+        "backend": backend.name,
         "precision": opts.precision,
-        "versions": library_versions(),
-        "device": device,
+        "versions": library_versions(backend),
+        "device": backend.device_info(),
         "profile": profile.to_dict(),
         "source_onnx": str(src.resolve()),
         "source_onnx_sha256": sha256_file(src),
@@ -225,9 +155,9 @@ def build_engine(
         "meta": meta.to_dict(),
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "built_by": f"fcn-deploy {__version__}",
-        "rebuild_command": rebuild_command(src, out, opts, backend),
+        "rebuild_command": rebuild_command(src, out, opts, backend.name),
     }
-    atomic_write_json(manifest_path(out), manifest)
+    write_manifest(out, manifest)
     return manifest
 
 
@@ -250,67 +180,4 @@ def rebuild_command(src: Path, out: Path, opts: BuildOptions, backend: str) -> s
     return shlex.join(parts)
 
 
-def read_manifest(engine: str | Path) -> dict[str, Any]:
-    path = manifest_path(engine)
-    if not path.is_file():
-        raise FcnDeployError(f"{engine}: its manifest {path.name} is missing; rebuild with `fcn-deploy build-engine`")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise FcnDeployError(f"{path}: manifest is not valid JSON ({exc}); rebuild the engine") from exc
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise FcnDeployError(f"{path}: not an fcn-deploy engine manifest")
-    return manifest
-
-
-def check_manifest(engine: str | Path, manifest: dict[str, Any]) -> None:
-    """Stop, with the rebuild command, when the engine file or the environment does not match."""
-    rebuild = manifest.get("rebuild_command", "fcn-deploy build-engine ...")
-    problems = []
-    if sha256_file(engine) != manifest.get("engine_sha256"):
-        problems.append("the engine file's sha256 differs from its manifest (modified or replaced)")
-    built = manifest.get("versions", {})
-    now = library_versions()
-    if manifest.get("backend") == "tensorrt":
-        if built.get("tensorrt") != now.get("tensorrt"):
-            problems.append(f"built with TensorRT {built.get('tensorrt')}, this machine has {now.get('tensorrt', 'none')}")
-        gpu = gpu_info()
-        want = manifest.get("device", {}).get("compute_capability")
-        if want and gpu.get("compute_capability") != want:
-            problems.append(f"built for compute capability {want}, this GPU is {gpu.get('compute_capability', 'absent')}")
-    else:
-        major_minor = lambda v: ".".join(str(v).split(".")[:2])  # noqa: E731
-        if major_minor(built.get("onnxruntime")) != major_minor(now.get("onnxruntime")):
-            problems.append(f"built with ONNX Runtime {built.get('onnxruntime')}, this machine has {now.get('onnxruntime')}")
-    if problems:
-        raise FcnDeployError(f"{engine}: {'; '.join(problems)}. Rebuild it: {rebuild}")
-
-
-def load_runner(path: str | Path, providers: str = "auto", device: str = "cpu", threads: int | None = None) -> Runner:
-    """Open a checkpoint (.pt), an ONNX file, or an engine with its manifest as a runner."""
-    path = require_file(path, "model or engine")
-    if path.suffix == ".pt":
-        return TorchRunner(path, device=device)
-    has_manifest = manifest_path(path).is_file()
-    if path.suffix in (".plan", ".engine", ".trt"):
-        manifest = read_manifest(path)
-        check_manifest(path, manifest)
-        meta = ModelMeta.from_dict(manifest["meta"], str(path))
-        return TrtRunner(path, meta, manifest["precision"], Profile.from_dict(manifest["profile"]))
-    if path.suffix == ".onnx":
-        if has_manifest:
-            manifest = read_manifest(path)
-            check_manifest(path, manifest)
-            built_for = manifest.get("build", {}).get("providers")
-            return OrtRunner(
-                path, providers=built_for or providers, threads=threads, profile=Profile.from_dict(manifest["profile"]),
-                precision=manifest["precision"],
-            )  # fmt: skip
-        return OrtRunner(path, providers=providers, threads=threads)
-    raise FcnDeployError(f"{path}: unknown artefact type {path.suffix!r}; expected .pt, .onnx or .plan (with its manifest)")
-
-
-__all__ = [
-    "BuildOptions", "build_engine", "load_runner", "read_manifest", "check_manifest", "manifest_path",
-    "resolve_backend", "resolve_profile", "default_engine_path", "library_versions", "read_onnx_meta",
-]  # fmt: skip
+__all__ = ["BuildOptions", "build_engine", "resolve_profile", "library_versions", "rebuild_command", "precision_graph_path"]

@@ -27,9 +27,8 @@ from .checkpoint import load_checkpoint
 from .errors import CheckFailed, FcnDeployError
 from .fileio import atomic_path, ensure_writable_dir, sha256_file
 from .meta import write_onnx_meta
-from .runners.base import Profile
-from .runners.ort_runner import OrtRunner
-from .runners.torch_runner import TorchRunner
+from .backends.onnxruntime import OnnxRuntimeRunner
+from .backends.torch import TorchRunner
 from .validate import EXPORT_THRESHOLDS, CaseResult, case_line, spread_sizes, validate
 
 #: Opsets the dynamo exporter and the TensorRT parser both handle.
@@ -172,12 +171,10 @@ def verify_export(
     onnx_path: Path, ckpt, console: Console, static_batch: bool = False, sizes: list[tuple[int, int]] | None = None
 ) -> dict[str, object]:
     """ONNX Runtime vs PyTorch, FP32, at a spread of sizes and (unless static) batch 2."""
-    meta = ckpt.meta
-    profile = Profile((1, meta.min_size, meta.min_size), (1, meta.train_size, meta.train_size), (2, 4096, 4096))
-    sizes = sizes or spread_sizes(profile, random_sizes=2, cap=CHECK_CAP)
-    batch_sizes = {} if static_batch else {sizes[min(2, len(sizes) - 1)]: 2}
-    engine = OrtRunner(onnx_path, providers="cpu", profile=profile)
+    engine = OnnxRuntimeRunner(onnx_path, providers="cpu")
     reference = TorchRunner(ckpt)
+    sizes = sizes or spread_sizes(engine.profile, random_sizes=2, cap=CHECK_CAP)
+    batch_sizes = {} if static_batch else {sizes[min(2, len(sizes) - 1)]: 2}
 
     def show(case: CaseResult) -> None:
         console.print("  " + case_line(case))

@@ -18,16 +18,17 @@ INT8 (explicit quantization)
     FP32): TensorRT does not support per-channel quantization of deconvolutions, and the bilinear
     upsampling layers are a small share of the compute.
 
-    The activation encoding follows the backend that compiles the graph (``INT8_TARGETS``):
+    The activation encoding is the one the compiling backend runs best (``INT8_ENCODINGS``; each
+    backend declares its own, see :mod:`fcn_deploy.backends`):
 
-    * ``tensorrt``: symmetric **int8** activations, zero points 0, as TensorRT requires;
-    * ``onnxruntime`` (CPU): asymmetric **uint8** activations, ONNX Runtime's recommendation for
+    * ``int8-symmetric``: symmetric **int8** activations, zero points 0, as TensorRT requires;
+    * ``uint8-asymmetric``: asymmetric **uint8** activations, ONNX Runtime's recommendation for
       x86.  Measured here: with symmetric int8 activations ORT cannot fold a ReLU into the
       quantized conv (zero point 0 cannot express max(0, x)), so every Conv+ReLU stays a float
       FusedConv behind Q/DQ pairs and INT8 ran *slower* than FP32 (43 ms vs 34 ms at 512x512);
       with uint8 activations all 23 convs become QLinearConv (21 ms).
 
-    Both are Q/DQ ONNX graphs that ONNX Runtime runs and validates on CPU; the TensorRT flavour is
+    Both are Q/DQ ONNX graphs that ONNX Runtime runs and validates on CPU; the symmetric flavour is
     the exact graph the TensorRT builder compiles.
     Calibration ranges are cached under a key hashing the model, the image list and content, the
     method and the shapes, so a changed input never reuses a stale cache.
@@ -47,9 +48,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .data.images import list_images, load_rgb, preprocess, resize_rgb
+from .data.calibration import DEFAULT_CALIB_DIR, CalibrationSet, generate_default_calibration, load_calibration
+from .data.images import list_images
 from .data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
-from .data.synthetic import make_scene
 from .errors import FcnDeployError, require_file
 from .fileio import atomic_path, ensure_writable_dir, sha256_bytes
 from .meta import ModelMeta, read_onnx_meta, write_onnx_meta
@@ -57,88 +58,13 @@ from .meta import ModelMeta, read_onnx_meta, write_onnx_meta
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 INT8_OP_TYPES = ["Conv", "Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Mul", "BatchNormalization"]
-#: Activation encoding per compiling backend (see the module docstring for why they differ).
-INT8_TARGETS = {
-    "tensorrt": {"activations": "int8", "symmetric": True},
-    "onnxruntime": {"activations": "uint8", "symmetric": False},
+#: INT8 activation encodings (see the module docstring for why backends differ).
+INT8_ENCODINGS = {
+    "int8-symmetric": {"activations": "int8", "symmetric": True},
+    "uint8-asymmetric": {"activations": "uint8", "symmetric": False},
 }
-#: Below this many readable images, calibration is refused (ranges from a handful are noise).
-MIN_CALIB_IMAGES = 8
-DEFAULT_CALIB_COUNT = 32
-DEFAULT_CALIB_DIR = Path("calibration")
 FP16_DATA_MAX = 512.0
 FP16_INIT_MAX = 65504.0
-
-
-# --------------------------------------------------------------------------- calibration images
-
-
-@dataclass
-class CalibrationSet:
-    """Preprocessed calibration batches plus what identifies them (for the cache key and manifest)."""
-
-    folder: Path
-    files: list[Path]
-    batches: list[np.ndarray]  # each float32 1x3xHxW, preprocessed exactly like inference
-    skipped: list[str] = field(default_factory=list)
-    sha256: str = ""
-
-    @property
-    def shapes(self) -> list[tuple[int, ...]]:
-        return sorted({tuple(b.shape) for b in self.batches})
-
-
-def generate_default_calibration(folder: Path, count: int = DEFAULT_CALIB_COUNT, size: int = 256) -> int:
-    """Fill ``folder`` with ``count`` synthetic scenes (held-out seed) as PNG files."""
-    from PIL import Image
-
-    ensure_writable_dir(folder)
-    for index in range(count):
-        image, _ = make_scene(2, index, size, size)
-        with atomic_path(folder / f"synthetic_{index:04d}.png") as tmp:
-            Image.fromarray(image).save(tmp, format="PNG")
-    return count
-
-
-def load_calibration(
-    folder: str | Path, meta: ModelMeta, max_hw: tuple[int, int] | None = None, min_count: int = MIN_CALIB_IMAGES
-) -> CalibrationSet:
-    """Read every image in ``folder`` and preprocess it as inference does.
-
-    Files that are not images (or cannot be decoded) are skipped and counted; fewer than
-    ``min_count`` usable images is an error.  Images larger than ``max_hw`` (the profile's max
-    height and width) are scaled down to fit, keeping their aspect, as ``infer`` would.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FcnDeployError(f"calibration folder not found: {folder} (run `fcn-deploy calib-data {folder}`)")
-    files, batches = [], []
-    images = set(list_images(folder))
-    skipped = [p.name for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
-               and p not in images and p.name.lower() != "readme.md"]  # fmt: skip
-    digest = hashlib.sha256()
-    for path in sorted(images):
-        try:
-            image = load_rgb(path, convert=True)
-        except FcnDeployError:
-            skipped.append(path.name)
-            continue
-        if max_hw and (image.shape[0] > max_hw[0] or image.shape[1] > max_hw[1]):
-            scale = min(max_hw[0] / image.shape[0], max_hw[1] / image.shape[1])
-            image = resize_rgb(image, max(1, int(image.shape[0] * scale)), max(1, int(image.shape[1] * scale)))
-        if min(image.shape[:2]) < meta.min_size:
-            skipped.append(path.name)
-            continue
-        files.append(path)
-        batches.append(preprocess(image, meta.mean, meta.std))
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    if len(batches) < min_count:
-        raise FcnDeployError(
-            f"calibration folder {folder} has {len(batches)} usable image(s) (skipped {len(skipped)} other files); "
-            f"need at least {min_count} images like the real data (see calibration/README.md)"
-        )
-    return CalibrationSet(folder, files, batches, skipped, digest.hexdigest())
 
 
 # --------------------------------------------------------------------------- FP16
@@ -233,7 +159,7 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-def calibration_cache_key(model_bytes: bytes, calibration: CalibrationSet, method: str, target: str = "tensorrt") -> str:
+def calibration_cache_key(model_bytes: bytes, calibration: CalibrationSet, method: str, encoding: str = "int8-symmetric") -> str:
     """Hash of everything the ranges depend on: model, image list and content, method, shapes
     (and the activation encoding, which changes how ranges are symmetrised)."""
     payload = json.dumps(
@@ -241,7 +167,7 @@ def calibration_cache_key(model_bytes: bytes, calibration: CalibrationSet, metho
             "model": sha256_bytes(model_bytes),
             "images": calibration.sha256,
             "method": method,
-            "target": INT8_TARGETS[target],
+            "encoding": INT8_ENCODINGS[encoding],
             "onnxruntime": _ort_version(),
             "shapes": [list(s) for s in calibration.shapes],
             "int8_ops": INT8_OP_TYPES,
@@ -256,23 +182,23 @@ def convert_int8(
     calibration: CalibrationSet,
     method: str = "minmax",
     cache_dir: Path | None = None,
-    target: str = "tensorrt",
+    encoding: str = "int8-symmetric",
 ) -> tuple[onnx.ModelProto, dict[str, object]]:
-    """Q/DQ INT8 graph for ``target`` calibrated on ``calibration``; returns it and a report."""
+    """Q/DQ INT8 graph with ``encoding`` activations, calibrated on ``calibration``; returns it and a report."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
     if method not in CALIB_METHODS:
         raise FcnDeployError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIB_METHODS)}")
-    if target not in INT8_TARGETS:
-        raise FcnDeployError(f"unknown INT8 target {target!r}; choose one of {', '.join(INT8_TARGETS)}")
-    symmetric = INT8_TARGETS[target]["symmetric"]
+    if encoding not in INT8_ENCODINGS:
+        raise FcnDeployError(f"unknown INT8 encoding {encoding!r}; choose one of {', '.join(INT8_ENCODINGS)}")
+    symmetric = INT8_ENCODINGS[encoding]["symmetric"]
     model_bytes = model.SerializeToString()
-    key = calibration_cache_key(model_bytes, calibration, method, target)
+    key = calibration_cache_key(model_bytes, calibration, method, encoding)
     cache_path = None
     hit = False
     if cache_dir is not None:
         ensure_writable_dir(cache_dir)
-        cache_path = Path(cache_dir) / f"calib-{target}-{method}-{key}.json"
+        cache_path = Path(cache_dir) / f"calib-{encoding}-{method}-{key}.json"
         hit = cache_path.is_file()
     calib_method = {
         "minmax": CalibrationMethod.MinMax,
@@ -318,7 +244,7 @@ def convert_int8(
         quantized = onnx.load(str(out))
     report = {
         "calibration_method": method, "cache_key": key, "cache_hit": hit, "cache_file": str(cache_path or ""),
-        "target": target,
+        "encoding": encoding,
     }  # fmt: skip
     return quantized, report
 
@@ -333,12 +259,13 @@ def apply_precision(
     calib_dir: str | Path | None = None,
     calib_method: str = "minmax",
     max_hw: tuple[int, int] | None = None,
-    int8_target: str = "tensorrt",
+    int8_encoding: str = "int8-symmetric",
     log=print,
 ) -> dict[str, object]:
     """Write ``src`` (an exported FP32 ONNX) transformed to ``precision`` at ``out``.
 
-    ``int8_target`` is the backend that will compile an INT8 graph (``tensorrt`` or ``onnxruntime``).
+    ``int8_encoding`` is the activation encoding of an INT8 graph, a key of :data:`INT8_ENCODINGS`
+    (the compiling backend's ``int8_encoding``).
 
     Returns a report for the manifest: kept-FP32 nodes, calibration hash and cache state, ...
     """
@@ -372,13 +299,13 @@ def apply_precision(
             report["fp16"] = {"data_max": FP16_DATA_MAX, "init_max": FP16_INIT_MAX, "kept_fp32_nodes": kept}
         else:
             transformed, int8_report = convert_int8(
-                model, calibration, calib_method, cache_dir=folder / ".cache", target=int8_target
+                model, calibration, calib_method, cache_dir=folder / ".cache", encoding=int8_encoding
             )
             report["calibration"].update(int8_report)  # type: ignore[union-attr]
-            encoding = INT8_TARGETS[int8_target]
+            encoding = INT8_ENCODINGS[int8_encoding]
             report["int8"] = {
                 "format": "QDQ",
-                "target": int8_target,
+                "encoding": int8_encoding,
                 "activations": f"{encoding['activations']} {'symmetric' if encoding['symmetric'] else 'asymmetric'} per-tensor",
                 "weights": "int8 symmetric per-channel",
                 "quantized_ops": INT8_OP_TYPES,
@@ -386,7 +313,7 @@ def apply_precision(
             }
     extra_props = {"fcn_deploy.precision": precision}
     if precision == "int8":
-        extra_props["fcn_deploy.int8_target"] = int8_target
+        extra_props["fcn_deploy.int8_encoding"] = int8_encoding
     write_onnx_meta(transformed, meta, extra_props)
     with atomic_path(out) as tmp:
         onnx.save(transformed, str(tmp), save_as_external_data=False)

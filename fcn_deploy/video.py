@@ -14,16 +14,7 @@ often read-only, such as sample videos inside site-packages):
 A video other than ``.mp4`` may be named ``.mov`` or ``.mkv``.  The video appears under its final
 name only when complete; mask PNGs are each written atomically, so a failed run keeps those done.
 
-Video goes through PyAV rather than OpenCV: PyAV is FFmpeg's own API, so it decodes every codec and
-container FFmpeg does, gives exact control of frames and timestamps, and its wheels ship libx264 to
-encode H.264; OpenCV's VideoWriter rarely has H.264 in the pip wheels, hides codec failures (an
-empty file and ``False``), and drags in GUI libraries.
-
-Odd sizes: H.264 in yuv420p needs an even width and height, so an odd frame is padded by one
-replicated row or column before encoding; the summary's ``encoded_size`` says so.  That keeps the
-one codec every player and browser plays, for a one-pixel border, where MPEG-4 Part 2 would keep the
-exact size but not play in browsers.  MPEG-4 Part 2 (FFmpeg's ``mpeg4``) is used only when the
-FFmpeg build lacks libx264.
+Video files are read and written through :mod:`fcn_deploy.media` (PyAV; H.264, odd sizes padded).
 
 Decoding, inference and encoding overlap: a decode thread and an encode thread (which also draws
 the overlays and writes the mask PNGs) sit around the inference loop in the main thread (where the
@@ -41,8 +32,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -54,17 +43,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
+from .backends import Profile, Runner, open_runner
 from .data.images import IMAGE_SUFFIXES, list_images, load_rgb, preprocess, resize_mask, resize_rgb, save_palette_png
-from .engines import load_runner
 from .errors import FcnDeployError
 from .fileio import atomic_path, ensure_writable_dir
+from .media import VIDEO_SUFFIXES, VideoInfo, add_video_stream, choose_codec, even_size, pad_to_even, probe_video
 from .meta import ModelMeta
-from .runners.base import Profile, Runner
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
-PREFERRED_CODEC = "libx264"
-FALLBACK_CODEC = "mpeg4"
 #: Frames in flight between two stages: enough to hide jitter, little enough to bound memory.
 QUEUE_DEPTH = 8
 #: How often a blocked queue call looks for a failed peer or a stop request.
@@ -119,9 +105,9 @@ class Segmenter:
         self.resized_frames = 0
 
     @classmethod
-    def from_engine(cls, path: str | Path, providers: str = "auto", on_resize: Callable[[str], None] | None = None) -> Segmenter:
-        """Open a checkpoint, an ONNX file or an engine (see :func:`fcn_deploy.engines.load_runner`)."""
-        return cls(load_runner(path, providers=providers), on_resize)
+    def from_engine(cls, path: str | Path, on_resize: Callable[[str], None] | None = None, threads: int | None = None) -> Segmenter:
+        """Open a checkpoint, an ONNX file or an engine (see :func:`fcn_deploy.backends.open_runner`)."""
+        return cls(open_runner(path, threads=threads), on_resize)
 
     def close(self) -> None:
         self.runner.close()
@@ -291,38 +277,6 @@ def _get_unless(items: queue.Queue, stop: threading.Event) -> Any:
 # --- video -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class VideoInfo:
-    path: Path
-    height: int
-    width: int
-    fps: Fraction
-    frames: int | None  # as the container header says; None when it does not
-    codec: str
-
-
-def probe_video(path: Path) -> VideoInfo:
-    """Check that ``path`` is a video this FFmpeg can decode, before any thread or output exists."""
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise FcnDeployError(f"{path}: has no video stream; pass a video, an image or a folder of images")
-            stream = container.streams.video[0]
-            if stream.codec_context is None:
-                raise FcnDeployError(
-                    f"{path}: this FFmpeg build has no decoder for its {stream.name or 'unknown'} video codec; "
-                    "transcode it to H.264 (ffmpeg -i IN -c:v libx264 OUT.mp4)"
-                )
-            fps = stream.average_rate or stream.guessed_rate or Fraction(25)  # raw streams may state none
-            return VideoInfo(
-                path, stream.codec_context.height, stream.codec_context.width, Fraction(fps), stream.frames or None, stream.name or "?"
-            )
-    except av.FFmpegError as exc:
-        raise FcnDeployError(
-            f"{path}: not a readable video ({exc.__class__.__name__}: {exc.strerror or exc}); check that the file is a complete video"
-        ) from exc
-
-
 def _decode_frames(info: VideoInfo, max_frames: int | None, frames: queue.Queue, stop: threading.Event, times: StageTimes) -> None:
     """Decode thread: RGB frames into ``frames``, then ``_END``."""
     index = 0
@@ -352,34 +306,6 @@ def _decode_frames(info: VideoInfo, max_frames: int | None, frames: queue.Queue,
                 return
             index += 1
     _put_unless(frames, _END, stop)
-
-
-def choose_codec() -> str:
-    """libx264 where this FFmpeg build has it (the PyAV wheels do), else FFmpeg's own MPEG-4 Part 2."""
-    return PREFERRED_CODEC if PREFERRED_CODEC in av.codecs_available else FALLBACK_CODEC
-
-
-def even_size(height: int, width: int) -> tuple[int, int]:
-    return height + height % 2, width + width % 2
-
-
-def pad_to_even(picture: np.ndarray) -> np.ndarray:
-    """Replicate the last row/column of an odd-sized frame: yuv420p needs even sides."""
-    height, width = picture.shape[:2]
-    if height % 2 == 0 and width % 2 == 0:
-        return picture
-    return np.pad(picture, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-
-
-def add_video_stream(container, codec: str, fps: Fraction, height: int, width: int):
-    stream = container.add_stream(codec, rate=fps)
-    stream.height, stream.width = even_size(height, width)
-    stream.pix_fmt = "yuv420p"
-    if codec == PREFERRED_CODEC:
-        stream.options = {"crf": "20", "preset": "veryfast"}  # visually clean; cheap next to the engine
-    else:
-        stream.bit_rate = int(0.25 * height * width * fps)  # mpeg4's 200 kb/s default smears overlays
-    return stream
 
 
 def _encode_frames(
@@ -558,7 +484,6 @@ def run_infer(
     max_frames: int | None = None,
     overwrite: bool = False,
     convert_rgb: bool = False,
-    providers: str = "auto",
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Segment a video, an image or a folder of images (see the module docstring for the outputs);
@@ -593,7 +518,7 @@ def run_infer(
         console.print(f"[yellow]{message}[/]")
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _FpsColumn(), TimeRemainingColumn())
-    with Segmenter.from_engine(engine, providers=providers, on_resize=say_once) as segmenter:
+    with Segmenter.from_engine(engine, on_resize=say_once) as segmenter:
         console.print(f"infer: {source} with {segmenter.runner.label} ({engine.name}), batch {batch} -> {out}")
         with Progress(*columns, console=console) as progress:
             if images is None:

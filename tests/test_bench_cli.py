@@ -78,16 +78,25 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "VIDEO_FRAMES", 12)
     monkeypatch.setattr(demo, "BENCH_SIZE", (128, 128))
     monkeypatch.setattr(demo, "VALIDATE_CAP", 160)
+    monkeypatch.setattr(demo, "BENCH_ITERS", 3)
     from rich.console import Console
 
+    from fcn_deploy.backends.tensorrt import TensorRTBackend
+
+    # auto on a CPU machine: every usable CPU backend, the fastest first (TensorRT patched out, so a
+    # GPU machine runs the same test).
+    monkeypatch.setattr(TensorRTBackend, "status", lambda self: (False, "patched out"))
     out = tmp_path / "demo"
     report = demo.run_demo(out, train_steps=30, console=Console(quiet=True))
     saved = json.loads((out / "report.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(report["summary"]))
     assert set(saved["steps"]) == {"train", "eval", "export", "build", "validate", "infer", "benchmark"}
-    assert set(saved["steps"]["build"]) == set(saved["steps"]["validate"]) == {"fp32", "fp16", "int8"}
-    assert saved["steps"]["validate"]["fp32"]["passed"] is True
+    labels = {f"{b}-{p}" for b in ("openvino", "onnxruntime") for p in ("fp32", "fp16", "int8")}
+    assert set(saved["steps"]["build"]) == set(saved["steps"]["validate"]) == labels
+    assert saved["steps"]["validate"]["openvino-fp32"]["passed"] is True
+    assert saved["steps"]["validate"]["onnxruntime-fp32"]["passed"] is True
     assert saved["steps"]["infer"]["frames"] == 12 and (out / "sample.overlay.mp4").is_file()
-    assert {r["precision"] for r in saved["steps"]["benchmark"]["results"]} == {"fp32", "fp16", "int8"}
+    assert saved["steps"]["infer"]["backend"] == "openvino-int8"  # the first backend's INT8 engine
+    assert {r["label"] for r in saved["steps"]["benchmark"]["results"]} == labels | {"torch-fp32"}
     again = demo.run_demo(out, train_steps=30, console=Console(quiet=True))
     assert again["steps"]["train"]["reused"] and again["steps"]["export"]["reused"]

@@ -14,11 +14,14 @@ from PIL import Image
 from conftest import build_all_precisions
 
 from fcn_deploy.cli import main
-from fcn_deploy.engines import BuildOptions, build_engine, load_runner, manifest_path, read_manifest, resolve_profile
+from fcn_deploy.backends import manifest_path, read_manifest
+from fcn_deploy.backends import open_runner as load_runner
+from fcn_deploy.engines import BuildOptions, build_engine, resolve_profile
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.meta import read_onnx_meta
-from fcn_deploy.precision import apply_precision, calibration_cache_key, convert_fp16, generate_default_calibration, load_calibration
-from fcn_deploy.runners.torch_runner import TorchRunner
+from fcn_deploy.data.calibration import generate_default_calibration, load_calibration
+from fcn_deploy.precision import apply_precision, calibration_cache_key, convert_fp16
+from fcn_deploy.backends.torch import TorchRunner
 from fcn_deploy.validate import DEFAULT_THRESHOLDS, spread_sizes, validate
 
 SIZES = [(32, 32), (64, 64), (97, 129), (45, 160)]
@@ -35,7 +38,7 @@ def calib_dir(tmp_path_factory) -> Path:
 def built(tiny_onnx, calib_dir, tmp_path_factory) -> dict[str, Path]:
     """The three precisions, built once for the module (ONNX Runtime backend)."""
     out_dir = tmp_path_factory.mktemp("engines")
-    return build_all_precisions(tiny_onnx, out_dir, calib_dir=calib_dir, max_shape=(256, 256))
+    return build_all_precisions(tiny_onnx, out_dir, backend="onnxruntime", calib_dir=calib_dir, max_shape=(256, 256))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
@@ -67,8 +70,8 @@ def test_fp16_graph_keeps_io_float32_and_blocks_overflowing_nodes(tiny_onnx, cal
 def test_int8_graph_for_tensorrt_is_explicit_symmetric_qdq(tiny_onnx, calib_dir, tmp_path):
     """The graph TensorRT compiles: symmetric int8 Q/DQ, zero points 0, per-channel weights."""
     int8_onnx = tmp_path / "tiny.int8-tensorrt.onnx"
-    report = apply_precision(tiny_onnx, int8_onnx, "int8", calib_dir, int8_target="tensorrt")
-    assert report["int8"]["target"] == "tensorrt"
+    report = apply_precision(tiny_onnx, int8_onnx, "int8", calib_dir, int8_encoding="int8-symmetric")
+    assert report["int8"]["encoding"] == "int8-symmetric"
     model = onnx.load(str(int8_onnx))
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
@@ -196,7 +199,7 @@ def test_profile_from_metadata_flags_and_static_onnx(tiny_onnx, tmp_path):
     static_path = tmp_path / "static.onnx"
     onnx.save(static, str(static_path))
     logs.clear()
-    manifest = build_engine(static_path, None, BuildOptions(), log=logs.append)
+    manifest = build_engine(static_path, None, BuildOptions(backend="onnxruntime"), log=logs.append)
     assert any("static engine for 64x80" in line for line in logs)
     assert manifest["profile"] == {"min": [1, 64, 80], "opt": [1, 64, 80], "max": [1, 64, 80]}
     runner = load_runner(tmp_path / manifest["engine"])
@@ -204,17 +207,7 @@ def test_profile_from_metadata_flags_and_static_onnx(tiny_onnx, tmp_path):
         runner.infer(np.zeros((1, 3, 96, 96), np.float32))
 
 
-def test_backend_choice_and_cli_errors(tiny_onnx, tmp_path, capsys):
-    logs: list[str] = []
-    from fcn_deploy.engines import resolve_backend
-
-    assert resolve_backend("auto", log=logs.append) == "onnxruntime"
-    assert "tensorrt" in logs[0] and "onnxruntime" in logs[0]
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        with pytest.raises(FcnDeployError, match="tensorrt"):
-            resolve_backend("tensorrt")
+def test_build_engine_cli_errors(tiny_onnx, tmp_path, capsys):
     assert main(["build-engine", str(tmp_path / "missing.onnx")]) == 2
     assert "ONNX model not found" in capsys.readouterr().err
     assert main(["build-engine", str(tiny_onnx), "--fp16", "--int8"]) == 2
@@ -222,9 +215,12 @@ def test_backend_choice_and_cli_errors(tiny_onnx, tmp_path, capsys):
     assert "HEIGHTxWIDTH" in capsys.readouterr().err
     empty = tmp_path / "empty-calib"
     empty.mkdir()
-    assert main(["build-engine", str(tiny_onnx), "--int8", "--calib", str(empty), "-o", str(tmp_path / "e.ort.onnx")]) == 2
+    assert main(["build-engine", str(tiny_onnx), "--int8", "--backend", "onnxruntime", "--calib", str(empty),
+                 "-o", str(tmp_path / "e.ort.onnx")]) == 2  # fmt: skip
     assert "usable image" in capsys.readouterr().err
     assert not (tmp_path / "e.ort.onnx").exists()
+    assert main(["build-engine", str(tiny_onnx), "--backend", "nosuch"]) == 2
+    assert "unknown backend 'nosuch'; choose one of auto, tensorrt, openvino, onnxruntime" in capsys.readouterr().err
 
 
 def test_validate_spread_stays_inside_profile(built):

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from conftest import build_all_precisions
 
-from fcn_deploy.engines import BuildOptions, build_engine, load_runner, read_manifest
+from fcn_deploy.backends import open_runner as load_runner, read_manifest
+from fcn_deploy.engines import BuildOptions, build_engine
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.export import ExportOptions, export_onnx
-from fcn_deploy.precision import generate_default_calibration
-from fcn_deploy.runners.torch_runner import TorchRunner
+from fcn_deploy.data.calibration import generate_default_calibration
+from fcn_deploy.backends.torch import TorchRunner
 from fcn_deploy.validate import DEFAULT_THRESHOLDS, spread_sizes, validate
 
 pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
@@ -68,7 +69,7 @@ def test_int64_mask_output_engine(tiny_checkpoint, tmp_path):
 
 
 def test_tampered_plan_is_refused_with_rebuild_command(trt_engines, tmp_path):
-    from fcn_deploy.engines import manifest_path
+    from fcn_deploy.backends import manifest_path
 
     copy = tmp_path / trt_engines["fp16"].name
     shutil.copy(trt_engines["fp16"], copy)

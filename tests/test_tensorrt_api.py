@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from fcn_deploy.errors import FcnDeployError
-from fcn_deploy.runners.base import Profile
-from fcn_deploy.runners.trt_runner import build_plan
+from fcn_deploy.backends import Profile
+from fcn_deploy.backends.tensorrt import build_plan
 
 
 class _Recorder:

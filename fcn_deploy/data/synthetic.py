@@ -174,27 +174,3 @@ def panning_frames(seed: int, count: int, height: int, width: int, speed: int = 
     for t in range(count):
         left = t * speed
         yield scene[:, left : left + width], label[:, left : left + width]
-
-
-def write_video(path, frames, fps: int = 25) -> int:
-    """Encode uint8 RGB frames to a video (atomically) with the encoder ``infer`` uses; returns the count."""
-    from fractions import Fraction
-
-    import av
-
-    from ..fileio import atomic_path
-    from ..video import add_video_stream, choose_codec, pad_to_even
-
-    count = 0
-    with atomic_path(path) as tmp, av.open(str(tmp), mode="w") as container:
-        stream = None
-        for frame in frames:
-            if stream is None:
-                stream = add_video_stream(container, choose_codec(), Fraction(fps), *frame.shape[:2])
-            video_frame = av.VideoFrame.from_ndarray(pad_to_even(np.ascontiguousarray(frame)), format="rgb24")
-            video_frame.pts = count
-            container.mux(stream.encode(video_frame))
-            count += 1
-        if stream is not None:
-            container.mux(stream.encode(None))
-    return count

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import FcnDeployError, require_file
 from ..fileio import atomic_path, atomic_write_bytes
-from .base import Prediction, Profile, Runner, TensorSpec
+from ..meta import ModelMeta
+from .base import Backend, CompileOptions, Profile, Runner, TensorSpec
 
 _LOGGER = None
+INSTALL_HINT = "on a machine with an NVIDIA GPU run `pip install 'fcn-deploy[tensorrt]'` (see scripts/gpu-check.sh)"
 
 
 def import_tensorrt():
@@ -25,10 +28,7 @@ def import_tensorrt():
     try:
         import tensorrt as trt  # type: ignore[import-not-found]
     except ImportError as exc:
-        raise FcnDeployError(
-            "TensorRT is not installed: on a machine with an NVIDIA GPU run "
-            "`pip install 'fcn-deploy[tensorrt]'` (see scripts/gpu-check.sh), or use --backend onnxruntime"
-        ) from exc
+        raise FcnDeployError(f"TensorRT is not installed: {INSTALL_HINT}, or use another --backend") from exc
     return trt
 
 
@@ -128,19 +128,19 @@ class TrtRunner(Runner):
     """Runs a serialised TensorRT plan on torch CUDA tensors and a torch stream."""
 
     backend = "tensorrt"
+    device = "cuda"
 
-    def __init__(self, plan_path: str | Path, meta, precision: str, profile: Profile | None = None):
+    def __init__(self, plan_path: str | Path, meta: ModelMeta, precision: str, profile: Profile | None = None):
         import torch
 
         trt = import_tensorrt()
         if not torch.cuda.is_available():
             raise FcnDeployError(f"{plan_path}: a TensorRT engine needs a CUDA device, and torch sees none")
         self._torch = torch
-        self.device = torch.device("cuda")
-        self.path = str(require_file(plan_path, "TensorRT engine"))
-        self.meta, self.precision = meta, precision
+        self.cuda = torch.device("cuda")
+        path = require_file(plan_path, "TensorRT engine")
         self._runtime = trt.Runtime(trt_logger(trt))
-        self.engine = self._runtime.deserialize_cuda_engine(Path(self.path).read_bytes())
+        self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise FcnDeployError(
                 f"{plan_path}: TensorRT could not deserialize the engine (built by another TensorRT version or GPU?)"
@@ -153,15 +153,17 @@ class TrtRunner(Runner):
         self._outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if not {"logits", "mask"} & set(self._outputs):
             raise FcnDeployError(f"{plan_path}: has neither a 'logits' nor a 'mask' output; rebuild from an fcn-deploy export")
-        self._dtypes = {n: self._torch_dtype(n) for n in names}
+        self._dtypes = {n: self._torch_dtype(n, path) for n in names}
         lo, opt, hi = self.engine.get_tensor_profile_shape(self._inputs[0], 0)
-        self.profile = profile or Profile((lo[0], lo[2], lo[3]), (opt[0], opt[2], opt[3]), (hi[0], hi[2], hi[3]))
+        super().__init__(
+            path, meta, profile or Profile((lo[0], lo[2], lo[3]), (opt[0], opt[2], opt[3]), (hi[0], hi[2], hi[3])), precision
+        )
         self.stream = torch.cuda.Stream()
 
-    def _torch_dtype(self, name: str):
+    def _torch_dtype(self, name: str, path: Path):
         trt_type = self.engine.get_tensor_dtype(name).name
         if trt_type not in _TRT_TO_TORCH:
-            raise FcnDeployError(f"{self.path}: tensor {name!r} has TensorRT type {trt_type}, which this runner cannot bind")
+            raise FcnDeployError(f"{path}: tensor {name!r} has TensorRT type {trt_type}, which this runner cannot bind")
         return getattr(self._torch, _TRT_TO_TORCH[trt_type])
 
     def _spec(self, name: str) -> TensorSpec:
@@ -175,19 +177,19 @@ class TrtRunner(Runner):
     def outputs(self) -> list[TensorSpec]:
         return [self._spec(n) for n in self._outputs]
 
-    def infer_torch(self, batch):
+    def infer_on_device(self, batch):
         """Run on a CUDA tensor; returns ``{output name: CUDA tensor}`` (no host copies)."""
         torch = self._torch
         n, _, h, w = batch.shape
         self.profile.check(n, h, w)
         name = self._inputs[0]
-        batch = batch.to(device=self.device, dtype=self._dtypes[name]).contiguous()
+        batch = batch.to(device=self.cuda, dtype=self._dtypes[name]).contiguous()
         if not self.context.set_input_shape(name, tuple(batch.shape)):
             raise FcnDeployError(f"{self.path}: TensorRT refused input shape {tuple(batch.shape)} (outside the engine's profile?)")
         self.context.set_tensor_address(name, batch.data_ptr())
         outputs = {}
         for out in self._outputs:
-            tensor = torch.empty(tuple(self.context.get_tensor_shape(out)), dtype=self._dtypes[out], device=self.device)
+            tensor = torch.empty(tuple(self.context.get_tensor_shape(out)), dtype=self._dtypes[out], device=self.cuda)
             self.context.set_tensor_address(out, tensor.data_ptr())
             outputs[out] = tensor
         self.stream.wait_stream(torch.cuda.current_stream())
@@ -196,15 +198,62 @@ class TrtRunner(Runner):
         self.stream.synchronize()
         return outputs
 
-    def infer(self, batch: np.ndarray, need_logits: bool = True) -> Prediction:
-        outputs = self.infer_torch(self._torch.from_numpy(np.ascontiguousarray(batch)))
+    def infer_impl(self, batch: np.ndarray, need_logits: bool) -> dict[str, np.ndarray | None]:
+        outputs = self.infer_on_device(self._torch.from_numpy(batch))
         logits = outputs.get("logits")
         mask = outputs["mask"] if "mask" in outputs else logits.argmax(1)  # argmax on the GPU
-        return Prediction(
-            mask=mask.to(self._torch.int64).cpu().numpy(),
-            logits=logits.float().cpu().numpy() if need_logits and logits is not None else None,
-        )
+        return {
+            "mask": mask.to(self._torch.int64).cpu().numpy(),
+            "logits": logits.float().cpu().numpy() if need_logits and logits is not None else None,
+        }
 
     def close(self) -> None:
         self.context = None
         self.engine = None
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+    device = "cuda"
+    auto_rank = 0
+    auto_reason = "TensorRT is the fastest engine on an NVIDIA GPU"
+    int8_encoding = "int8-symmetric"
+    #: TensorRT requires symmetric quantization: zero points must be 0.
+    accepted_int8_encodings = ("int8-symmetric",)
+    engine_suffix = "plan"
+    install_hint = INSTALL_HINT
+
+    def status(self) -> tuple[bool, str]:
+        return tensorrt_status()
+
+    def compile(self, precision_onnx: Path, engine: Path, profile: Profile, meta: ModelMeta, options: CompileOptions,
+                log=print) -> dict[str, Any]:  # fmt: skip
+        timing_cache = options.timing_cache or engine.parent / "timing.cache"  # reused by every later build there
+        return build_plan(precision_onnx, engine, profile, options.workspace_gib, timing_cache, log=log)
+
+    def open(self, engine: Path, manifest: dict[str, Any], threads: int | None = None) -> Runner:
+        self.require_usable(str(engine))
+        return TrtRunner(engine, ModelMeta.from_dict(manifest["meta"], str(engine)), manifest["precision"],
+                         Profile.from_dict(manifest["profile"]))  # fmt: skip
+
+    def versions(self) -> dict[str, str]:
+        try:
+            import tensorrt  # type: ignore[import-not-found]
+        except ImportError:
+            return {}
+        return {"tensorrt": tensorrt.__version__}
+
+    def device_info(self) -> dict[str, Any]:
+        return gpu_info()
+
+    def manifest_problems(self, manifest: dict[str, Any]) -> list[str]:
+        problems = []
+        built = manifest.get("versions", {}).get("tensorrt")
+        now = self.versions().get("tensorrt")
+        if built != now:
+            problems.append(f"built with TensorRT {built}, this machine has {now or 'none'}")
+        want = manifest.get("device", {}).get("compute_capability")
+        have = gpu_info().get("compute_capability")
+        if want and have != want:
+            problems.append(f"built for compute capability {want}, this GPU is {have or 'absent'}")
+        return problems

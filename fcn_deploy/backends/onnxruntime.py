@@ -1,0 +1,188 @@
+"""ONNX Runtime: runs any fcn-deploy ONNX (a plain export, an FP16 or INT8 Q/DQ graph, an ORT engine).
+
+The ORT "engine" is the precision graph after ORT's offline optimisation at the extended level,
+which is portable across CPUs (the ``all`` level writes layout-specific kernels).  Offline-optimised
+graphs must run with the execution providers they were optimised for, so the manifest records them.
+With ``onnxruntime-gpu`` installed, the TensorRT and CUDA execution providers are picked first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import FcnDeployError, require_file
+from ..fileio import atomic_path
+from ..meta import ModelMeta, read_onnx_meta, read_onnx_props, write_onnx_meta
+from .base import Backend, CompileOptions, Profile, Runner, TensorSpec, default_profile
+from .manifest import major_minor
+
+_ORT_TYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+    "tensor(int32)": "int32", "tensor(uint8)": "uint8",
+}  # fmt: skip
+
+
+def choose_providers(requested: str | list[str] = "auto") -> list[str]:
+    """``auto``: the TensorRT and CUDA execution providers when installed, then the CPU one; a list
+    (from an engine manifest) is used as it is, if every provider in it is available."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if isinstance(requested, list):
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise FcnDeployError(
+                f"the engine was optimised for ONNX Runtime providers {requested}, and {missing} are not available "
+                "here; rebuild it on this machine"
+            )
+        return requested
+    if requested == "cpu":
+        return ["CPUExecutionProvider"]
+    preferred = ["TensorrtExecutionProvider", "CUDAExecutionProvider"] if requested == "auto" else [requested]
+    chosen = [p for p in preferred if p in available]
+    if requested not in ("auto", "cpu") and not chosen:
+        raise FcnDeployError(f"ONNX Runtime provider {requested} is not available here (have: {', '.join(available)})")
+    return [*chosen, "CPUExecutionProvider"]
+
+
+def load_onnx_proto(path: str | Path):
+    """The ModelProto (without external data), or a one-line error for a file that is not ONNX."""
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # DecodeError, ValueError, ... from a corrupt or foreign file
+        raise FcnDeployError(f"{path}: not a readable ONNX model ({exc.__class__.__name__}); re-export it") from exc
+
+
+class OnnxRuntimeRunner(Runner):
+    """An ONNX file in an ORT session.  ``meta`` (the engine's) lets an ONNX without fcn-deploy
+    metadata, such as a foreign FP32 reference, be run; ``logits_output`` picks its logits output."""
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | Path,
+        providers: str | list[str] = "auto",
+        threads: int | None = None,
+        profile: Profile | None = None,
+        precision: str | None = None,
+        meta: ModelMeta | None = None,
+        logits_output: str | None = None,
+    ):
+        import onnxruntime as ort
+
+        path = require_file(path, "ONNX model")
+        proto = load_onnx_proto(path)
+        meta = meta or read_onnx_meta(proto, str(path))
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
+        precision = precision or read_onnx_props(proto).get("fcn_deploy.precision", "fp32")
+        super().__init__(path, meta, profile or default_profile(meta, dims if len(dims) == 4 else None), precision)
+        del proto
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(self.path, options, providers=choose_providers(providers))
+        except FcnDeployError:
+            raise
+        except Exception as exc:
+            raise FcnDeployError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from exc
+        self.providers = self.session.get_providers()
+        if any(p in self.providers for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")):
+            self.device = "cuda"
+        self._input = self.session.get_inputs()[0]
+        names = [o.name for o in self.session.get_outputs()]
+        self._logits_name = logits_output or ("logits" if "logits" in names else None)
+        self._mask_name = "mask" if "mask" in names else None
+        if self._logits_name is not None and self._logits_name not in names:
+            raise FcnDeployError(f"{path}: has no output {self._logits_name!r} (outputs: {', '.join(names)})")
+        if self._logits_name is None and self._mask_name is None:
+            raise FcnDeployError(
+                f"{path}: has neither a 'logits' nor a 'mask' output; bring a foreign model in with `fcn-deploy adopt`"
+            )
+        self.input_dtype = np.float16 if self._input.type == "tensor(float16)" else np.float32
+
+    @staticmethod
+    def _spec(arg) -> TensorSpec:
+        return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), tuple(arg.shape))
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [self._spec(i) for i in self.session.get_inputs()]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [self._spec(o) for o in self.session.get_outputs()]
+
+    def infer_impl(self, batch: np.ndarray, need_logits: bool) -> dict[str, np.ndarray | None]:
+        skip_logits = not need_logits and self._mask_name is not None
+        wanted = [name for name in (None if skip_logits else self._logits_name, self._mask_name) if name]
+        results = dict(zip(wanted, self.session.run(wanted, {self._input.name: batch})))
+        return {"logits": results.get(self._logits_name), "mask": results.get(self._mask_name)}
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    auto_rank = 20
+    auto_reason = "ONNX Runtime runs every precision graph on any CPU"
+    int8_encoding = "uint8-asymmetric"
+    engine_suffix = "ort.onnx"
+    install_hint = "pip install onnxruntime (or onnxruntime-gpu on a CUDA machine)"
+
+    def status(self) -> tuple[bool, str]:
+        try:
+            import onnxruntime
+        except ImportError:
+            return False, "the onnxruntime package is not installed"
+        return True, f"onnxruntime {onnxruntime.__version__} with {', '.join(choose_providers('auto'))}"
+
+    def compile(self, precision_onnx: Path, engine: Path, profile: Profile, meta: ModelMeta, options: CompileOptions,
+                log=print) -> dict[str, Any]:  # fmt: skip
+        import onnx
+        import onnxruntime as ort
+
+        providers = choose_providers("auto")
+        with atomic_path(engine) as tmp:
+            session_options = ort.SessionOptions()
+            session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+            session_options.optimized_model_filepath = str(tmp)
+            session_options.log_severity_level = 3
+            ort.InferenceSession(str(precision_onnx), session_options, providers=providers)
+            optimized = onnx.load(str(tmp))
+            write_onnx_meta(optimized, meta, {"fcn_deploy.precision": options.precision, "fcn_deploy.backend": self.name})
+            onnx.save(optimized, str(tmp), save_as_external_data=False)
+        return {"providers": providers, "optimization": "ORT_ENABLE_EXTENDED (offline)"}
+
+    def open(self, engine: Path, manifest: dict[str, Any], threads: int | None = None) -> Runner:
+        return OnnxRuntimeRunner(
+            engine, providers=manifest.get("build", {}).get("providers") or "auto", threads=threads,
+            profile=Profile.from_dict(manifest["profile"]), precision=manifest["precision"],
+            meta=ModelMeta.from_dict(manifest["meta"], str(engine)),
+        )  # fmt: skip
+
+    def versions(self) -> dict[str, str]:
+        import onnxruntime
+
+        return {"onnxruntime": onnxruntime.__version__}
+
+    def device_info(self) -> dict[str, Any]:
+        from ..machine import cpu_info
+
+        return {"providers": choose_providers("auto"), **cpu_info()}
+
+    def manifest_problems(self, manifest: dict[str, Any]) -> list[str]:
+        built = manifest.get("versions", {}).get("onnxruntime")
+        now = self.versions()["onnxruntime"]
+        if major_minor(built) != major_minor(now):
+            return [f"built with ONNX Runtime {built}, this machine has {now}"]
+        return []

@@ -1,0 +1,45 @@
+"""The PyTorch FP32 reference: the checkpoint itself, run eagerly (on the CPU or a CUDA device)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import Checkpoint, load_checkpoint
+from .base import Runner, TensorSpec, default_profile
+
+
+class TorchRunner(Runner):
+    backend = "torch"
+
+    def __init__(self, checkpoint: str | Path | Checkpoint, device: str = "cpu"):
+        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+        super().__init__(ckpt.path or "", ckpt.meta, default_profile(ckpt.meta, bounded=False), "fp32")
+        self.torch_device = torch.device(device)
+        self.device = self.torch_device.type
+        self.model = ckpt.build_model().to(self.torch_device)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec("image", "float32", ("batch", 3, "height", "width"))]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec("logits", "float32", ("batch", self.meta.num_classes, "height", "width"))]
+
+    @torch.inference_mode()
+    def infer_on_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch already on the device (what the benchmark times on a GPU)."""
+        logits = self.model(batch)
+        if self.torch_device.type == "cuda":
+            torch.cuda.synchronize(self.torch_device)
+        return logits
+
+    @torch.inference_mode()
+    def infer_impl(self, batch: np.ndarray, need_logits: bool) -> dict[str, np.ndarray | None]:
+        logits = self.infer_on_device(torch.from_numpy(batch).to(self.torch_device))
+        if self.torch_device.type == "cuda":  # argmax where the logits are; copy only what is needed
+            return {"mask": logits.argmax(1).cpu().numpy(), "logits": logits.float().cpu().numpy() if need_logits else None}
+        return {"logits": logits.numpy()}
