@@ -137,7 +137,7 @@ def _worker_main(conn, contender: Contender, threads: int | None, sizes: list[tu
                 calls[(h, w)]()
                 peak = max(peak, used())
         grown = max(peak, (_peak_rss_bytes() or 0) if peak_tracked else 0) - before
-        conn.send(("ready", {"backend": runner.backend, "precision": runner.precision, "device": runner.device,
+        conn.send(("ready", {"backend": runner.backend, "precision": runner.precision, "device": runner.device, "pid": os.getpid(),
                              "peak_memory_mb": grown / 1e6, "memory_kind": "cuda_device_memory" if cuda else "peak_rss_growth"}))  # fmt: skip
         while True:
             message = conn.recv()
@@ -291,9 +291,9 @@ def _engine_device(path: Path) -> str:
     if manifest_path(path).is_file():
         from . import backends
 
-        name = read_manifest(path).get("backend")
-        if name in backends.REGISTRY:
-            return backends.get(name).device
+        manifest = read_manifest(path)
+        if manifest.get("backend") in backends.REGISTRY:
+            return backends.get(manifest["backend"]).engine_device(manifest)
     return "cpu"
 
 
@@ -365,6 +365,7 @@ def run_benchmark(
                 "peak_memory_mb": info["peak_memory_mb"], "memory_kind": info["memory_kind"],
                 "gflop": flops_at[(h, w)] / 1e9, "achieved_gflops": gflops,
                 "fraction_of_peak": gflops / machine["peak_gflops"][info["device"]], "samples_ms": samples[(h, w)],
+                "worker_pid": info["pid"],
             })  # fmt: skip
     print_results(console, results)
     return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -58,6 +59,10 @@ def test_benchmark_reports_baseline_and_engines(tiny_onnx, tiny_checkpoint, tmp_
         assert r["gflop"] > 0 and r["fraction_of_peak"] > 0
     engine = [r for r in results if r["backend"] == "onnxruntime"]
     assert all(r["speedup_vs_torch"] is not None for r in engine)
+    # Every engine was timed in its own worker process, none in this one.
+    pids = {r["backend"]: r["worker_pid"] for r in results}
+    assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
+    assert all(r["p10_ms"] <= r["median_ms"] <= r["p90_ms"] and len(r["samples_ms"]) == 3 for r in results)
     assert report["baseline"]["mode"] == "eager" and report["machine"]["peak_gflops"]["cpu"] > 0
     assert "vs torch" in capsys.readouterr().out
 

@@ -260,6 +260,10 @@ class Backend(abc.ABC):
     def open(self, engine: Path, manifest: dict[str, Any], threads: int | None = None) -> Runner:
         """Open a checked engine as a runner."""
 
+    def engine_device(self, manifest: dict[str, Any]) -> str:
+        """Where the engine a manifest describes runs ("cpu" or "cuda")."""
+        return self.device
+
     def versions(self) -> dict[str, str]:
         """Library versions the engine depends on (recorded in, and checked against, the manifest)."""
         return {}

@@ -170,6 +170,10 @@ class OnnxRuntimeBackend(Backend):
             meta=ModelMeta.from_dict(manifest["meta"], str(engine)),
         )  # fmt: skip
 
+    def engine_device(self, manifest: dict[str, Any]) -> str:
+        providers = manifest.get("build", {}).get("providers") or []
+        return "cuda" if {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(providers) else "cpu"
+
     def versions(self) -> dict[str, str]:
         import onnxruntime
 
