@@ -18,7 +18,7 @@ from rich.table import Table
 
 from . import __version__
 from .backends import names as backend_names
-from .errors import EXIT_FAILED, EXIT_USAGE, FcnDeployError
+from .errors import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE, FcnDeployError
 
 app = typer.Typer(
     name="fcn-deploy",
@@ -87,6 +87,31 @@ def write_report(path: Path | None, data: dict) -> None:
 
     atomic_write_json(path, data)
     console.print(f"report: {path}")
+
+
+#: The --html and --overwrite options of validate, benchmark and demo.
+HtmlOption = Annotated[
+    Optional[Path],
+    typer.Option("--html", help="Also write a self-contained HTML page (plots, pictures) here.", metavar="PAGE.html"),
+]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --html page.")]
+
+
+def check_html(path: Path | None, overwrite: bool) -> None:
+    """Refuse a bad --html path before the run starts, so no work is wasted."""
+    if path is not None:
+        from .report import check_page_path
+
+        check_page_path(path, overwrite)
+
+
+def write_html(path: Path | None, page: str) -> None:
+    if path is None:
+        return
+    from .report import write_page
+
+    write_page(path, page)
+    console.print(f"page: {path}")
 
 
 # --------------------------------------------------------------------------- models / data
@@ -336,16 +361,24 @@ def validate_command(
     max_side: Annotated[Optional[int], typer.Option("--max-side", help="Cap the default sizes' largest side.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random sizes.")] = 0,
     report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
+    html: HtmlOption = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Check the engine's masks against the PyTorch FP32 reference at many sizes (exit 1 on failure)."""
-    from .validate import validate_engine
+    from .validate import ExampleKeeper, validate_engine
 
+    check_html(html, overwrite)
+    keeper = ExampleKeeper() if html else None
     result = validate_engine(
         engine, reference, sizes=sizes, random_sizes=random_sizes, images=images, batch=batch, precision=precision,
         min_agreement=min_agreement, min_confident=min_confident, min_miou=min_miou, margin=margin,
-        max_side=max_side, seed=seed, console=console, min_size_agreement=min_size_agreement,
+        max_side=max_side, seed=seed, console=console, min_size_agreement=min_size_agreement, keep_examples=keeper,
     )  # fmt: skip
     write_report(report, result.to_dict())
+    if html:
+        from .report import validation_page
+
+        write_html(html, validation_page(result.to_dict(), keeper))
     if not result.passed:
         raise typer.Exit(EXIT_FAILED)
 
@@ -364,16 +397,21 @@ def infer_command(
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="Stop after N frames.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     convert_rgb: Annotated[bool, typer.Option("--convert-rgb", help="Convert grayscale/RGBA images to RGB.")] = False,
-    report: Annotated[Optional[Path], typer.Option(help="Write the timing summary as JSON.")] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Stop at the first unreadable image (default: skip it with a warning, exit 3).")
+    ] = False,
+    report: Annotated[Optional[Path], typer.Option(help="Write the timing summary (and any skipped images) as JSON.")] = None,
 ) -> None:
-    """Segment a video (overlay video out) or images (mask PNGs + overlays)."""
+    """Segment a video (overlay video out) or images (mask PNGs + overlays); exit 3 when images were skipped."""
     from .video import run_infer
 
     summary = run_infer(
         source, engine, out=out, alpha=alpha, save_masks=save_masks, batch=batch, max_frames=max_frames,
-        overwrite=overwrite, convert_rgb=convert_rgb, console=console,
+        overwrite=overwrite, convert_rgb=convert_rgb, console=console, strict=strict,
     )  # fmt: skip
     write_report(report, summary)
+    if summary.get("skipped"):
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 @app.command("benchmark")
@@ -386,16 +424,23 @@ def benchmark_command(
     iters: Annotated[int, typer.Option(min=1, help="Timed runs (median and p90 reported).")] = 20,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch and ORT (default: all cores).")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
+    html: HtmlOption = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Time engines against the PyTorch eager FP32 baseline, in one run."""
     from .bench import run_benchmark
     from .validate import parse_sizes
 
+    check_html(html, overwrite)
     result = run_benchmark(
         engines, reference=reference, sizes=parse_sizes(sizes), batch=batch, warmup=warmup, iters=iters,
         threads=threads, console=console,
     )  # fmt: skip
     write_report(report, result)
+    if html:
+        from .report import benchmark_page
+
+        write_html(html, benchmark_page(result))
 
 
 @app.command("demo")
@@ -404,11 +449,16 @@ def demo_command(
     force: Annotated[bool, typer.Option("--force", help="Rebuild everything, even what exists.")] = False,
     train_steps: Annotated[int, typer.Option("--train-steps", help="Training steps for the default model.")] = 0,
     backend: Annotated[str, typer.Option(help=f"auto (every usable backend) or one of: {BACKEND_CHOICES}.")] = "auto",
+    html: Annotated[
+        Optional[Path], typer.Option("--html", help="Also copy the page (always written to OUT/report.html) here.", metavar="PAGE.html")
+    ] = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
-    """The main job: data, train, eval, export, FP32/FP16/INT8 engines, validate, video, benchmark."""
+    """The main job: data, train, eval, export, FP32/FP16/INT8 engines, validate, video, benchmark; OUT/report.html."""
     from .demo import run_demo
 
-    result = run_demo(out, force=force, train_steps=train_steps or None, backend=backend, console=console)
+    check_html(html, overwrite)
+    result = run_demo(out, force=force, train_steps=train_steps or None, backend=backend, console=console, html=html)
     if not result.get("passed", False):
         raise typer.Exit(EXIT_FAILED)
 

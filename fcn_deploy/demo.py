@@ -11,7 +11,9 @@
 8. benchmark every engine against PyTorch eager at 512x512, each in its own process.
 
 Every step reuses its output when that output is newer than its input, unless ``--force``; the
-summary table and ``DIR/report.json`` gather the reports of every step.
+summary table and ``DIR/report.json`` gather the reports of every step, and ``DIR/report.html``
+shows them (:mod:`fcn_deploy.report`): the summary, per-class IU, each engine's validation with
+pictures of its disagreements, the benchmark plots and frames of the overlay video.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ BENCH_SIZE = (512, 512)
 BENCH_ITERS = 30
 VALIDATE_CAP = 512
 PRECISIONS = ("fp32", "fp16", "int8")
+#: Pictures per engine on the page: its worst sizes by agreement, and as many failing ones.
+PAGE_EXAMPLES = 2
 
 
 def _fresh(output: Path, *inputs: Path, force: bool = False) -> bool:
@@ -64,13 +68,16 @@ def demo_backends(requested: str, log=print) -> list[backends.Backend]:
 
 
 def run_demo(
-    out: Path, force: bool = False, train_steps: int | None = None, backend: str = "auto", console: Console | None = None
+    out: Path, force: bool = False, train_steps: int | None = None, backend: str = "auto", console: Console | None = None,
+    html: Path | None = None,
 ) -> dict[str, Any]:
+    """Run every step; write ``out/report.json`` and ``out/report.html`` (and the page to ``html`` too, if given)."""
     from .bench import run_benchmark
     from .engines import BuildOptions, build_engine
     from .export import export_onnx
+    from .report import demo_page, write_page
     from .train import TrainConfig, evaluate, train
-    from .validate import validate_engine
+    from .validate import ExampleKeeper, validate_engine
     from .video import run_infer
 
     console = console or Console()
@@ -160,8 +167,10 @@ def run_demo(
     # 6. validate ----------------------------------------------------------------------------
     step("6/8 validate")
     report["steps"]["validate"] = {}
+    keepers: dict[str, ExampleKeeper] = {}  # a few pictures per engine for the page
     for label, engine in engines.items():
-        result = validate_engine(engine, ckpt, max_side=VALIDATE_CAP, console=console)
+        keepers[label] = ExampleKeeper(worst=PAGE_EXAMPLES, max_failing=PAGE_EXAMPLES)
+        result = validate_engine(engine, ckpt, max_side=VALIDATE_CAP, console=console, keep_examples=keepers[label])
         report["steps"]["validate"][label] = result.to_dict()
     done("6/8 validate")
 
@@ -184,6 +193,9 @@ def run_demo(
     report["passed"] = all(v["passed"] for v in report["steps"]["validate"].values())
     report["summary"] = _summary(report)
     atomic_write_json(out / "report.json", report)
+    page = demo_page(report, keepers, video=video, overlay=overlay, palette=checkpoint.meta.palette)
+    for path in (out / "report.html", *([html] if html else [])):
+        write_page(path, page)
     _print_summary(console, report, out, overlay)
     return report
 
@@ -249,4 +261,7 @@ def _print_summary(console: Console, report: dict[str, Any], out: Path, overlay:
         f"end to end ({summary['video_fps_ratio']:.2f}x the engine's FPS inside the pipeline, "
         f"{summary['video_vs_standalone_engine']:.2f}x the engine alone at {VIDEO_SIZE[0]}x{VIDEO_SIZE[1]})"
     )
-    console.print(f"overlay video: {overlay}\nreport: {out / 'report.json'}  (total {report['seconds']['total']:.0f} s)")
+    console.print(
+        f"overlay video: {overlay}\nreport: {out / 'report.json'}, page: {out / 'report.html'}  "
+        f"(total {report['seconds']['total']:.0f} s)"
+    )

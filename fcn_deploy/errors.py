@@ -13,6 +13,7 @@ from pathlib import Path
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran and its check failed (validation below threshold, ...)
 EXIT_USAGE = 2  # bad input: flags, files, environment
+EXIT_PARTIAL = 3  # the command finished but skipped some input (infer: unreadable images, listed in --report)
 
 
 class FcnDeployError(Exception):

@@ -10,7 +10,9 @@ sizes) and measures, per size:
   threshold (disagreements on near-ties say nothing about the engine);
 * the largest reference margin at which the masks still disagree;
 * mean IU of the engine's mask against the reference mask;
-* max and mean absolute logit difference (when the engine outputs logits).
+* max and mean absolute logit difference (when the engine outputs logits);
+* how many disagreeing pixels lie within :data:`EDGE_RADIUS_PX` of a reference class boundary
+  ("edges or regions?": a few boundary pixels shifted is benign, a whole region flipped is a bug).
 
 The verdict is scored the way the paper scores: over **every validated pixel at once**.  Pixel
 agreement is pooled over all sizes, and mean IU comes from one confusion matrix (reference mask vs
@@ -41,6 +43,10 @@ from .metrics import fast_hist, scores_from_hist
 
 #: Seed of the scenes used for validation (disjoint from training, validation and calibration).
 VALIDATION_SEED = 3
+#: A disagreeing pixel this close (Chebyshev distance, px) to a pixel of another reference class is "on an edge".
+EDGE_RADIUS_PX = 2
+#: Bins of the histogram of reference margins at disagreeing pixels: 0, then log-spaced 1e-3..100, then beyond.
+MARGIN_BIN_EDGES = np.concatenate([[0.0], np.logspace(-3, 2, 21), [np.inf]])
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,8 @@ class CaseResult:
     agreeing: int = 0
     confident: int = 0
     confident_agreeing: int = 0
+    #: Disagreeing pixels within EDGE_RADIUS_PX of a reference class boundary.
+    disagree_near_edge: int = 0
     #: Reference-vs-engine confusion matrix of this case (rows: reference classes).
     confusion: np.ndarray | None = field(default=None, repr=False)
 
@@ -110,6 +118,7 @@ class ValidationReport:
     thresholds: Thresholds
     cases: list[CaseResult]
     num_classes: int = 0
+    class_names: list[str] = field(default_factory=list)
 
     @property
     def confusion(self) -> np.ndarray:
@@ -129,6 +138,12 @@ class ValidationReport:
     def confident_agreement(self) -> float | None:
         confident = sum(c.confident for c in self.cases)
         return sum(c.confident_agreeing for c in self.cases) / confident if confident else None
+
+    @property
+    def near_edge_share(self) -> float | None:
+        """Of all disagreeing pixels, the share on a reference class boundary (None: no disagreement)."""
+        disagreeing = sum(c.pixels - c.agreeing for c in self.cases)
+        return sum(c.disagree_near_edge for c in self.cases) / disagreeing if disagreeing else None
 
     @property
     def mean_iu(self) -> float | None:
@@ -165,6 +180,9 @@ class ValidationReport:
             "min_pixel_agreement": min(agreements) if agreements else None,
             "min_mean_iu": min(c.mean_iu for c in self.cases) if self.cases else None,
             "max_disagree_margin": max(c.max_disagree_margin for c in self.cases) if self.cases else None,
+            "disagreeing_pixels": sum(c.pixels - c.agreeing for c in self.cases),
+            "disagree_near_edge_share": self.near_edge_share,
+            "edge_radius_px": EDGE_RADIUS_PX,
         }
 
     def to_dict(self) -> dict[str, object]:
@@ -178,6 +196,7 @@ class ValidationReport:
             "summary": self.summary(),
             "failures": self.failures if not self.passed else [],
             "failing_sizes": self.failing_sizes,
+            "class_names": list(self.class_names),
             "confusion": self.confusion.tolist() if self.cases else [],
             "cases": [c.to_dict() for c in self.cases],
         }
@@ -262,6 +281,22 @@ def top2_margin(logits: np.ndarray) -> np.ndarray:
     return part[:, -1] - part[:, -2]
 
 
+def near_edge(reference_mask: np.ndarray, where: tuple[np.ndarray, ...], radius: int = EDGE_RADIUS_PX) -> np.ndarray:
+    """For the pixels at ``where`` (indices into ``N x H x W``), whether a pixel of another reference
+    class lies within ``radius`` px.  Looks only at those pixels: disagreements are few."""
+    n, ys, xs = where
+    if not len(ys):
+        return np.zeros(0, dtype=bool)
+    padded = np.pad(reference_mask, ((0, 0), (radius, radius), (radius, radius)), mode="edge")  # image borders are no edge
+    own = reference_mask[where]
+    hit = np.zeros(len(ys), dtype=bool)
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if dy or dx:
+                hit |= padded[n, ys + radius + dy, xs + radius + dx] != own
+    return hit
+
+
 def compare(reference: Prediction, engine: Prediction, num_classes: int, thresholds: Thresholds) -> CaseResult:
     """Score one size: the figures, and the per-size criteria (floor, confident pixels, logits)."""
     assert reference.logits is not None, "the reference must output logits"
@@ -283,6 +318,7 @@ def compare(reference: Prediction, engine: Prediction, num_classes: int, thresho
         max_diff, mean_diff = float(diff.max()), float(diff.mean())
     n_agree = int(agree.sum())
     pixel_agreement = n_agree / agree.size
+    n_near_edge = int(near_edge(ref_mask, np.nonzero(~agree)).sum()) if n_agree < agree.size else 0
     failures = []
     if thresholds.size_floor is not None and pixel_agreement < thresholds.size_floor:
         failures.append(f"pixel agreement {pixel_agreement:.5f} < the per-size floor {thresholds.size_floor}")
@@ -300,8 +336,70 @@ def compare(reference: Prediction, engine: Prediction, num_classes: int, thresho
         height=h, width=w, batch=n, pixel_agreement=pixel_agreement, confident_agreement=confident_agreement,
         confident_fraction=n_conf / agree.size, max_disagree_margin=max_disagree, mean_iu=float(mean_iu),
         max_abs_logit_diff=max_diff, mean_abs_logit_diff=mean_diff, passed=not failures, failures=failures,
-        pixels=int(agree.size), agreeing=n_agree, confident=n_conf, confident_agreeing=n_conf_agree, confusion=hist,
+        pixels=int(agree.size), agreeing=n_agree, confident=n_conf, confident_agreeing=n_conf_agree,
+        disagree_near_edge=n_near_edge, confusion=hist,
     )  # fmt: skip
+
+
+@dataclass
+class Example:
+    """One validated image kept for a report page: the input, both masks and the reference's margin."""
+
+    height: int
+    width: int
+    #: The size's agreement (what ranks the sizes) and this image's own.
+    case_agreement: float
+    pixel_agreement: float
+    passed: bool
+    failures: list[str]
+    #: This image's disagreeing pixels, and those of them within EDGE_RADIUS_PX of a reference class boundary.
+    disagreeing: int
+    near_edge: int
+    image: np.ndarray = field(repr=False)  # uint8 H x W x 3
+    reference_mask: np.ndarray = field(repr=False)  # H x W class indices
+    engine_mask: np.ndarray = field(repr=False)
+    margin: np.ndarray = field(repr=False)  # float16 H x W: the reference's top-1 minus top-2 logit
+
+
+class ExampleKeeper:
+    """What a report page shows beyond the JSON, kept with bounded memory during :func:`validate`:
+    one image (the batch's worst) for each of the ``worst`` sizes by agreement and for up to
+    ``max_failing`` failing sizes (the worst of them), sizes with no disagreement left out; and a
+    fixed-bin histogram (:data:`MARGIN_BIN_EDGES`) of the reference margin at every disagreeing pixel."""
+
+    def __init__(self, worst: int = 3, max_failing: int = 8):
+        self.worst, self.max_failing = worst, max_failing
+        self.palette: list[list[int]] = []  # the model's, set by validate(): the page colours masks with it
+        self.margin_counts = np.zeros(len(MARGIN_BIN_EDGES) - 1, dtype=np.int64)
+        self._kept: list[Example] = []
+
+    @property
+    def examples(self) -> list[Example]:
+        """The kept images, worst size first."""
+        return sorted(self._kept, key=lambda e: e.case_agreement)
+
+    def offer(self, case: CaseResult, images: np.ndarray, reference: Prediction, engine: Prediction) -> None:
+        disagree = reference.mask != engine.mask
+        where = np.nonzero(disagree)
+        if not len(where[0]):
+            return
+        assert reference.logits is not None, "the reference must output logits"
+        at = np.moveaxis(reference.logits[where[0], :, where[1], where[2]], 0, -1)[None, ..., None]  # 1 x C x D x 1
+        self.margin_counts += np.histogram(top2_margin(at).ravel(), MARGIN_BIN_EDGES)[0]
+        worst = int(disagree.reshape(len(disagree), -1).sum(1).argmax())
+        ref_mask, eng_mask, wrong = reference.mask[worst], engine.mask[worst], disagree[worst]
+        labels = np.uint8 if max(int(ref_mask.max()), int(eng_mask.max())) < 256 else np.int32
+        self._kept.append(Example(
+            height=case.height, width=case.width, case_agreement=case.pixel_agreement,
+            pixel_agreement=1.0 - int(wrong.sum()) / wrong.size, passed=case.passed, failures=list(case.failures),
+            disagreeing=int(wrong.sum()), near_edge=int(near_edge(ref_mask[None], np.nonzero(wrong[None])).sum()),
+            image=np.ascontiguousarray(images[worst], dtype=np.uint8), reference_mask=ref_mask.astype(labels),
+            engine_mask=eng_mask.astype(labels), margin=top2_margin(reference.logits[worst : worst + 1])[0].astype(np.float16),
+        ))  # fmt: skip
+        ranked = self.examples
+        failing = [e for e in ranked if not e.passed][: self.max_failing]
+        keep = {id(e) for e in ranked[: self.worst] + failing}
+        self._kept = [e for e in ranked if id(e) in keep]
 
 
 def validate(
@@ -313,23 +411,30 @@ def validate(
     batch: int = 1,
     batch_sizes: dict[tuple[int, int], int] | None = None,
     on_case: Callable[[CaseResult], None] | None = None,
+    keep_examples: ExampleKeeper | None = None,
 ) -> ValidationReport:
-    """Run ``engine`` and ``reference`` on the same inputs at every size; compare the masks."""
+    """Run ``engine`` and ``reference`` on the same inputs at every size; compare the masks.
+    ``keep_examples`` keeps a few images and a margin histogram for the HTML page."""
     inputs = inputs or InputSource()
     meta = engine.meta
     cases = []
+    if keep_examples is not None:
+        keep_examples.palette = [list(colour) for colour in meta.palette]
     for index, (height, width) in enumerate(sizes):
         n = (batch_sizes or {}).get((height, width), batch)
         engine.profile.check(n, height, width)
         images = inputs.batch(height, width, n, index)
         x = preprocess(images, meta.mean, meta.std)
-        case = compare(reference.infer(x), engine.infer(x), meta.num_classes, thresholds)
+        reference_prediction, engine_prediction = reference.infer(x), engine.infer(x)
+        case = compare(reference_prediction, engine_prediction, meta.num_classes, thresholds)
         cases.append(case)
+        if keep_examples is not None:
+            keep_examples.offer(case, images, reference_prediction, engine_prediction)
         if on_case:
             on_case(case)
     return ValidationReport(
         engine=engine.path, backend=engine.backend, precision=engine.precision, reference=reference.path,
-        thresholds=thresholds, cases=cases, num_classes=meta.num_classes,
+        thresholds=thresholds, cases=cases, num_classes=meta.num_classes, class_names=list(meta.class_names),
     )  # fmt: skip
 
 
@@ -387,6 +492,7 @@ def validate_engine(
     seed: int = 0,
     console=None,
     min_size_agreement: float | None = None,
+    keep_examples: ExampleKeeper | None = None,
 ) -> ValidationReport:
     """``fcn-deploy validate``: load both, pick sizes and thresholds, compare, print a table."""
     from rich.console import Console
@@ -411,7 +517,7 @@ def validate_engine(
         with console.status("validating") as status:
             report = validate(
                 engine, reference, size_list, thresholds, InputSource(images), batch=batch,
-                on_case=lambda case: status.update(f"validated {case.height}x{case.width}"),
+                on_case=lambda case: status.update(f"validated {case.height}x{case.width}"), keep_examples=keep_examples,
             )  # fmt: skip
         title = f"validate {Path(engine_path).name} ({engine.backend}, {engine.precision}) vs {Path(reference_path).name}"
         print_validation(console, report, title)

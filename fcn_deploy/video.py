@@ -9,10 +9,12 @@ often read-only, such as sample videos inside site-packages):
 * an image or a folder of images -> ``OUT`` = ``./SOURCE_STEM_masks/`` holding
   ``masks/NAME.png`` (palette PNG whose pixel values are class indices, the VOC SegmentationClass
   format; ``save_masks`` moves this folder) and ``overlays/NAME.png``, ``NAME`` being the image's
-  file stem.
+  file stem.  In a folder, an unreadable image is skipped with one warning line and listed in the
+  summary's ``skipped`` (``strict`` stops at it instead): one bad file must not cost the batch.
 
 A video other than ``.mp4`` may be named ``.mov`` or ``.mkv``.  The video appears under its final
 name only when complete; mask PNGs are each written atomically, so a failed run keeps those done.
+A run that fails before writing anything removes the output folders it created.
 
 Video files are read and written through :mod:`fcn_deploy.media` (PyAV; H.264, odd sizes padded).
 
@@ -39,6 +41,7 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -409,10 +412,23 @@ def _save_rgb_png(path: Path, picture: np.ndarray) -> None:
         Image.fromarray(picture).save(tmp, format="PNG")
 
 
+def _load_or_skip(path: Path, convert_rgb: bool, strict: bool, skipped: list[dict[str, str]], console: Console) -> np.ndarray | None:
+    """The image, or None (with one warning line, and ``path`` added to ``skipped``) when it is unreadable."""
+    try:
+        return load_rgb(path, convert=convert_rgb)
+    except FcnDeployError as exc:
+        if strict:
+            raise
+        skipped.append({"path": str(path), "reason": str(exc)})
+        console.print(f"[yellow]warning:[/] skipped {escape(str(exc))}")
+        return None
+
+
 def _run_images(
     paths: list[Path], segmenter: Segmenter, out: Path, masks_dir: Path, alpha: float, batch: int,
-    convert_rgb: bool, progress: Progress,
+    convert_rgb: bool, progress: Progress, strict: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
+    """Every readable image of ``paths``; unreadable ones are skipped and listed (``strict``: the first one raises)."""
     stems = [path.stem for path in paths]
     if len(set(stems)) < len(stems):
         twins = sorted({stem for stem in stems if stems.count(stem) > 1})
@@ -421,18 +437,27 @@ def _run_images(
     task = progress.add_task("images", total=len(paths))
     times = segmenter.times
     start = time.perf_counter()
+    skipped: list[dict[str, str]] = []
+    done = 0
     for first in range(0, len(paths), batch):
         chunk = paths[first : first + batch]
         with times.measure("decode"):
-            images = [load_rgb(path, convert=convert_rgb) for path in chunk]
-        for path, image, mask in zip(chunk, images, segmenter.predict_batch(images)):
+            loaded = [(path, _load_or_skip(path, convert_rgb, strict, skipped, progress.console)) for path in chunk]
+        loaded = [(path, image) for path, image in loaded if image is not None]
+        for (path, image), mask in zip(loaded, segmenter.predict_batch([image for _, image in loaded])):
             with times.measure("postprocess"):
                 picture = render_overlay(image, mask, segmenter.meta, alpha)
             with times.measure("encode"):
                 save_palette_png(masks_dir / f"{path.stem}.png", mask, segmenter.meta.palette)
                 _save_rgb_png(overlays_dir / f"{path.stem}.png", picture)
+        done += len(loaded)
         progress.advance(task, len(chunk))
-    return {"kind": "images", "frames": len(paths), "overlays_dir": str(overlays_dir), "wall_s": time.perf_counter() - start}
+    if not done:
+        raise FcnDeployError(
+            f"{paths[0].parent}: none of its {len(paths)} images could be read (first: {skipped[0]['reason']}); replace or remove them"
+        )
+    return {"kind": "images", "frames": done, "images_found": len(paths), "skipped": skipped, "overlays_dir": str(overlays_dir),
+            "wall_s": time.perf_counter() - start}  # fmt: skip
 
 
 # --- the infer stage -------------------------------------------------------------------------
@@ -441,6 +466,29 @@ def _run_images(
 class _FpsColumn(ProgressColumn):
     def render(self, task) -> Text:
         return Text(f"{task.speed:.1f} fps" if task.speed else "- fps", style="progress.data.speed")
+
+
+def _missing_folders(*paths: Path | None) -> list[Path]:
+    """The folders (of ``paths`` and their parents) that do not exist yet, outermost first."""
+    missing: list[Path] = []
+    for path in filter(None, paths):
+        for folder in reversed([path, *path.parents]):
+            if not folder.exists() and folder not in missing:
+                missing.append(folder)
+    return missing
+
+
+@contextlib.contextmanager
+def _removed_if_left_empty(folders: list[Path]) -> Iterator[None]:
+    """On failure, remove those of ``folders`` (created by this run) that hold nothing, so a run
+    that wrote nothing leaves nothing behind and the next one needs no --overwrite."""
+    try:
+        yield
+    except BaseException:
+        for folder in reversed(folders):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only ever removes an empty folder
+        raise
 
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:
@@ -463,6 +511,7 @@ def _source_images(source: Path) -> list[Path] | None:
 
 
 def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    """The stage table, then, for a folder of images, how many were processed and skipped."""
     table = Table(title=f"infer: {summary['frames']} {'frames' if summary['kind'] == 'video' else 'images'} -> {summary['output']}")
     table.add_column("stage")
     table.add_column("ms / frame", justify="right")
@@ -472,6 +521,10 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     if summary["engine_fps"]:
         table.add_row("engine-only FPS", f"{summary['engine_fps']:.1f}")
     console.print(table)
+    if summary.get("images_found", 0) > 1:
+        skipped = len(summary.get("skipped") or [])
+        line = f"processed {summary['frames']} of {summary['images_found']} images"
+        console.print(f"{line}; [yellow]skipped {skipped} unreadable[/] (listed in --report)" if skipped else line)
 
 
 def run_infer(
@@ -485,9 +538,11 @@ def run_infer(
     overwrite: bool = False,
     convert_rgb: bool = False,
     console: Console | None = None,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Segment a video, an image or a folder of images (see the module docstring for the outputs);
-    returns the summary that JSON reports carry, after printing it as a table."""
+    returns the summary that JSON reports carry, after printing it as a table.  In a folder,
+    unreadable images are skipped and listed in ``summary["skipped"]`` unless ``strict``."""
     console = console or Console()
     source, engine = Path(source), Path(engine)
     if not 0.0 <= alpha <= 1.0:
@@ -510,6 +565,7 @@ def run_infer(
         images = images[:max_frames]
     _refuse_existing(out, overwrite)
     masks_dir = Path(save_masks) if save_masks else (None if images is None else out / "masks")
+    new_folders = _missing_folders(None if images is None else out / "overlays", masks_dir)
     if masks_dir is not None:
         _refuse_existing(masks_dir, overwrite)
         ensure_writable_dir(masks_dir)
@@ -518,13 +574,14 @@ def run_infer(
         console.print(f"[yellow]{message}[/]")
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _FpsColumn(), TimeRemainingColumn())
-    with Segmenter.from_engine(engine, on_resize=say_once) as segmenter:
+    with _removed_if_left_empty(new_folders), Segmenter.from_engine(engine, on_resize=say_once) as segmenter:
         console.print(f"infer: {source} with {segmenter.runner.label} ({engine.name}), batch {batch} -> {out}")
         with Progress(*columns, console=console) as progress:
             if images is None:
                 summary = _run_video(info, segmenter, out, masks_dir, alpha, batch, max_frames, progress)
             else:
-                summary = _run_images(images, segmenter, out, masks_dir, alpha, batch, convert_rgb, progress)
+                strict = strict or not source.is_dir()  # a single image has nothing to skip to
+                summary = _run_images(images, segmenter, out, masks_dir, alpha, batch, convert_rgb, progress, strict)
         frames, infer_s = summary["frames"], segmenter.times.seconds["infer"]
         summary.update(
             source=str(source),

@@ -42,10 +42,12 @@ def test_flop_count_matches_hand_count():
 
 
 def test_benchmark_reports_baseline_and_engines(tiny_onnx, tiny_checkpoint, tmp_path, capsys):
-    report_path = tmp_path / "bench.json"
+    report_path, page = tmp_path / "bench.json", tmp_path / "bench.html"
     code = main(["benchmark", str(tiny_onnx), "--reference", str(tiny_checkpoint), "--sizes", "64x64,96x128",
-                 "--warmup", "1", "--iters", "3", "--report", str(report_path)])  # fmt: skip
+                 "--warmup", "1", "--iters", "3", "--report", str(report_path), "--html", str(page)])  # fmt: skip
     assert code == 0
+    html = page.read_text()
+    assert "Median latency per engine" in html and "1x96x128" in html and "onnxruntime fp32" in html
     report = json.loads(report_path.read_text())
     results = report["results"]
     assert {(r["backend"], r["height"], r["width"]) for r in results} == {
@@ -95,6 +97,10 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, monkeypatch):
     report = demo.run_demo(out, train_steps=30, console=Console(quiet=True))
     saved = json.loads((out / "report.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(report["summary"]))
+    page = (out / "report.html").read_text()  # the page, always written
+    for heading in ("Summary", "Held-out accuracy", "Validation", "openvino-int8", "Benchmark", "Video"):
+        assert f">{heading}</h" in page, heading
+    assert 'alt="source, frame 0"' in page and 'alt="overlay, frame 0"' in page  # the first overlay frame beside its source
     assert set(saved["steps"]) == {"train", "eval", "export", "build", "validate", "infer", "benchmark"}
     labels = {f"{b}-{p}" for b in ("openvino", "onnxruntime") for p in ("fp32", "fp16", "int8")}
     assert set(saved["steps"]["build"]) == set(saved["steps"]["validate"]) == labels

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import importlib.util
 import io
+import json
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +21,7 @@ import fcn_deploy.video as video
 from fcn_deploy.data.images import load_rgb
 from fcn_deploy.data.synthetic import make_scene
 from fcn_deploy.backends import open_runner as load_runner
+from fcn_deploy.cli import main
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.backends import Profile
 from fcn_deploy.media import even_size
@@ -152,6 +154,61 @@ def test_image_folder_gives_masks_and_overlays(tiny_onnx, tmp_path, monkeypatch)
             assert mask.mode == "P" and mask.size == (w, h)
             np.testing.assert_array_equal(np.asarray(mask), segmenter.predict(load_rgb(folder / name)))
             assert Image.open(out / "overlays" / f"{stem}.png").size == (w, h)
+
+
+def six_images_one_corrupt(folder: Path, corrupt: str = "c.jpg", also_corrupt: tuple[str, ...] = ()) -> Path:
+    """a.jpg .. f.jpg, with ``corrupt`` (and ``also_corrupt``) truncated: the JPEG header reads, its data does not."""
+    folder.mkdir()
+    for index, name in enumerate("abcdef"):
+        Image.fromarray(make_scene(5, index, 64, 80)[0]).save(folder / f"{name}.jpg")
+    for name in (corrupt, *also_corrupt):
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) // 2])
+    return folder
+
+
+def test_image_folder_skips_a_corrupt_jpeg_and_exits_3(tiny_onnx, tmp_path, capsys):
+    folder = six_images_one_corrupt(tmp_path / "photos")
+    out, report = tmp_path / "out", tmp_path / "infer.json"
+    assert main(["infer", str(folder), "-e", str(tiny_onnx), "-o", str(out), "--batch", "2", "--report", str(report)]) == 3
+    stdout = capsys.readouterr().out
+    for kind in ("masks", "overlays"):
+        assert sorted(p.name for p in (out / kind).iterdir()) == ["a.png", "b.png", "d.png", "e.png", "f.png"]
+    warnings = [line for line in stdout.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "c.jpg: not a readable image" in warnings[0]
+    assert "processed 5 of 6 images; skipped 1 unreadable" in stdout
+    data = json.loads(report.read_text())
+    assert data["frames"] == 5 and data["images_found"] == 6
+    assert [item["path"] for item in data["skipped"]] == [str(folder / "c.jpg")] and "not a readable image" in data["skipped"][0]["reason"]
+    # every image readable: exit 0, nothing skipped
+    (folder / "c.jpg").unlink()
+    assert main(["infer", str(folder), "-e", str(tiny_onnx), "-o", str(out), "--overwrite", "--report", str(report)]) == 0
+    assert json.loads(report.read_text())["skipped"] == []
+
+
+def test_strict_stops_at_the_first_unreadable_image(tiny_onnx, tmp_path, capsys):
+    folder = six_images_one_corrupt(tmp_path / "first", corrupt="a.jpg")  # the first image: nothing written before it
+    out = tmp_path / "out"
+    assert main(["infer", str(folder), "-e", str(tiny_onnx), "-o", str(out), "--strict"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "a.jpg: not a readable image" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+    # a bad file later on: the run stops there; the images before it stay written, each complete
+    folder = six_images_one_corrupt(tmp_path / "later", corrupt="c.jpg")
+    assert main(["infer", str(folder), "-e", str(tiny_onnx), "-o", str(out), "--strict"]) == 2
+    assert "c.jpg: not a readable image" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["a.png", "b.png"]
+
+
+def test_a_run_that_writes_nothing_leaves_no_output_folder(tiny_onnx, tmp_path, capsys):
+    folder = six_images_one_corrupt(tmp_path / "photos", corrupt="a.jpg", also_corrupt=("b.jpg", "c.jpg", "d.jpg", "e.jpg", "f.jpg"))
+    out = tmp_path / "deep" / "out"
+    assert main(["infer", str(folder), "-e", str(tiny_onnx), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "none of its 6 images could be read (first: " in err and "a.jpg: not a readable image" in err
+    assert not (tmp_path / "deep").exists()  # nor the parent it created
+    assert main(["infer", str(folder), "-e", str(tmp_path / "missing.onnx"), "-o", str(out)]) == 2  # the engine fails to open
+    assert not (tmp_path / "deep").exists()
 
 
 # --- the size policy -----------------------------------------------------------------------
