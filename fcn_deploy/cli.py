@@ -336,6 +336,9 @@ def validate_command(
     max_side: Annotated[Optional[int], typer.Option("--max-side", help="Cap the default sizes' largest side.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random sizes.")] = 0,
     report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
+    emulate_fp16: Annotated[
+        bool, typer.Option("--emulate-fp16", help="ENGINE is a checkpoint: run it in float16 and judge it by the FP16 thresholds.")
+    ] = False,
 ) -> None:
     """Check the engine's masks against the PyTorch FP32 reference at many sizes (exit 1 on failure)."""
     from .validate import validate_engine
@@ -343,7 +346,7 @@ def validate_command(
     result = validate_engine(
         engine, reference, sizes=sizes, random_sizes=random_sizes, images=images, batch=batch, precision=precision,
         min_agreement=min_agreement, min_confident=min_confident, min_miou=min_miou, margin=margin,
-        max_side=max_side, seed=seed, console=console, min_size_agreement=min_size_agreement,
+        max_side=max_side, seed=seed, console=console, min_size_agreement=min_size_agreement, emulate_fp16=emulate_fp16,
     )  # fmt: skip
     write_report(report, result.to_dict())
     if not result.passed:
