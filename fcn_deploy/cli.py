@@ -443,7 +443,9 @@ def backends_command(
 
 @app.command("gpu-check")
 def gpu_check_command() -> None:
-    """Say whether TensorRT and a CUDA device are usable here (scripts/gpu-check.sh runs the rest)."""
+    """Say whether TensorRT and a CUDA device are usable here, and why not (exit 2 when they are not).
+
+    scripts/gpu-check.sh runs the rest: install for the driver, GPU tests, demo, validation, benchmark."""
     from . import backends
     from .backends.onnxruntime import choose_providers
     from .backends.tensorrt import gpu_info
@@ -455,6 +457,8 @@ def gpu_check_command() -> None:
     console.print(f"GPU: {gpu_info() or 'none'}")
     console.print(f"ONNX Runtime providers (auto): {choose_providers('auto')}")
     console.print(f"versions: {library_versions(tensorrt)}")
+    if not usable:
+        raise FcnDeployError(f"TensorRT is not usable here: {why}; {tensorrt.install_hint}")
 
 
 def main(argv: list[str] | None = None) -> int:
