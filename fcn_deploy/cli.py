@@ -363,6 +363,9 @@ def validate_command(
     report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
     html: HtmlOption = None,
     overwrite: OverwriteOption = False,
+    emulate_fp16: Annotated[
+        bool, typer.Option("--emulate-fp16", help="ENGINE is a checkpoint: run it in float16 and judge it by the FP16 thresholds.")
+    ] = False,
 ) -> None:
     """Check the engine's masks against the PyTorch FP32 reference at many sizes (exit 1 on failure)."""
     from .validate import ExampleKeeper, validate_engine
@@ -373,6 +376,7 @@ def validate_command(
         engine, reference, sizes=sizes, random_sizes=random_sizes, images=images, batch=batch, precision=precision,
         min_agreement=min_agreement, min_confident=min_confident, min_miou=min_miou, margin=margin,
         max_side=max_side, seed=seed, console=console, min_size_agreement=min_size_agreement, keep_examples=keeper,
+        emulate_fp16=emulate_fp16,
     )  # fmt: skip
     write_report(report, result.to_dict())
     if html:
@@ -490,7 +494,9 @@ def backends_command(
 
 @app.command("gpu-check")
 def gpu_check_command() -> None:
-    """Say whether TensorRT and a CUDA device are usable here (scripts/gpu-check.sh runs the rest)."""
+    """Say whether TensorRT and a CUDA device are usable here, and why not (exit 2 when they are not).
+
+    scripts/gpu-check.sh runs the rest: install for the driver, GPU tests, demo, validation, benchmark."""
     from . import backends
     from .backends.onnxruntime import choose_providers
     from .backends.tensorrt import gpu_info
@@ -502,6 +508,8 @@ def gpu_check_command() -> None:
     console.print(f"GPU: {gpu_info() or 'none'}")
     console.print(f"ONNX Runtime providers (auto): {choose_providers('auto')}")
     console.print(f"versions: {library_versions(tensorrt)}")
+    if not usable:
+        raise FcnDeployError(f"TensorRT is not usable here: {why}; {tensorrt.install_hint}")
 
 
 def main(argv: list[str] | None = None) -> int:

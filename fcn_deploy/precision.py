@@ -14,19 +14,28 @@ INT8 (explicit quantization)
     ``quant_pre_process`` then ``quantize_static`` in QDQ format, per-channel symmetric int8 weights,
     float biases (TensorRT cannot parse int32 bias Q/DQ; ONNX Runtime quantizes biases itself when it
     fuses).  Quantized ops: Conv, Add, MaxPool, AveragePool, GlobalAveragePool, Mul,
-    BatchNormalization (what ModelOpt quantizes for TensorRT).  **ConvTranspose is excluded** (stays
-    FP32): TensorRT does not support per-channel quantization of deconvolutions, and the bilinear
-    upsampling layers are a small share of the compute.
+    BatchNormalization (what ModelOpt quantizes for TensorRT).  Q/DQ pairs go on the **inputs** of
+    those ops only, never on their outputs (ModelOpt's placement): a tensor is rounded to int8 only
+    where an int8 kernel reads it, so the score maps feeding the upsampling stay float.
+
+    **ConvTranspose is excluded** (stays FP32).  TensorRT can quantize deconvolutions (ModelOpt does,
+    per channel on axis 1), but measured on the default and the test model, quantizing the bilinear
+    upsampling lowered pooled agreement in every variant (README, "INT8"), and it is a small share of
+    the compute.
 
     The activation encoding is the one the compiling backend runs best (``INT8_ENCODINGS``; each
     backend declares its own, see :mod:`fcn_deploy.backends`):
 
-    * ``int8-symmetric``: symmetric **int8** activations, zero points 0, as TensorRT requires;
+    * ``int8-symmetric``: symmetric **int8** activations, zero points 0, as TensorRT requires.  The
+      input of a residual Add that comes from the conv TensorRT fuses the Add into (the longer path
+      back to the common ancestor, ModelOpt's rule) has no Q/DQ, so the conv and the Add become one
+      kernel and the sum is rounded once;
     * ``uint8-asymmetric``: asymmetric **uint8** activations, ONNX Runtime's recommendation for
       x86.  Measured here: with symmetric int8 activations ORT cannot fold a ReLU into the
       quantized conv (zero point 0 cannot express max(0, x)), so every Conv+ReLU stays a float
       FusedConv behind Q/DQ pairs and INT8 ran *slower* than FP32 (43 ms vs 34 ms at 512x512);
-      with uint8 activations all 23 convs become QLinearConv (21 ms).
+      with uint8 activations all 23 convs become QLinearConv (21 ms).  Every Add input stays
+      quantized: ORT fuses a conv into QLinearConv only when a Q follows it.
 
     Both are Q/DQ ONNX graphs that ONNX Runtime runs and validates on CPU; the symmetric flavour is
     the exact graph the TensorRT builder compiles.
@@ -48,7 +57,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .data.calibration import DEFAULT_CALIB_DIR, CalibrationSet, generate_default_calibration, load_calibration
+from .data.calibration import DEFAULT_CALIB_DIR, MIN_CALIB_IMAGES, CalibrationSet, generate_default_calibration, load_calibration
 from .data.images import list_images
 from .data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 from .errors import FcnDeployError, require_file
@@ -60,9 +69,17 @@ CALIB_METHODS = ("minmax", "entropy", "percentile")
 INT8_OP_TYPES = ["Conv", "Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Mul", "BatchNormalization"]
 #: INT8 activation encodings (see the module docstring for why backends differ).
 INT8_ENCODINGS = {
-    "int8-symmetric": {"activations": "int8", "symmetric": True},
-    "uint8-asymmetric": {"activations": "uint8", "symmetric": False},
+    "int8-symmetric": {"activations": "int8", "symmetric": True, "residual_add_input": "float"},
+    "uint8-asymmetric": {"activations": "uint8", "symmetric": False, "residual_add_input": "quantized"},
 }
+#: Where Q/DQ pairs go (part of the calibration cache key and the manifest).
+INT8_PLACEMENT = "inputs of quantized ops only (ModelOpt)"
+#: Ops a residual Add's conv branch may pass through on its way to the Add (TensorRT still fuses them).
+_FUSIBLE_PATH_OPS = {"Relu", "BatchNormalization", "MaxPool", "Slice", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity"}
+#: Fewest calibration images per method: the histogram methods estimate the tails of every tensor's
+#: distribution (percentile clips the top 0.001 %, entropy fits where to clip), which a handful of
+#: images does not sample; minmax needs only the extremes (calibration/README.md).
+MIN_IMAGES_PER_METHOD = {"minmax": MIN_CALIB_IMAGES, "entropy": 32, "percentile": 32}
 FP16_DATA_MAX = 512.0
 FP16_INIT_MAX = 65504.0
 
@@ -153,6 +170,107 @@ class _Reader:
         self.index = 0
 
 
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every node named (``<op>_<index>`` where it had no name): Q/DQ placement names nodes."""
+    if all(node.name for node in model.graph.node):
+        return model
+    named = onnx.ModelProto()
+    named.CopyFrom(model)
+    taken = {node.name for node in named.graph.node}
+    for index, node in enumerate(named.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+    return named
+
+
+def residual_add_inputs(model: onnx.ModelProto) -> list[tuple[str, int]]:
+    """``(Add node name, input index)`` of every Add input that TensorRT fuses into its producing conv.
+
+    ModelOpt's rule: of an Add's two inputs, the one whose producer is a conv (possibly behind
+    ReLU, BatchNorm, pooling or copy ops) and lies on the longer path back to the inputs' lowest
+    common ancestor is the conv's output, and the other is the residual.  With both inputs from the
+    same conv, or the conv being that ancestor itself, nothing fuses.
+    """
+    nodes = list(model.graph.node)
+    producer = {out: index for index, node in enumerate(nodes) for out in node.output}
+    constants = {i.name for i in model.graph.initializer} | {out for node in nodes if node.op_type == "Constant" for out in node.output}
+
+    def backbone(tensor: str) -> int | None:
+        index = producer.get(tensor)
+        while index is not None and nodes[index].op_type not in ("Conv", "ConvTranspose"):
+            if nodes[index].op_type not in _FUSIBLE_PATH_OPS:
+                return None
+            index = producer.get(nodes[index].input[0])
+        return index
+
+    def ancestors(tensor: str) -> dict[int, int]:
+        """Nodes upstream of ``tensor`` (by index) with their distance in nodes."""
+        distance: dict[int, int] = {}
+        frontier, depth = [tensor], 0
+        while frontier:
+            depth += 1
+            upstream = []
+            for name in frontier:
+                index = producer.get(name)
+                if index is None or index in distance:
+                    continue
+                distance[index] = depth
+                upstream += [i for i in nodes[index].input if i and i not in constants]
+            frontier = upstream
+        return distance
+
+    fused = []
+    for node in nodes:
+        if node.op_type != "Add" or len(node.input) != 2 or any(i in constants or i not in producer for i in node.input):
+            continue
+        convs = [backbone(i) for i in node.input]
+        if convs == [None, None] or convs[0] == convs[1]:
+            continue
+        up = [ancestors(i) for i in node.input]
+        common = set(up[0]) & set(up[1])
+        if not common:
+            continue
+        lca = min(common, key=lambda n: up[0][n] + up[1][n])
+        if None not in convs:
+            fused.append((node.name, 0 if up[0][lca] > up[1][lca] else 1))
+        else:
+            index = 0 if convs[0] is not None else 1
+            if convs[index] != lca:
+                fused.append((node.name, index))
+    return fused
+
+
+def drop_input_qdq(model: onnx.ModelProto, inputs: list[tuple[str, int]]) -> int:
+    """Feed each ``(node name, input index)`` its float tensor instead of the Q/DQ'd copy, then drop
+    Q/DQ nodes nothing reads any more; returns how many inputs were rewired."""
+    nodes = {node.name: node for node in model.graph.node}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    rewired = 0
+    for name, index in inputs:
+        node = nodes.get(name)
+        dq = producer.get(node.input[index]) if node is not None else None
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        node.input[index] = q.input[0]
+        rewired += 1
+    while True:
+        read = {i for node in model.graph.node for i in node.input} | {o.name for o in model.graph.output}
+        unused = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not set(n.output) & read]
+        if not unused:
+            break
+        for node in unused:
+            model.graph.node.remove(node)
+    read = {i for node in model.graph.node for i in node.input}
+    for init in [i for i in model.graph.initializer if i.name not in read]:
+        model.graph.initializer.remove(init)
+    return rewired
+
+
 def _ort_version() -> str:
     import onnxruntime
 
@@ -171,6 +289,7 @@ def calibration_cache_key(model_bytes: bytes, calibration: CalibrationSet, metho
             "onnxruntime": _ort_version(),
             "shapes": [list(s) for s in calibration.shapes],
             "int8_ops": INT8_OP_TYPES,
+            "placement": INT8_PLACEMENT,
         },
         sort_keys=True,
     )
@@ -192,6 +311,7 @@ def convert_int8(
     if encoding not in INT8_ENCODINGS:
         raise FcnDeployError(f"unknown INT8 encoding {encoding!r}; choose one of {', '.join(INT8_ENCODINGS)}")
     symmetric = INT8_ENCODINGS[encoding]["symmetric"]
+    model = name_nodes(model)
     model_bytes = model.SerializeToString()
     key = calibration_cache_key(model_bytes, calibration, method, encoding)
     cache_path = None
@@ -216,6 +336,9 @@ def convert_int8(
             # TensorRT's parser rejects DequantizeLinear of an int32 bias ("only activation types
             # allowed"); biases stay float, and ORT quantizes them itself when it fuses QLinearConv.
             "QuantizeBias": False,
+            # ModelOpt's placement: Q/DQ on the inputs of quantized ops, none on their outputs.
+            "OpTypesToExcludeOutputQuantization": INT8_OP_TYPES,
+            "ForceQuantizeNoInputCheck": True,  # MaxPool reads int8 even when its producer is float
         }
         if method == "percentile":
             extra["CalibPercentile"] = 99.999
@@ -242,9 +365,13 @@ def convert_int8(
             with atomic_path(cache_path) as final_tmp:
                 final_tmp.write_bytes(tmp_cache.read_bytes())
         quantized = onnx.load(str(out))
+        unquantized = []
+        if INT8_ENCODINGS[encoding]["residual_add_input"] == "float":
+            unquantized = residual_add_inputs(onnx.load(str(prep)))
+            drop_input_qdq(quantized, unquantized)
     report = {
         "calibration_method": method, "cache_key": key, "cache_hit": hit, "cache_file": str(cache_path or ""),
-        "encoding": encoding,
+        "encoding": encoding, "residual_add_inputs_float": [f"{name}:{index}" for name, index in unquantized],
     }  # fmt: skip
     return quantized, report
 
@@ -271,6 +398,8 @@ def apply_precision(
     """
     if precision not in PRECISIONS:
         raise FcnDeployError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and calib_method not in CALIB_METHODS:
+        raise FcnDeployError(f"unknown calibration method {calib_method!r}; choose one of {', '.join(CALIB_METHODS)}")
     src = require_file(src, "ONNX model")
     model = onnx.load(str(src))
     meta = read_onnx_meta(model, str(src))
@@ -288,6 +417,13 @@ def apply_precision(
             log(f"generating the default calibration set in {folder} (synthetic scenes, held-out seed)")
             generate_default_calibration(folder)
         calibration = load_calibration(folder, meta, max_hw=max_hw)
+        need = MIN_IMAGES_PER_METHOD.get(calib_method, MIN_CALIB_IMAGES) if precision == "int8" else MIN_CALIB_IMAGES
+        if len(calibration.files) < need:
+            raise FcnDeployError(
+                f"calibration folder {folder} has {len(calibration.files)} usable images, and --calib-method {calib_method} "
+                f"needs at least {need} (it estimates each tensor's tails); add images or use --calib-method minmax "
+                "(see calibration/README.md)"
+            )
         report["calibration"] = {
             "folder": str(folder),
             "images": len(calibration.files),
@@ -309,7 +445,9 @@ def apply_precision(
                 "activations": f"{encoding['activations']} {'symmetric' if encoding['symmetric'] else 'asymmetric'} per-tensor",
                 "weights": "int8 symmetric per-channel",
                 "quantized_ops": INT8_OP_TYPES,
-                "excluded_ops": ["ConvTranspose (kept FP32: TensorRT has no per-channel deconvolution quantization)"],
+                "placement": INT8_PLACEMENT,
+                "residual_add_input": encoding["residual_add_input"],
+                "excluded_ops": ["ConvTranspose (kept FP32: quantizing the bilinear upsampling lowered agreement; README)"],
             }
     extra_props = {"fcn_deploy.precision": precision}
     if precision == "int8":

@@ -1,31 +1,138 @@
 #!/usr/bin/env bash
-# One command for a machine with an NVIDIA GPU:
-#   1. installs fcn-deploy with the tensorrt extra (TensorRT 10.x or 11.x from NVIDIA's index);
-#   2. runs the GPU / TensorRT tests (which skip everywhere else);
-#   3. runs the whole pipeline end to end with TensorRT: `fcn-deploy demo` picks the TensorRT backend
-#      when `tensorrt` imports and a CUDA device exists, so it trains, exports, builds FP32/FP16/INT8
-#      TensorRT engines, validates them against PyTorch at many sizes, runs the video and benchmarks.
+# The one command a machine with an NVIDIA GPU runs:
+#   1. reads the driver's CUDA version from nvidia-smi (before installing anything: without a working
+#      driver it exits 2 within seconds, says why, and installs nothing);
+#   2. installs, into a virtual environment (.venv-gpu), a torch build for that CUDA version and the
+#      matching TensorRT wheel (tensorrt-cu12 / tensorrt-cu13), then fcn-deploy with its dev extras;
+#   3. checks that torch sees the GPU and that `import tensorrt` works (`fcn-deploy gpu-check`);
+#   4. runs the GPU / TensorRT tests and fails if they fail or if every one of them skipped;
+#   5. runs the demo with --backend tensorrt, validates the FP32/FP16/INT8 engines at many sizes, and
+#      benchmarks them against PyTorch eager on CUDA (and ONNX Runtime's CUDA provider when installed);
+#   6. writes OUT/gpu-check.json: every step, the GPU plan targets (TensorRT FP16 >= 3x PyTorch eager,
+#      INT8 >= 1.3x FP16) with pass/fail, and the paths of the detailed reports.
+# Exit status: 0 when every step and target passed, 1 when something ran and failed, 2 when the
+# machine cannot run the check (no driver, too old a driver, an install that failed).
 #
-# Usage: bash scripts/gpu-check.sh [OUT_DIR]      (default OUT_DIR: gpu-check-out)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-OUT="${1:-gpu-check-out}"
+# Usage: bash scripts/gpu-check.sh [--plan] [OUT_DIR]     (default OUT_DIR: gpu-check-out)
+#   --plan   print what would be installed for this driver, and stop (installs nothing)
+# Environment: FCN_GPU_VENV (default .venv-gpu), PYTHON (default python3), TORCH_INDEX_URL and
+# TENSORRT_PACKAGE to override the choice, ORT_GPU=1 to also install onnxruntime-gpu.
+set -uo pipefail
 
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi >/dev/null 2>&1; then
-  echo "error: no NVIDIA GPU here (nvidia-smi failed); run this on a GPU machine" >&2
-  exit 2
+PLAN_ONLY=0
+if [ "${1:-}" = "--plan" ]; then
+  PLAN_ONLY=1
+  shift
 fi
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+OUT="${1:-gpu-check-out}"
+VENV="${FCN_GPU_VENV:-$ROOT/.venv-gpu}"
+PYTHON="${PYTHON:-python3}"
+
+die() {  # a reason this machine cannot run the check; nothing after it runs
+  echo "gpu-check: error: $*" >&2
+  exit 2
+}
+
+# ---------------------------------------------------------------- 1. the driver, before any install
+command -v nvidia-smi >/dev/null 2>&1 \
+  || die "nvidia-smi not found: no NVIDIA driver on this machine. Run this on a machine with an NVIDIA GPU and its driver (nothing was installed)"
+if ! SMI="$(nvidia-smi 2>&1)"; then
+  die "nvidia-smi failed (${SMI%%$'\n'*}): the NVIDIA driver is not working; fix the driver first (nothing was installed)"
+fi
+DRIVER_CUDA="$(printf '%s\n' "$SMI" | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n 1)"
+[ -n "$DRIVER_CUDA" ] || die "could not read the driver's CUDA version from nvidia-smi's header (nothing was installed)"
+CUDA_MAJOR="${DRIVER_CUDA%%.*}"
+CUDA_MINOR="${DRIVER_CUDA#*.}"
+CUDA_NUM=$((CUDA_MAJOR * 100 + CUDA_MINOR))
+
+# The newest torch CUDA build the driver can run (a CUDA runtime needs a driver of at least its version).
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+  TORCH_BUILD="custom"
+elif [ "$CUDA_NUM" -ge 1300 ]; then
+  TORCH_BUILD="cu130"
+elif [ "$CUDA_NUM" -ge 1208 ]; then
+  TORCH_BUILD="cu128"
+elif [ "$CUDA_NUM" -ge 1206 ]; then
+  TORCH_BUILD="cu126"
+else
+  die "the driver supports CUDA $DRIVER_CUDA; torch's CUDA builds need 12.6 or newer. Update the NVIDIA driver (R560 or newer; R580+ for CUDA 13) (nothing was installed)"
+fi
+TORCH_INDEX_URL="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/$TORCH_BUILD}"
+TRT_MAJOR="${TORCH_BUILD#cu}"
+TRT_MAJOR="${TRT_MAJOR:0:2}"
+[ "$TORCH_BUILD" = "custom" ] && TRT_MAJOR="$CUDA_MAJOR"
+TENSORRT_PACKAGE="${TENSORRT_PACKAGE:-tensorrt-cu${TRT_MAJOR}>=10}"
+
+echo "gpu-check: driver CUDA $DRIVER_CUDA -> torch from $TORCH_INDEX_URL, $TENSORRT_PACKAGE, venv $VENV"
+if [ "$PLAN_ONLY" = 1 ]; then
+  exit 0
+fi
+
+# ---------------------------------------------------------------- 2. install for this driver
 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv
+"$PYTHON" -m venv "$VENV" || die "could not create the virtual environment $VENV with $PYTHON"
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+cd "$ROOT" || die "cannot enter $ROOT"
+python -m pip install --quiet --upgrade pip || die "pip could not upgrade itself in $VENV"
+pip install --quiet --index-url "$TORCH_INDEX_URL" torch torchvision \
+  || die "could not install torch and torchvision from $TORCH_INDEX_URL (set TORCH_INDEX_URL to another CUDA build)"
+pip install --quiet --extra-index-url https://pypi.nvidia.com -e ".[dev]" "$TENSORRT_PACKAGE" \
+  || die "could not install fcn-deploy[dev] and $TENSORRT_PACKAGE (set TENSORRT_PACKAGE, e.g. 'tensorrt-cu12==10.16.*')"
+if [ "${ORT_GPU:-0}" = 1 ]; then
+  pip uninstall --quiet -y onnxruntime || die "could not uninstall onnxruntime to make room for onnxruntime-gpu"
+  pip install --quiet onnxruntime-gpu || die "could not install onnxruntime-gpu"
+fi
 
-python3 -m venv .venv-gpu
-. .venv-gpu/bin/activate
-python -m pip install --quiet --upgrade pip
-pip install --quiet torch==2.14.1 torchvision==0.29.1
-# TensorRT built for the CUDA major version torch uses (tensorrt-cu12 / tensorrt-cu13).
-CUDA_MAJOR=$(python -c "import torch; print((torch.version.cuda or '13').split('.')[0])")
-pip install --quiet --extra-index-url https://pypi.nvidia.com -e ".[dev]" "tensorrt-cu${CUDA_MAJOR}>=10"
+# ---------------------------------------------------------------- 3. torch sees the GPU, TensorRT imports
+python - <<'EOF' || die "the installed torch cannot use this GPU (see above)"
+import sys
+import torch
+if not torch.cuda.is_available():
+    sys.exit(f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA device: torch.cuda.is_available() is False")
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
+EOF
+python -c "import tensorrt; print('tensorrt', tensorrt.__version__)" || die "import tensorrt failed (see above)"
+mkdir -p "$OUT" || die "cannot create $OUT"
+OUT="$(cd "$OUT" && pwd)"
+STEPS="$OUT/steps.tsv"
+: >"$STEPS"
 
-fcn-deploy gpu-check
-python -m pytest -m "gpu or tensorrt" -rs
-fcn-deploy demo --out "$OUT" --backend tensorrt
-echo "gpu-check: done; reports under $OUT (report.json)"
+step() {  # step NAME COMMAND...: run it, log to OUT/NAME.log, record its exit status
+  local name="$1"
+  shift
+  echo "gpu-check: $name"
+  "$@" 2>&1 | tee "$OUT/$name.log"
+  local status="${PIPESTATUS[0]}"
+  printf '%s\t%s\t%s\n' "$name" "$status" "$OUT/$name.log" >>"$STEPS"
+  return 0
+}
+
+step gpu-status fcn-deploy gpu-check
+# ---------------------------------------------------------------- 4. the GPU tests (all skipped = failed)
+step gpu-tests python -m pytest -m "gpu or tensorrt" -rs -p no:cacheprovider --junitxml "$OUT/gpu-tests.xml"
+# ---------------------------------------------------------------- 5. demo, validation, benchmark
+DEMO="$OUT/demo"
+MODELS="$DEMO/models"
+step demo fcn-deploy demo --out "$DEMO" --backend tensorrt
+for precision in fp32 fp16 int8; do
+  step "validate-$precision" fcn-deploy validate "$MODELS/default.$precision.plan" -r "$MODELS/default.pt" \
+    --random-sizes 8 --report "$OUT/validate-$precision.json"
+done
+ENGINES=("$MODELS/default.fp32.plan" "$MODELS/default.fp16.plan" "$MODELS/default.int8.plan")
+if python -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" 2>/dev/null; then
+  for precision in fp32 fp16; do
+    flag=()
+    [ "$precision" = fp16 ] && flag=(--fp16)
+    step "build-ort-$precision" fcn-deploy build-engine "$MODELS/default.onnx" --backend onnxruntime "${flag[@]}" \
+      --calib "$DEMO/calibration"
+    ENGINES+=("$MODELS/default.$precision.ort.onnx")
+  done
+fi
+step benchmark fcn-deploy benchmark "${ENGINES[@]}" -r "$MODELS/default.pt" --sizes 512x512 --warmup 10 --iters 100 \
+  --report "$OUT/benchmark.json"
+
+# ---------------------------------------------------------------- 6. one report
+python "$ROOT/scripts/gpu_report.py" "$OUT" --driver-cuda "$DRIVER_CUDA" --torch-index "$TORCH_INDEX_URL" \
+  --tensorrt-package "$TENSORRT_PACKAGE"

@@ -75,6 +75,16 @@ def tiny_onnx(tiny_checkpoint, artefacts) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_calibration(artefacts) -> Path:
+    """Ten 96x96 calibration scenes (the held-out calibration seed), generated once per session."""
+    from fcn_deploy.data.calibration import generate_default_calibration
+
+    folder = artefacts / "calibration"
+    generate_default_calibration(folder, count=10, size=96)
+    return folder
+
+
 def build_all_precisions(tiny_onnx: Path, out_dir: Path, **options) -> dict[str, Path]:
     """FP32, FP16 and INT8 engines of the tiny model in ``out_dir`` (``options`` go to BuildOptions)."""
     import shutil

@@ -28,10 +28,8 @@ SIZES = [(32, 32), (64, 64), (97, 129), (45, 160)]
 
 
 @pytest.fixture(scope="module")
-def calib_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("calib")
-    generate_default_calibration(folder, count=10, size=96)
-    return folder
+def calib_dir(tiny_calibration) -> Path:
+    return tiny_calibration
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +103,7 @@ def test_int8_graph_for_onnxruntime_uses_uint8_activations_and_int8_weights(buil
 
 def test_calibration_cache_hits_and_misses(tiny_onnx, tmp_path):
     folder = tmp_path / "calib"
-    generate_default_calibration(folder, count=8, size=64)
+    generate_default_calibration(folder, count=32, size=64)  # percentile needs 32
     first = apply_precision(tiny_onnx, tmp_path / "a.int8.onnx", "int8", folder)
     second = apply_precision(tiny_onnx, tmp_path / "b.int8.onnx", "int8", folder)
     assert first["calibration"]["cache_hit"] is False and second["calibration"]["cache_hit"] is True

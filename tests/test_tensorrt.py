@@ -16,7 +16,6 @@ from fcn_deploy.backends import open_runner as load_runner, read_manifest
 from fcn_deploy.engines import BuildOptions, build_engine
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.export import ExportOptions, export_onnx
-from fcn_deploy.data.calibration import generate_default_calibration
 from fcn_deploy.backends.torch import TorchRunner
 from fcn_deploy.validate import DEFAULT_THRESHOLDS, spread_sizes, validate
 
@@ -24,12 +23,10 @@ pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
 
 
 @pytest.fixture(scope="module")
-def trt_engines(tiny_onnx, tmp_path_factory) -> dict[str, Path]:
+def trt_engines(tiny_onnx, tiny_calibration, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("trt")
-    calib = out / "calib"
-    generate_default_calibration(calib, count=10, size=96)
     return build_all_precisions(
-        tiny_onnx, out, backend="tensorrt", calib_dir=calib, max_shape=(512, 512), batch=(1, 1, 4),
+        tiny_onnx, out, backend="tensorrt", calib_dir=tiny_calibration, max_shape=(512, 512), batch=(1, 1, 4),
         timing_cache=out / "timing.cache",
     )  # fmt: skip
 
@@ -40,14 +37,23 @@ def test_tensorrt_engine_matches_reference_at_many_sizes(trt_engines, tiny_check
     assert runner.backend == "tensorrt" and runner.precision == precision
     manifest = read_manifest(trt_engines[precision])
     assert manifest["versions"].get("tensorrt") and manifest["device"].get("compute_capability")
+    assert manifest["build"]["builder"]["tf32"] is False and manifest["build"]["strongly_typed"] is True
     sizes = spread_sizes(runner.profile, random_sizes=3, seed=1)
     report = validate(runner, TorchRunner(tiny_checkpoint), sizes, DEFAULT_THRESHOLDS[precision], batch=2)
     assert report.passed, report.failing_sizes
 
 
 def test_timing_cache_is_written_and_reused(trt_engines):
+    """The fixture builds FP32 first into a fresh folder, then FP16 and INT8 from the cache FP32 wrote."""
     cache = trt_engines["fp32"].parent / "timing.cache"
     assert cache.is_file() and cache.stat().st_size > 0
+    first = read_manifest(trt_engines["fp32"])["build"]
+    assert first["timing_cache_bytes_read"] == 0 and first["timing_cache_reused"] is False
+    assert first["timing_cache_bytes_written"] > 0
+    for precision in ("fp16", "int8"):
+        build = read_manifest(trt_engines[precision])["build"]
+        assert build["timing_cache_reused"] is True, precision
+        assert build["timing_cache_bytes_read"] >= first["timing_cache_bytes_written"], precision
 
 
 def test_shape_outside_profile_is_refused_with_the_range(trt_engines):

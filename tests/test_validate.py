@@ -118,11 +118,11 @@ def test_thresholds_and_sizes_parsing(tiny_onnx, tiny_checkpoint, tmp_path, caps
     assert thresholds_for("fp16").pixel_agreement == 0.999 and thresholds_for("fp32").pixel_agreement == 0.9999
     assert thresholds_for("fp16", min_agreement=0.5).pixel_agreement == 0.5
     assert DEFAULT_THRESHOLDS["fp32"].confident_agreement == 1.0
-    with pytest.raises(FcnDeployError):
+    with pytest.raises(FcnDeployError, match=r"threshold pixel_agreement = 1.5: must be between 0 and 1"):
         thresholds_for("fp16", min_agreement=1.5)
     assert parse_sizes("97x129, 333X517") == [(97, 129), (333, 517)]
-    for bad in ("97", "axb", "0x10", ""):
-        with pytest.raises(FcnDeployError):
+    for bad, why in (("97", "write HEIGHTxWIDTH"), ("axb", "write HEIGHTxWIDTH"), ("0x10", "must be positive"), ("", "no sizes given")):
+        with pytest.raises(FcnDeployError, match=why):
             parse_sizes(bad)
     assert main(["validate", str(tiny_onnx), "-r", str(tiny_checkpoint), "--sizes", "10x10"]) == 2
     assert "outside the engine's profile" in capsys.readouterr().err

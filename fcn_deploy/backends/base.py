@@ -191,6 +191,13 @@ class Runner(abc.ABC):
     def label(self) -> str:
         return f"{self.backend}-{self.precision}"
 
+    @property
+    def arithmetic(self) -> str:
+        """The arithmetic the engine actually computes in, which may differ from its graph's precision:
+        ``fp16-emulated`` where an FP16 graph is computed in FP32 (ONNX Runtime on a CPU), ``bf16``
+        where a backend maps FP16 to bf16 (OpenVINO on CPUs without FP16 units).  Validation reports it."""
+        return self.precision
+
     def __enter__(self) -> Runner:
         return self
 

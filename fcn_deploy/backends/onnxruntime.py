@@ -114,6 +114,11 @@ class OnnxRuntimeRunner(Runner):
         return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), tuple(arg.shape))
 
     @property
+    def arithmetic(self) -> str:
+        # ORT's CPU provider has few FP16 kernels: it inserts casts and computes the FP16 graph in FP32.
+        return "fp16-emulated" if self.precision == "fp16" and self.device == "cpu" else self.precision
+
+    @property
     def inputs(self) -> list[TensorSpec]:
         return [self._spec(i) for i in self.session.get_inputs()]
 

@@ -80,6 +80,15 @@ class OpenVinoRunner(Runner):
         if self._logits is None and self._mask is None:
             raise FcnDeployError(f"{xml}: has neither a 'logits' nor a 'mask' output; rebuild it from an fcn-deploy ONNX")
 
+    @property
+    def arithmetic(self) -> str:
+        """What OpenVINO chose for the float layers: ``bf16`` for the FP16 graph on CPUs without FP16
+        units (Zen 4 here), ``fp16`` where the CPU has them, ``fp32``; INT8 graphs say ``int8``."""
+        if self.precision == "int8":
+            return "int8"
+        chosen = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        return {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}.get(chosen, chosen)
+
     @staticmethod
     def _spec(port) -> TensorSpec:
         shape = tuple(d.get_length() if d.is_static else "?" for d in port.get_partial_shape())

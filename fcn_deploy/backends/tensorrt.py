@@ -2,6 +2,14 @@
 
 Kept thin on purpose: the precision is already in the ONNX (FP16 casts, INT8 Q/DQ), so the builder
 only parses, sets one optimization profile, a workspace limit and a timing cache, and compiles.
+TF32 is turned off (TensorRT enables it by default in 10.x and 11.x, as ``BuilderFlag.TF32``):
+FP32 tensors, whether a whole FP32 engine or the layers an FP16/INT8 graph keeps in FP32, are then
+computed in FP32 as they were validated on CPU, as Polygraphy does by default.  The manifest records
+every builder flag that was set.
+
+Before the builder runs, an INT8 graph is checked for Q/DQ nodes TensorRT's ONNX parser refuses
+(:func:`qdq_problems`), so a wrong graph fails on any machine with the node named.
+
 Device buffers and the stream come from torch (no pycuda).  Nothing here imports ``tensorrt`` at
 module import time, so the package works without it.
 """
@@ -70,6 +78,84 @@ def gpu_info() -> dict[str, str]:
     return {"name": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}", "cuda": str(torch.version.cuda)}
 
 
+#: Quantized types TensorRT's ONNX parser takes in Q/DQ nodes (int4/fp4/fp8 besides int8; never uint8 or int32).
+_TRT_QUANT_TYPES = {"INT8", "INT4", "FLOAT8E4M3FN", "FLOAT4E2M1"}
+
+
+def qdq_problems(model) -> list[str]:
+    """Q/DQ nodes of ``model`` (an ``onnx.ModelProto``) that TensorRT's ONNX parser refuses, one line each
+    naming the node: a quantized type other than int8/int4/fp8/fp4 (an int32 bias Q/DQ, uint8
+    activations), a non-zero zero point (TensorRT quantizes symmetrically), or per-channel scales on
+    an activation (only weights may be quantized per channel).  Pure ONNX: runs on any machine."""
+    import onnx
+    from onnx import numpy_helper
+
+    constants = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = node.attribute[0].t
+    producer = {out: node for node in model.graph.node for out in node.output}
+
+    def type_name(tensor) -> str:
+        return onnx.TensorProto.DataType.Name(tensor.data_type)
+
+    def quantized_type(node) -> str | None:
+        if node.op_type == "DequantizeLinear":
+            if node.input[0] in constants:
+                return type_name(constants[node.input[0]])
+            source = producer.get(node.input[0])
+            return quantized_type(source) if source is not None and source.op_type == "QuantizeLinear" else None
+        if len(node.input) > 2 and node.input[2] in constants:
+            return type_name(constants[node.input[2]])
+        for attr in node.attribute:
+            if attr.name == "output_dtype" and attr.i:
+                return onnx.TensorProto.DataType.Name(attr.i)
+        return "UINT8"  # ONNX's default for a QuantizeLinear without a zero point
+
+    problems = []
+    for index, node in enumerate(model.graph.node):
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        name = f"{node.op_type} node {node.name or f'#{index}'}"
+        kind = quantized_type(node)
+        if kind is not None and kind not in _TRT_QUANT_TYPES:
+            what = "an int32 bias Q/DQ" if kind == "INT32" else f"{kind.lower()} quantization"
+            problems.append(f"{name}: {what} (TensorRT quantizes to int8, int4, fp8 or fp4 only)")
+        if len(node.input) > 2 and node.input[2] in constants:
+            zero_point = numpy_helper.to_array(constants[node.input[2]])
+            if zero_point.size and (zero_point.astype("float64") != 0).any():
+                problems.append(f"{name}: non-zero zero point (TensorRT needs symmetric quantization, zero point 0)")
+        data = node.input[0]
+        is_weight = data in constants or (node.op_type == "DequantizeLinear" and data in producer
+                                          and producer[data].op_type == "QuantizeLinear" and producer[data].input[0] in constants)  # fmt: skip
+        scale = constants.get(node.input[1]) if len(node.input) > 1 else None
+        if not is_weight and scale is not None and numpy_helper.to_array(scale).size > 1:
+            problems.append(f"{name}: per-channel scales on an activation (TensorRT quantizes activations per tensor)")
+    return problems
+
+
+def network_flags(trt) -> int:
+    """``create_network`` flags for a strongly typed network: 11.x is always strongly typed (its
+    ``STRONGLY_TYPED`` is deprecated, ignored, and 0); 10.x opts in with ``1 << STRONGLY_TYPED`` (1)."""
+    if int(str(trt.__version__).split(".")[0]) >= 11:
+        return 0
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly_typed is None:
+        raise FcnDeployError(f"TensorRT {trt.__version__} cannot build strongly typed networks; install TensorRT 10.x or 11.x")
+    return 1 << int(strongly_typed)
+
+
+def builder_settings(trt, config) -> dict[str, object]:
+    """What the manifest records about the builder: every flag that is set, TF32, the optimisation level."""
+    members = getattr(trt.BuilderFlag, "__members__", {})
+    flags = sorted(name for name, flag in members.items() if config.get_flag(flag))
+    settings: dict[str, object] = {"flags": flags, "tf32": "TF32" in flags}
+    level = getattr(config, "builder_optimization_level", None)
+    if level is not None:
+        settings["builder_optimization_level"] = int(level)
+    return settings
+
+
 def build_plan(
     onnx_path: str | Path,
     plan_path: str | Path,
@@ -82,9 +168,8 @@ def build_plan(
     trt = import_tensorrt()
     logger = trt_logger(trt)
     builder = trt.Builder(logger)
-    # Strong typing: required (and the default) in 11.x, opt-in in 10.x, where the flag exists.
-    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
+    flags = network_flags(trt)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = []
@@ -95,6 +180,8 @@ def build_plan(
         raise FcnDeployError(f"{onnx_path}: TensorRT could not parse the ONNX: " + " | ".join(errors or ["unknown error"]))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    if hasattr(trt.BuilderFlag, "TF32"):  # on by default: FP32 tensors would be multiplied with 10-bit mantissas
+        config.clear_flag(trt.BuilderFlag.TF32)
     opt_profile = builder.create_optimization_profile()
     name = network.get_input(0).name
     shapes = [(n, 3, h, w) for n, h, w in (profile.min, profile.opt, profile.max)]
@@ -104,10 +191,13 @@ def build_plan(
     if timing_cache is not None and Path(timing_cache).is_file():
         cache_bytes = Path(timing_cache).read_bytes()
     cache = config.create_timing_cache(cache_bytes)
+    reused = bool(cache_bytes)
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         log(f"timing cache {timing_cache} does not match this TensorRT/GPU; starting a new one")
+        reused = False
         cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=True)
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=True):
+            raise FcnDeployError(f"TensorRT {trt.__version__} could not start a timing cache; build without --timing-cache")
     log(f"building TensorRT {trt.__version__} engine for {shapes[0]}..{shapes[2]} (opt {shapes[1]})")
     started = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
@@ -115,9 +205,22 @@ def build_plan(
         raise FcnDeployError(f"{onnx_path}: TensorRT failed to build an engine (see the TensorRT log above)")
     with atomic_path(plan_path) as tmp:
         tmp.write_bytes(bytes(plan))
+    written = b""
     if timing_cache is not None:
-        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
-    return {"build_seconds": time.perf_counter() - started, "tensorrt": trt.__version__, "timing_cache": str(timing_cache or "")}
+        written = bytes(config.get_timing_cache().serialize())
+        atomic_write_bytes(timing_cache, written)
+    return {
+        "build_seconds": time.perf_counter() - started,
+        "tensorrt": trt.__version__,
+        "network_flags": flags,
+        "strongly_typed": True,
+        "builder": builder_settings(trt, config),
+        "workspace_bytes": int(workspace_gib * (1 << 30)),
+        "timing_cache": str(timing_cache or ""),
+        "timing_cache_bytes_read": len(cache_bytes),
+        "timing_cache_reused": reused,
+        "timing_cache_bytes_written": len(written),
+    }
 
 
 #: TensorRT I/O types this runner can bind (anything else is refused rather than mis-sized).
@@ -129,6 +232,8 @@ class TrtRunner(Runner):
 
     backend = "tensorrt"
     device = "cuda"
+    #: Where buffers are allocated (torch device type); only a test of the binding logic changes it.
+    buffer_device = "cuda"
 
     def __init__(self, plan_path: str | Path, meta: ModelMeta, precision: str, profile: Profile | None = None):
         import torch
@@ -137,7 +242,7 @@ class TrtRunner(Runner):
         if not torch.cuda.is_available():
             raise FcnDeployError(f"{plan_path}: a TensorRT engine needs a CUDA device, and torch sees none")
         self._torch = torch
-        self.cuda = torch.device("cuda")
+        self.cuda = torch.device(self.buffer_device)
         path = require_file(plan_path, "TensorRT engine")
         self._runtime = trt.Runtime(trt_logger(trt))
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
@@ -228,6 +333,15 @@ class TensorRTBackend(Backend):
 
     def compile(self, precision_onnx: Path, engine: Path, profile: Profile, meta: ModelMeta, options: CompileOptions,
                 log=print) -> dict[str, Any]:  # fmt: skip
+        import onnx
+
+        problems = qdq_problems(onnx.load(str(precision_onnx), load_external_data=False))
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise FcnDeployError(
+                f"{precision_onnx}: TensorRT's ONNX parser would refuse {len(problems)} Q/DQ node(s): {shown}. "
+                "Build the INT8 graph for TensorRT (`--int8-target tensorrt`: symmetric int8, zero points 0, float biases)"
+            )
         timing_cache = options.timing_cache or engine.parent / "timing.cache"  # reused by every later build there
         return build_plan(precision_onnx, engine, profile, options.workspace_gib, timing_cache, log=log)
 
