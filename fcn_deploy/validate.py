@@ -387,15 +387,20 @@ def validate_engine(
     seed: int = 0,
     console=None,
     min_size_agreement: float | None = None,
+    server: str | None = None,
+    model: str = "fcn",
 ) -> ValidationReport:
-    """``fcn-deploy validate``: load both, pick sizes and thresholds, compare, print a table."""
+    """``fcn-deploy validate``: load both, pick sizes and thresholds, compare, print a table.  With
+    ``server``, the engine is model ``model`` on that Triton server (``engine_path`` is then unused)."""
     from rich.console import Console
 
     from .backends import open_runner
+    from .backends.remote import RemoteRunner
     from .backends.torch import TorchRunner
 
     console = console or Console()
-    with open_runner(engine_path) as engine:
+    with RemoteRunner(server, model) if server else open_runner(engine_path) as engine:
+        engine_path = engine.path if server else engine_path
         reference = TorchRunner(reference_path)
         if (reference.meta.arch, reference.meta.num_classes) != (engine.meta.arch, engine.meta.num_classes):
             raise FcnDeployError(
