@@ -564,7 +564,7 @@ def test_the_repository_ensemble_serves_the_same_masks_on_a_real_triton(engines,
         model_repository=repo, http_address="127.0.0.1", http_port=http, grpc_address="127.0.0.1", grpc_port=grpc_port,
         metrics_address="127.0.0.1", metrics_port=metrics, log_file=tmp_path / "triton.log",
     )  # fmt: skip
-    with Triton(config=triton_config), TritonModel(f"127.0.0.1:{grpc_port}") as ensemble:
+    with Triton(config=triton_config, workspace=tmp_path / "workspace"), TritonModel(f"127.0.0.1:{grpc_port}") as ensemble:
         assert (ensemble.backend, ensemble.engine) == ("onnxruntime", engines["onnxruntime"].name)
         images = [scene(300 + i, h, w) for i, (h, w) in enumerate(ODD_SIZES)]
         for image, mask in zip(images, ensemble.segment(images, in_flight=4)):

@@ -38,6 +38,7 @@ import sysconfig
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -198,11 +199,19 @@ def _publish_parameters(triton, name: str, parameters: dict[str, str]) -> None:
         ) from exc
 
 
+def _stop(triton) -> None:
+    """Stop Triton (it drains in-flight requests), without PyTriton's warning about a workspace it
+    could not clean: the workspace lives in a temporary folder this process removes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        triton.stop()
+
+
 def _stop_quietly(triton) -> None:
     """Stop Triton if it still runs; after a failed start, PyTriton's own clean-up can raise, and the
     start's error is the one to report."""
     with contextlib.suppress(Exception):
-        triton.stop()
+        _stop(triton)
 
 
 def _log_errors(log_file: Path) -> str:
@@ -262,8 +271,11 @@ def serve(
         batch = max_batch or default_max_batch(runner)
         engine_name, sha256 = engine_facts(engine, runner)
         parameters = published_parameters(runner.meta, runner.profile, runner.precision, runner.backend, engine_name, sha256)
-        log_dir = None if triton_log else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fcn-deploy-triton-")))
-        log_file = Path(triton_log) if triton_log else log_dir / "triton.log"  # type: ignore[operator]
+        # PyTriton's workspace (sockets, model store, a copy of tritonserver) in a folder this process
+        # removes whatever happens: PyTriton's own clean-up races its rglob and can leave it behind.
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="fcn-deploy-triton-", ignore_cleanup_errors=True))
+        scratch = Path(scratch)
+        log_file = Path(triton_log) if triton_log else scratch / "triton.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
 
         python_libdir_first()
@@ -276,7 +288,8 @@ def serve(
             metrics_port=metrics_port, log_file=log_file, exit_timeout_secs=DRAIN_TIMEOUT_S,
             allow_gpu_metrics=Path("/proc/driver/nvidia").exists(),  # else Triton prints an NVML error on CPU-only hosts
         )  # fmt: skip
-        triton = Triton(config=config, security_config=TritonSecurityConfig(restricted_endpoints=list(RESTRICTED_ENDPOINTS)))
+        security = TritonSecurityConfig(restricted_endpoints=list(RESTRICTED_ENDPOINTS))
+        triton = Triton(config=config, workspace=scratch / "workspace", security_config=security)
         triton.bind(
             model_name=name,
             infer_func=served.infer_functions(),
@@ -325,7 +338,7 @@ def serve(
                 raise FcnDeployError(f"the Triton server stopped unexpectedly{': ' + why if why else ''}")
         console.print("stopping: draining in-flight requests")
         start = time.perf_counter()
-        triton.stop()
+        _stop(triton)
         counts = dict(served.counts)
         executions = counts["executions"]
         console.print(
