@@ -23,7 +23,7 @@ from .errors import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE, FcnDeployError
 app = typer.Typer(
     name="fcn-deploy",
     help="Fully Convolutional Networks from PyTorch to verified ONNX Runtime / TensorRT engines.\n\n"
-    "Pipeline: train | import -> export -> build-engine -> validate -> infer | benchmark.  "
+    "Pipeline: train | import -> export -> build-engine -> validate -> infer | benchmark | serve | export-triton.  "
     "`fcn-deploy demo` runs all of it on the embedded synthetic default.",
     no_args_is_help=True,
     add_completion=False,
@@ -344,8 +344,8 @@ def build_engine_command(
 
 @app.command("validate")
 def validate_command(
-    engine: Annotated[Path, typer.Argument(help="Engine, or any ONNX file.")],
-    reference: Annotated[Path, typer.Option("--reference", "-r", help="The PyTorch checkpoint (.pt).")],
+    engine: Annotated[Optional[Path], typer.Argument(help="Engine, or any ONNX file (or --server).")] = None,
+    reference: Annotated[Optional[Path], typer.Option("--reference", "-r", help="The PyTorch checkpoint (.pt).")] = None,
     sizes: Annotated[Optional[str], typer.Option(help="Comma-separated HxW list, e.g. 97x129,333x517.")] = None,
     random_sizes: Annotated[int, typer.Option("--random-sizes", help="Extra seeded random sizes.")] = 4,
     images: Annotated[Optional[Path], typer.Option(help="Real images (fitted to each size).")] = None,
@@ -366,17 +366,25 @@ def validate_command(
     emulate_fp16: Annotated[
         bool, typer.Option("--emulate-fp16", help="ENGINE is a checkpoint: run it in float16 and judge it by the FP16 thresholds.")
     ] = False,
+    server: Annotated[
+        Optional[str], typer.Option("--server", help="Validate the model a Triton server serves: HOST:PORT (gRPC).")
+    ] = None,
+    model: Annotated[str, typer.Option("--model", help="With --server: the served model's name.")] = "fcn",
 ) -> None:
     """Check the engine's masks against the PyTorch FP32 reference at many sizes (exit 1 on failure)."""
     from .validate import ExampleKeeper, validate_engine
 
+    if (engine is None) == (server is None):
+        raise FcnDeployError("give an ENGINE to validate, or --server HOST:PORT to validate a served model")
+    if reference is None:
+        raise FcnDeployError("--reference CHECKPOINT.pt is required: the PyTorch FP32 model the engine is checked against")
     check_html(html, overwrite)
     keeper = ExampleKeeper() if html else None
     result = validate_engine(
         engine, reference, sizes=sizes, random_sizes=random_sizes, images=images, batch=batch, precision=precision,
         min_agreement=min_agreement, min_confident=min_confident, min_miou=min_miou, margin=margin,
         max_side=max_side, seed=seed, console=console, min_size_agreement=min_size_agreement, keep_examples=keeper,
-        emulate_fp16=emulate_fp16,
+        emulate_fp16=emulate_fp16, server=server, model=model,
     )  # fmt: skip
     write_report(report, result.to_dict())
     if html:
@@ -393,11 +401,13 @@ def validate_command(
 @app.command("infer")
 def infer_command(
     source: Annotated[Path, typer.Argument(help="Video file, image, or folder of images.")],
-    engine: Annotated[Path, typer.Option("--engine", "-e", help="Engine, ONNX file or checkpoint.")],
+    engine: Annotated[Optional[Path], typer.Option("--engine", "-e", help="Engine, ONNX file or checkpoint.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output video / folder.")] = None,
     alpha: Annotated[float, typer.Option(help="Mask overlay opacity (0..1).")] = 0.5,
     save_masks: Annotated[Optional[Path], typer.Option("--save-masks", help="Also write per-frame label PNGs.")] = None,
-    batch: Annotated[int, typer.Option(min=1, help="Frames per inference batch.")] = 1,
+    batch: Annotated[
+        Optional[int], typer.Option(min=1, help="Frames per inference batch (default 1; with --server: frames in flight, default 8).")
+    ] = None,
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="Stop after N frames.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     convert_rgb: Annotated[bool, typer.Option("--convert-rgb", help="Convert grayscale/RGBA images to RGB.")] = False,
@@ -405,13 +415,22 @@ def infer_command(
         bool, typer.Option("--strict", help="Stop at the first unreadable image (default: skip it with a warning, exit 3).")
     ] = False,
     report: Annotated[Optional[Path], typer.Option(help="Write the timing summary (and any skipped images) as JSON.")] = None,
+    server: Annotated[
+        Optional[str], typer.Option("--server", help="Run on a Triton server instead: HOST:PORT of its gRPC endpoint.")
+    ] = None,
+    model: Annotated[str, typer.Option("--model", help="With --server: the served model's name.")] = "fcn",
 ) -> None:
-    """Segment a video (overlay video out) or images (mask PNGs + overlays); exit 3 when images were skipped."""
+    """Segment a video (overlay video out) or images (mask PNGs + overlays), locally or on a Triton server;
+    exit 3 when images were skipped."""
+    from .backends.remote import DEFAULT_IN_FLIGHT
     from .video import run_infer
 
+    if (engine is None) == (server is None):
+        raise FcnDeployError("give --engine ENGINE to run locally, or --server HOST:PORT to run on a Triton server")
     summary = run_infer(
-        source, engine, out=out, alpha=alpha, save_masks=save_masks, batch=batch, max_frames=max_frames,
-        overwrite=overwrite, convert_rgb=convert_rgb, console=console, strict=strict,
+        source, engine, out=out, alpha=alpha, save_masks=save_masks, batch=batch or (DEFAULT_IN_FLIGHT if server else 1),
+        max_frames=max_frames, overwrite=overwrite, convert_rgb=convert_rgb, console=console, strict=strict,
+        server=server, model=model,
     )  # fmt: skip
     write_report(report, summary)
     if summary.get("skipped"):
@@ -420,24 +439,40 @@ def infer_command(
 
 @app.command("benchmark")
 def benchmark_command(
-    engines: Annotated[list[Path], typer.Argument(help="Engines / ONNX files to time.", metavar="ENGINE...")],
+    engines: Annotated[Optional[list[Path]], typer.Argument(help="Engines / ONNX files to time.", metavar="ENGINE...")] = None,
     reference: Annotated[Optional[Path], typer.Option("--reference", "-r", help="Checkpoint for the PyTorch eager baseline.")] = None,
     sizes: Annotated[str, typer.Option(help="Comma-separated HxW list.")] = "512x512",
     batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 1,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs.")] = 3,
-    iters: Annotated[int, typer.Option(min=1, help="Timed runs (median and p90 reported).")] = 20,
+    iters: Annotated[int, typer.Option(min=1, help="Timed runs (median and p90 reported; with --server: per client).")] = 20,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch and ORT (default: all cores).")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
     html: HtmlOption = None,
     overwrite: OverwriteOption = False,
+    server: Annotated[
+        Optional[str], typer.Option("--server", help="Measure a Triton server instead: HOST:PORT of its gRPC endpoint.")
+    ] = None,
+    model: Annotated[str, typer.Option("--model", help="With --server: the served model's name.")] = "fcn",
+    concurrency: Annotated[str, typer.Option(help="With --server: concurrent clients per level, e.g. 1,4,16.")] = "1,4,16",
 ) -> None:
-    """Time engines against the PyTorch eager FP32 baseline, in one run."""
-    from .bench import run_benchmark
+    """Time engines against the PyTorch eager FP32 baseline, in one run; or a Triton server under concurrency (--server)."""
     from .validate import parse_sizes
 
     check_html(html, overwrite)
+    if server:
+        from .serve.benchmark import parse_concurrency, run_server_benchmark
+
+        if engines or reference:
+            raise FcnDeployError("--server measures a running server: drop the ENGINE arguments and --reference")
+        result = run_server_benchmark(
+            server, model, parse_concurrency(concurrency), parse_sizes(sizes), warmup=warmup, iters=iters, console=console
+        )
+        write_report(report, result)
+        return
+    from .bench import run_benchmark
+
     result = run_benchmark(
-        engines, reference=reference, sizes=parse_sizes(sizes), batch=batch, warmup=warmup, iters=iters,
+        engines or [], reference=reference, sizes=parse_sizes(sizes), batch=batch, warmup=warmup, iters=iters,
         threads=threads, console=console,
     )  # fmt: skip
     write_report(report, result)
@@ -445,6 +480,52 @@ def benchmark_command(
         from .report import benchmark_page
 
         write_html(html, benchmark_page(result))
+
+
+@app.command("serve")
+def serve_command(
+    engine: Annotated[Path, typer.Argument(help="Engine, ONNX file or checkpoint to serve.")],
+    name: Annotated[str, typer.Option(help="Model name clients ask for.")] = "fcn",
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option("--http-port", help="HTTP/REST endpoint (KServe v2).")] = 8000,
+    grpc_port: Annotated[int, typer.Option("--grpc-port", help="gRPC endpoint.")] = 8001,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", help="Prometheus metrics (/metrics).")] = 8002,
+    max_batch: Annotated[
+        Optional[int], typer.Option("--max-batch", help="Largest batch Triton forms (default: the profile's).")
+    ] = None,
+    queue_delay_us: Annotated[int, typer.Option("--queue-delay-us", help="How long Triton holds a request to fill a batch.")] = 0,
+    instances: Annotated[int, typer.Option(help="Engine instances running batches in parallel.")] = 1,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads per instance (default: cores / instances).")] = None,
+    triton_log: Annotated[Optional[Path], typer.Option("--triton-log", help="Keep Triton's own log in this file.")] = None,
+) -> None:
+    """Serve an engine with NVIDIA's Triton Inference Server (UINT8 image in, mask out) until Ctrl-C / SIGTERM."""
+    from .serve.triton import serve
+
+    serve(
+        engine, name=name, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+        max_batch=max_batch, queue_delay_us=queue_delay_us, instances=instances, threads=threads, triton_log=triton_log,
+        console=console,
+    )  # fmt: skip
+
+
+@app.command("export-triton")
+def export_triton_command(
+    engine: Annotated[Path, typer.Argument(help="Engine (TensorRT, ONNX Runtime or OpenVINO) or exported ONNX.")],
+    repo: Annotated[Path, typer.Option("--repo", help="Model repository folder to write.")],
+    name: Annotated[str, typer.Option(help="Model name clients ask for (the ensemble).")] = "fcn",
+    max_batch: Annotated[Optional[int], typer.Option("--max-batch", help="max_batch_size (default: the profile's).")] = None,
+    queue_delay_us: Annotated[int, typer.Option("--queue-delay-us", help="Dynamic batcher queue delay.")] = 0,
+    instances: Annotated[int, typer.Option(help="instance_group count of each model.")] = 1,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing repository.")] = False,
+) -> None:
+    """Write a Triton model repository (engine served natively + pre/post-processing + ensemble) for NVIDIA's container."""
+    from .serve.repository import export_triton
+
+    result = export_triton(
+        engine, repo, name=name, max_batch=max_batch, queue_delay_us=queue_delay_us, instances=instances, overwrite=overwrite,
+        log=console.print,
+    )  # fmt: skip
+    console.print(escape(result["readme"]))
 
 
 @app.command("demo")

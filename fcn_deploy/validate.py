@@ -513,20 +513,29 @@ def validate_engine(
     min_size_agreement: float | None = None,
     keep_examples: ExampleKeeper | None = None,
     emulate_fp16: bool = False,
+    server: str | None = None,
+    model: str = "fcn",
 ) -> ValidationReport:
     """``fcn-deploy validate``: load both, pick sizes and thresholds, compare, print a table.
 
     ``emulate_fp16``: ``engine_path`` is a checkpoint, run with FP16 weights and activations (torch
-    float16) and judged by the FP16 thresholds: what FP16 arithmetic alone costs the model."""
+    float16) and judged by the FP16 thresholds: what FP16 arithmetic alone costs the model.  With
+    ``server``, the engine is model ``model`` on that Triton server (``engine_path`` is then unused)."""
     from rich.console import Console
 
     from .backends import is_checkpoint, open_runner
+    from .backends.remote import RemoteRunner
     from .backends.torch import TorchRunner
 
     console = console or Console()
     if emulate_fp16 and not is_checkpoint(Path(engine_path)):
         raise FcnDeployError(f"--emulate-fp16 runs a PyTorch checkpoint in float16; {engine_path} is not a checkpoint (.pt)")
-    with TorchRunner(engine_path, precision="fp16") if emulate_fp16 else open_runner(engine_path) as engine:
+    if server:
+        opened = RemoteRunner(server, model)
+    else:
+        opened = TorchRunner(engine_path, precision="fp16") if emulate_fp16 else open_runner(engine_path)
+    with opened as engine:
+        engine_path = engine.path if server else engine_path
         reference = TorchRunner(reference_path)
         if (reference.meta.arch, reference.meta.num_classes) != (engine.meta.arch, engine.meta.num_classes):
             raise FcnDeployError(

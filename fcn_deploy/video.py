@@ -47,6 +47,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .backends import Profile, Runner, open_runner
+from .backends.remote import DEFAULT_MODEL, RemoteRunner
 from .data.images import IMAGE_SUFFIXES, list_images, load_rgb, preprocess, resize_mask, resize_rgb, save_palette_png
 from .errors import FcnDeployError
 from .fileio import atomic_path, ensure_writable_dir
@@ -97,9 +98,10 @@ class Segmenter:
     about it once, not per frame.
     """
 
-    def __init__(self, runner: Runner, on_resize: Callable[[str], None] | None = None):
-        if runner.meta.num_classes > 256:
+    def __init__(self, runner: Runner, on_resize: Callable[[str], None] | None = None, mask_dtype: Any = np.uint8):
+        if np.dtype(mask_dtype) == np.uint8 and runner.meta.num_classes > 256:
             raise FcnDeployError(f"{runner.path}: {runner.meta.num_classes} classes do not fit 8-bit masks (at most 256)")
+        self.mask_dtype = mask_dtype  # int32 for a server's masks beyond 256 classes
         self.runner = runner
         self.meta: ModelMeta = runner.meta
         self.profile: Profile = runner.profile
@@ -153,7 +155,7 @@ class Segmenter:
         with self.times.measure("infer"):
             prediction = self.runner.infer(batch, need_logits=False)
         with self.times.measure("postprocess"):
-            return [resize_mask(mask.astype(np.uint8), height, width) for mask in prediction.mask[: len(images)]]
+            return [resize_mask(mask.astype(self.mask_dtype), height, width) for mask in prediction.mask[: len(images)]]
 
     def _note_resize(self, count: int, size: tuple[int, int], run_size: tuple[int, int]) -> None:
         if not self.resized_frames:
@@ -164,6 +166,27 @@ class Segmenter:
                 "rebuild the engine with a wider profile to run at full size"
             )
         self.resized_frames += count
+
+
+class RemoteSegmenter(Segmenter):
+    """A :class:`Segmenter` whose engine is a model on a Triton server (``infer --server``).
+
+    Frames go to the server as uint8 images, one request each and all of a batch in flight at once,
+    and the server fits out-of-profile sizes exactly as :meth:`Segmenter._segment` does locally, so
+    the masks equal a local run's with the same engine.
+    """
+
+    def __init__(self, server: str, model: str = DEFAULT_MODEL, on_resize: Callable[[str], None] | None = None):
+        super().__init__(RemoteRunner(server, model), on_resize)
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        for image in images:
+            height, width = image.shape[:2]
+            if not self.profile.contains(self.profile.min[0], height, width):
+                self._note_resize(1, (height, width), fit_inside(self.profile, height, width))
+        with self.times.measure("infer"):
+            masks = self.runner.remote.segment(images, in_flight=len(images))  # type: ignore[attr-defined]
+        return [mask.astype(np.uint8, copy=False) for mask in masks]
 
 
 # --- drawing ---------------------------------------------------------------------------------
@@ -539,12 +562,18 @@ def run_infer(
     convert_rgb: bool = False,
     console: Console | None = None,
     strict: bool = False,
+    server: str | None = None,
+    model: str = DEFAULT_MODEL,
 ) -> dict[str, Any]:
-    """Segment a video, an image or a folder of images (see the module docstring for the outputs);
-    returns the summary that JSON reports carry, after printing it as a table.  In a folder,
-    unreadable images are skipped and listed in ``summary["skipped"]`` unless ``strict``."""
+    """Segment a video, an image or a folder of images (see the module docstring for the outputs)
+    with ``engine``, or with model ``model`` on the Triton server at ``server`` (``HOST:PORT``, gRPC;
+    then ``batch`` frames are in flight at once); returns the summary that JSON reports carry, after
+    printing it as a table.  In a folder, unreadable images are skipped and listed in
+    ``summary["skipped"]`` unless ``strict``."""
     console = console or Console()
-    source, engine = Path(source), Path(engine)
+    source, engine = Path(source), (Path(engine) if engine is not None else None)
+    if (engine is None) == (server is None):
+        raise FcnDeployError("give an engine (--engine) or a server (--server HOST:PORT), not both")
     if not 0.0 <= alpha <= 1.0:
         raise FcnDeployError(f"--alpha {alpha}: must be between 0 and 1")
     if batch < 1:
@@ -574,8 +603,14 @@ def run_infer(
         console.print(f"[yellow]{message}[/]")
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _FpsColumn(), TimeRemainingColumn())
-    with _removed_if_left_empty(new_folders), Segmenter.from_engine(engine, on_resize=say_once) as segmenter:
-        console.print(f"infer: {source} with {segmenter.runner.label} ({engine.name}), batch {batch} -> {out}")
+    def open_segmenter() -> Segmenter:
+        if server:
+            return RemoteSegmenter(server, model, on_resize=say_once)
+        return Segmenter.from_engine(engine, on_resize=say_once)  # type: ignore[arg-type]
+
+    with _removed_if_left_empty(new_folders), open_segmenter() as segmenter:
+        what = segmenter.runner.path if server else engine.name  # type: ignore[union-attr]
+        console.print(f"infer: {source} with {segmenter.runner.label} ({what}), batch {batch} -> {out}")
         with Progress(*columns, console=console) as progress:
             if images is None:
                 summary = _run_video(info, segmenter, out, masks_dir, alpha, batch, max_frames, progress)
@@ -587,7 +622,8 @@ def run_infer(
             source=str(source),
             output=str(out),
             masks_dir=str(masks_dir) if masks_dir else None,
-            engine=str(engine),
+            engine=str(engine) if engine else segmenter.runner.path,
+            server=server,
             backend=segmenter.runner.label,
             batch=batch,
             resized_frames=segmenter.resized_frames,

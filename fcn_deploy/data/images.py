@@ -72,9 +72,11 @@ def resize_rgb(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of a label map; uint8 unless it is int32 (more than 256 classes)."""
     if mask.shape[:2] == (height, width):
         return mask
-    return np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((width, height), Image.NEAREST))
+    labels = mask if mask.dtype == np.int32 else mask.astype(np.uint8)
+    return np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
 
 
 def fit_to_size(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -1,0 +1,180 @@
+"""benchmark --server: throughput and latency of a served model under concurrency, as perf_analyzer measures.
+
+For each image size and concurrency level ``C``, ``C`` client threads, each with its own gRPC
+connection (as ``C`` independent cameras or services would have), send one image per request
+back to back: ``warmup`` untimed requests each, then ``iters`` timed ones each, all starting
+together.  Reported per level: requests per second (completed requests over the wall time from the
+common start to the last response), latency percentiles p50/p90/p99 as the client sees them
+(request serialisation, network, queueing, batching, inference, response), and, from Triton's
+statistics API, what the server did meanwhile: images per engine execution (the dynamic batcher at
+work), the average time a request queued, and the average duration of the execution it ran in.
+
+The client shares the machine with the server when both run on one host; its threads then take
+CPU from the engine, as perf_analyzer's do.  Run it from another machine to measure the server alone.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from ..backends.remote import DEFAULT_MODEL, INPUT, OUTPUT, REQUEST_TIMEOUT_S, TritonModel, server_message
+from ..bench import BENCH_SEED
+from ..data.synthetic import make_scene
+from ..errors import FcnDeployError
+
+#: Distinct images each client cycles through (so no cache or identical payload flatters the server).
+IMAGES_PER_SIZE = 4
+
+
+def parse_concurrency(text: str) -> list[int]:
+    try:
+        levels = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FcnDeployError(f"--concurrency {text!r}: give comma-separated client counts, e.g. 1,4,16") from None
+    if not levels or min(levels) < 1:
+        raise FcnDeployError(f"--concurrency {text!r}: give comma-separated client counts of at least 1, e.g. 1,4,16")
+    return levels
+
+
+def _client_loop(address: str, model: str, images: list[np.ndarray], warmup: int, iters: int, start: threading.Barrier,
+                 latencies: list[float], errors: list[str], finished: list[float]) -> None:  # fmt: skip
+    """One client: its own connection, ``warmup`` untimed then ``iters`` timed requests."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(address)
+    try:
+        inputs = []
+        for image in images:
+            tensor = grpcclient.InferInput(INPUT, [1, *image.shape], "UINT8")
+            tensor.set_data_from_numpy(image[None])
+            inputs.append([tensor])
+        outputs = [grpcclient.InferRequestedOutput(OUTPUT)]
+        for i in range(warmup):
+            client.infer(model, inputs[i % len(inputs)], outputs=outputs, client_timeout=REQUEST_TIMEOUT_S)
+        start.wait()  # every client is warm: the caller reads the server's counters
+        start.wait()  # and starts the clock
+        for i in range(iters):
+            began = time.perf_counter()
+            client.infer(model, inputs[i % len(inputs)], outputs=outputs, client_timeout=REQUEST_TIMEOUT_S)
+            latencies.append((time.perf_counter() - began) * 1000.0)
+        finished.append(time.perf_counter())
+    except Exception as exc:  # noqa: BLE001 - reported by the caller, with the level
+        errors.append(server_message(exc))
+        start.abort()
+    finally:
+        client.close()
+
+
+def measure_level(remote: TritonModel, size: tuple[int, int], concurrency: int, warmup: int, iters: int) -> dict[str, Any]:
+    """One concurrency level at one size: the figures of a result row."""
+    height, width = size
+    images = [make_scene(BENCH_SEED, i, height, width)[0] for i in range(IMAGES_PER_SIZE)]
+    latencies: list[float] = []
+    errors: list[str] = []
+    finished: list[float] = []
+    barrier = threading.Barrier(concurrency + 1)
+    threads = [
+        threading.Thread(
+            target=_client_loop, args=(remote.address, remote.model, images, warmup, iters, barrier, latencies, errors, finished),
+            name=f"fcn-deploy-client-{i}", daemon=True,
+        )
+        for i in range(concurrency)
+    ]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    before: dict[str, int] = {}
+    began = time.perf_counter()
+    try:
+        barrier.wait()
+        before = remote.statistics()
+        barrier.wait()
+        began = time.perf_counter()
+    except threading.BrokenBarrierError:  # a client failed; it says why below
+        pass
+    for thread in threads:
+        thread.join()
+    after = remote.statistics()
+    if errors:
+        raise FcnDeployError(
+            f"{remote.url}: {len(errors)} of {concurrency} clients failed at concurrency {concurrency}, {height}x{width}: {errors[0]}"
+        )
+    wall = max(finished) - began
+    arr = np.asarray(latencies)
+    delta = {key: after.get(key, 0) - before.get(key, 0) for key in after}
+    executions, inferences, successes = delta.get("execution_count", 0), delta.get("inference_count", 0), delta.get("success_count", 0)
+    return {
+        "concurrency": concurrency, "height": height, "width": width, "batch": 1, "requests": len(latencies), "wall_s": wall,
+        "throughput_rps": len(latencies) / wall, "throughput_fps": len(latencies) / wall,
+        "median_ms": float(np.percentile(arr, 50)), "p50_ms": float(np.percentile(arr, 50)), "p90_ms": float(np.percentile(arr, 90)),
+        "p99_ms": float(np.percentile(arr, 99)), "mean_ms": float(arr.mean()), "min_ms": float(arr.min()), "max_ms": float(arr.max()),
+        "server_avg_batch": inferences / executions if executions else None,
+        "server_queue_ms": delta.get("queue_ns", 0) / successes / 1e6 if successes else None,
+        # Triton charges each request its execution's compute time: per request, the average execution's duration
+        "server_compute_ms": delta.get("compute_infer_ns", 0) / successes / 1e6 if successes else None,
+    }  # fmt: skip
+
+
+def run_server_benchmark(
+    server: str,
+    model: str = DEFAULT_MODEL,
+    concurrency: list[int] | None = None,
+    sizes: list[tuple[int, int]] | None = None,
+    warmup: int = 3,
+    iters: int = 20,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Measure every size at every concurrency level; return the report (``results``: one row each)."""
+    console = console or Console()
+    levels = concurrency or [1, 4, 16]
+    sizes = sizes or [(512, 512)]
+    if warmup < 0 or iters < 1:
+        raise FcnDeployError("--iters must be >= 1 and --warmup >= 0")
+    with TritonModel(server, model) as remote:
+        console.print(
+            f"benchmark: {remote.describe()} at {', '.join(f'{h}x{w}' for h, w in sizes)}, concurrency {levels}: each client "
+            f"{warmup} warm-up + {iters} timed requests of one image, back to back"
+        )
+        results = []
+        with console.status("measuring") as status:
+            for size in sizes:
+                for level in levels:
+                    status.update(f"{size[0]}x{size[1]}, {level} client(s)")
+                    row = measure_level(remote, size, level, warmup, iters)
+                    label = f"triton-{remote.backend}-{remote.precision}"
+                    row.update(backend=remote.backend, precision=remote.precision, label=label)
+                    results.append(row)
+        for row in results:
+            first = next(r for r in results if (r["height"], r["width"]) == (row["height"], row["width"]))
+            row["throughput_vs_first_level"] = row["throughput_rps"] / first["throughput_rps"]
+        print_server_results(console, results, levels[0])
+        return {
+            "results": results,
+            "server": {"url": remote.url, "backend": remote.backend, "precision": remote.precision, "engine": remote.engine,
+                       "engine_sha256": remote.engine_sha256, "max_batch_size": remote.max_batch_size},
+            "client": {"cpu_count": os.cpu_count(), "connections": "one gRPC connection per client thread"},
+            "settings": {"concurrency": levels, "sizes": [list(s) for s in sizes], "warmup": warmup, "iters_per_client": iters,
+                         "requests": "one image per request, sent back to back; latency measured at the client"},
+        }  # fmt: skip
+
+
+def print_server_results(console: Console, results: list[dict[str, Any]], first_level: int) -> None:
+    table = Table(title="benchmark --server (client-side latency; server figures from Triton's statistics)")
+    columns = ("clients", "H x W", "req/s", f"vs {first_level}", "p50 ms", "p90 ms", "p99 ms", "images/exec", "queue ms", "compute ms")
+    for column in columns:
+        table.add_column(column, justify="right")
+    fmt = lambda value, spec: "-" if value is None else format(value, spec)  # noqa: E731
+    for r in results:
+        table.add_row(
+            str(r["concurrency"]), f"{r['height']}x{r['width']}", f"{r['throughput_rps']:.1f}",
+            f"{r['throughput_vs_first_level']:.2f}x",
+            f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}", fmt(r["server_avg_batch"], ".2f"),
+            fmt(r["server_queue_ms"], ".1f"), fmt(r["server_compute_ms"], ".1f"),
+        )  # fmt: skip
+    console.print(table)

@@ -1,0 +1,350 @@
+"""serve: a real Triton Inference Server for any engine, ONNX file or checkpoint the toolkit opens.
+
+PyTriton starts NVIDIA's ``tritonserver`` binary (bundled in the ``nvidia-pytriton`` wheel) and
+binds a Python function to a model: Triton owns the HTTP/gRPC endpoints, health and readiness
+(``/v2/models/NAME/ready``; ``/v2/health/ready`` answers before the model has loaded), the dynamic
+batcher, the Prometheus metrics and the statistics API; this
+process owns the engine (one runner per ``--instances``) and runs the batches Triton forms through
+the same :class:`~fcn_deploy.video.Segmenter` as ``infer``, so out-of-profile sizes are fitted
+exactly as ``infer`` fits them.  The interface is :mod:`fcn_deploy.backends.remote`'s.
+
+Three traps, each met here:
+
+* The Python backend's stub links the system's ``libpython3.X``; an interpreter of another build
+  (pyenv, conda) then fails to load the model with ``'_thread.RLock' object has no attribute
+  '_recursion_count'``.  The server starts with this interpreter's ``LIBDIR`` first on
+  ``LD_LIBRARY_PATH``.
+* ``Triton.run()`` returns at once (``serve()`` blocks): this module waits for a signal itself.
+* A terminal's Ctrl-C reaches the whole process group.  PyTriton's tensor-store process dies of it,
+  failing every request in flight, so the children start with SIGINT/SIGTERM ignored (tritonserver
+  installs its own handlers).  On SIGINT or SIGTERM this process stops Triton, which refuses new
+  requests, waits for the ones in flight (its ``exit_timeout``, 30 s) and exits; then this exits 0.
+
+Triton's own log goes to a file (``--triton-log``; by default a temporary one, shown when the
+server fails to start), because at its default level it fills a terminal with tables and CUDA
+warnings that mean nothing on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import signal
+import socket
+import sysconfig
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.markup import escape
+
+from ..backends import Runner, manifest_path, open_runner, read_manifest
+from ..backends.base import DEFAULT_MAX_BATCH, UNBOUNDED_MAX
+from ..backends.remote import INPUT, INSTALL_HINT, OUTPUT, largest_request, mask_dtype, published_parameters, request_problem
+from ..errors import FcnDeployError
+from ..fileio import sha256_file
+from ..video import Segmenter
+
+#: Triton's restricted endpoints, less ``statistics``: the server benchmark reads it, and it only
+#: reads counts.  The repository (load/unload), shared-memory, trace and logging APIs stay behind
+#: PyTriton's access token.
+RESTRICTED_ENDPOINTS = ["shared-memory", "model-repository", "trace", "logging"]
+#: Seconds Triton waits for in-flight requests when it stops (Triton's default).
+DRAIN_TIMEOUT_S = 30
+_POLL_S = 0.5
+
+
+def import_pytriton():
+    try:
+        import pytriton  # noqa: F401
+        from pytriton.triton import Triton  # noqa: F401
+    except ImportError as exc:
+        raise FcnDeployError(f"PyTriton is not installed: {INSTALL_HINT}") from exc
+
+
+def python_libdir_first() -> None:
+    """Put this interpreter's libpython first on ``LD_LIBRARY_PATH`` (the Python backend stub's trap)."""
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if not libdir or not Path(libdir).is_dir():
+        return
+    paths = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and p != libdir]
+    os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *paths])
+
+
+def check_ports(host: str, ports: dict[str, int]) -> None:
+    """Each endpoint's port is valid, distinct and free on ``host``, or a one-line error naming the flag."""
+    seen: dict[int, str] = {}
+    for label, port in ports.items():
+        if not 0 < port < 65536:
+            raise FcnDeployError(f"--{label}-port {port}: give a port between 1 and 65535")
+        if port in seen:
+            raise FcnDeployError(f"--{label}-port {port} is also the --{seen[port]}-port; give each endpoint its own port")
+        seen[port] = label
+    for label, port in ports.items():
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        except socket.gaierror as exc:
+            raise FcnDeployError(f"--host {host}: cannot resolve it ({exc.strerror}); give an address such as 127.0.0.1") from None
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no conflict
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise FcnDeployError(
+                        f"port {port} on {host} is in use (the {label} endpoint's); stop what listens there or pass --{label}-port"
+                    ) from None
+                raise FcnDeployError(f"cannot listen on {host}:{port} ({exc.strerror}); check --host and --{label}-port") from None
+
+
+def engine_facts(engine: Path, runner: Runner) -> tuple[str, str]:
+    """The engine's file name and sha256: the manifest's record for an engine, else the file's own hash."""
+    if manifest_path(engine).is_file():
+        manifest = read_manifest(engine)
+        listed = {entry["name"]: entry.get("sha256") for entry in manifest["files"]}
+        return engine.name, listed.get(engine.name) or sha256_file(engine)
+    return engine.name, sha256_file(engine)
+
+
+def default_max_batch(runner: Runner) -> int:
+    """The profile's largest batch; a model that is not a compiled engine has none, so the default profile's."""
+    return runner.profile.max[0] if runner.profile.max[0] < UNBOUNDED_MAX[0] else DEFAULT_MAX_BATCH
+
+
+class ServedModel:
+    """What Triton calls: each instance's function takes the requests of one batch Triton formed and
+    returns one mask batch per request, counting what it served.
+
+    PyTriton answers one error for a whole batch, so a request is refused by raising for its batch.
+    Every refusal depends only on the request's shape (Triton refuses wrong names, data types and
+    ranks itself), and Triton's dynamic batcher only batches requests of one shape, so the requests
+    refused with it are refused for the same reason.
+    """
+
+    def __init__(self, segmenters: list[Segmenter], log: Callable[[str], None]):
+        self.segmenters = segmenters
+        self.profile = segmenters[0].profile
+        self.log = log
+        self._lock = threading.Lock()
+        self.counts = {"requests": 0, "images": 0, "executions": 0, "largest_batch": 0, "refused": 0, "failed": 0}
+
+    def infer_functions(self) -> list[Callable[[list[Any]], list[dict[str, np.ndarray]]]]:
+        """One function per instance, each with its own engine (Triton runs instances in parallel)."""
+
+        def bound(segmenter: Segmenter):
+            def infer(requests):
+                return self.infer(segmenter, requests)
+
+            return infer
+
+        return [bound(segmenter) for segmenter in self.segmenters]
+
+    def _count(self, **increments: int) -> None:
+        with self._lock:
+            for key, value in increments.items():
+                self.counts[key] += value
+
+    def infer(self, segmenter: Segmenter, requests: list[Any]) -> list[dict[str, np.ndarray]]:
+        images: list[np.ndarray] = []
+        sizes: list[int] = []
+        for request in requests:
+            batch = np.asarray(request[INPUT])
+            problem = request_problem(batch.shape, self.profile)
+            if problem:
+                self._count(refused=len(requests))
+                self.log(f"[yellow]refused {len(requests)} request(s): {escape(problem)}[/]")
+                raise FcnDeployError(problem)
+            images.extend(batch)
+            sizes.append(len(batch))
+        try:
+            masks = segmenter.predict_batch(images)
+        except Exception as exc:
+            self._count(failed=len(requests))
+            self.log(f"[red]failed {len(requests)} request(s): {escape(str(exc))}[/]")
+            raise
+        responses, start = [], 0
+        for size in sizes:
+            responses.append({OUTPUT: np.stack(masks[start : start + size])})
+            start += size
+        with self._lock:
+            self.counts["requests"] += len(requests)
+            self.counts["images"] += len(images)
+            self.counts["executions"] += 1
+            self.counts["largest_batch"] = max(self.counts["largest_batch"], len(images))
+        return responses
+
+
+def _publish_parameters(triton, name: str, parameters: dict[str, str]) -> None:
+    """Add ``parameters`` to the bound model's config.  PyTriton's ``ModelConfig`` has no field for
+    them, so they join the backend parameters it writes (``workspace-path``) before the model loads;
+    tests/test_serve.py reads them back from the running server."""
+    try:
+        model = next(m for m in triton._model_manager.models if m.model_name == name)
+        model._get_triton_model_config().backend_parameters.update(parameters)
+    except (AttributeError, StopIteration) as exc:
+        import pytriton
+
+        raise FcnDeployError(
+            f"nvidia-pytriton {getattr(pytriton, '__version__', '?')} changed the internals fcn-deploy publishes model "
+            f"parameters through ({exc.__class__.__name__}); install nvidia-pytriton 0.7"
+        ) from exc
+
+
+def _stop(triton) -> None:
+    """Stop Triton (it drains in-flight requests), without PyTriton's warning about a workspace it
+    could not clean: the workspace lives in a temporary folder this process removes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        triton.stop()
+
+
+def _stop_quietly(triton) -> None:
+    """Stop Triton if it still runs; after a failed start, PyTriton's own clean-up can raise, and the
+    start's error is the one to report."""
+    with contextlib.suppress(Exception):
+        _stop(triton)
+
+
+def _log_errors(log_file: Path) -> str:
+    """The error lines of Triton's log (its lines start with E), for a one-line failure message."""
+    try:
+        text = log_file.read_text(errors="replace")
+    except OSError:
+        return ""
+    errors = [line for line in text.splitlines() if line.startswith("E") and "CudaDriverHelper" not in line]
+    errors = [re.sub(r"^E\d{4} [\d:.]+ \d+ \S+\] ", "", line).strip().strip('"').strip() for line in errors]
+    return "; ".join(errors[-2:])
+
+
+def serve(
+    engine: str | Path,
+    name: str = "fcn",
+    host: str = "127.0.0.1",
+    http_port: int = 8000,
+    grpc_port: int = 8001,
+    metrics_port: int = 8002,
+    max_batch: int | None = None,
+    queue_delay_us: int = 0,
+    instances: int = 1,
+    threads: int | None = None,
+    triton_log: Path | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Serve ``engine`` until SIGINT or SIGTERM, then drain and return what was served."""
+    console = console or Console()
+    engine = Path(engine)
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise FcnDeployError(f"--name {name!r}: use letters, digits, dots, dashes and underscores")
+    if instances < 1:
+        raise FcnDeployError(f"--instances {instances}: must be at least 1")
+    if queue_delay_us < 0:
+        raise FcnDeployError(f"--queue-delay-us {queue_delay_us}: must be 0 or more")
+    if max_batch is not None and max_batch < 1:
+        raise FcnDeployError(f"--max-batch {max_batch}: must be at least 1")
+    check_ports(host, {"http": http_port, "grpc": grpc_port, "metrics": metrics_port})
+    import_pytriton()
+    if threads is None and instances > 1:
+        threads = max(1, (os.cpu_count() or 1) // instances)
+
+    with contextlib.ExitStack() as stack:
+        runners = [stack.enter_context(open_runner(engine, threads=threads)) for _ in range(instances)]
+        runner = runners[0]
+        dtype = mask_dtype(runner.meta.num_classes)
+        warned = threading.Event()
+
+        def note_resize(message: str) -> None:
+            if not warned.is_set():
+                warned.set()
+                console.print(f"[yellow]note: {escape(message)}[/]")
+
+        segmenters = [Segmenter(r, on_resize=note_resize, mask_dtype=dtype) for r in runners]
+        served = ServedModel(segmenters, console.print)
+        batch = max_batch or default_max_batch(runner)
+        engine_name, sha256 = engine_facts(engine, runner)
+        parameters = published_parameters(runner.meta, runner.profile, runner.precision, runner.backend, engine_name, sha256)
+        # PyTriton's workspace (sockets, model store, a copy of tritonserver) in a folder this process
+        # removes whatever happens: PyTriton's own clean-up races its rglob and can leave it behind.
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="fcn-deploy-triton-", ignore_cleanup_errors=True))
+        scratch = Path(scratch)
+        log_file = Path(triton_log) if triton_log else scratch / "triton.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+
+        python_libdir_first()
+        logging.getLogger("pytriton").setLevel(logging.ERROR)  # refusals are logged here, in one line each
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+
+        config = TritonConfig(
+            http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port, metrics_address=host,
+            metrics_port=metrics_port, log_file=log_file, exit_timeout_secs=DRAIN_TIMEOUT_S,
+            allow_gpu_metrics=Path("/proc/driver/nvidia").exists(),  # else Triton prints an NVML error on CPU-only hosts
+        )  # fmt: skip
+        security = TritonSecurityConfig(restricted_endpoints=list(RESTRICTED_ENDPOINTS))
+        triton = Triton(config=config, workspace=scratch / "workspace", security_config=security)
+        triton.bind(
+            model_name=name,
+            infer_func=served.infer_functions(),
+            inputs=[Tensor(name=INPUT, dtype=np.uint8, shape=(-1, -1, 3))],
+            outputs=[Tensor(name=OUTPUT, dtype=dtype, shape=(-1, -1))],
+            config=ModelConfig(max_batch_size=batch, batcher=DynamicBatcher(max_queue_delay_microseconds=queue_delay_us)),
+            strict=True,
+        )
+        _publish_parameters(triton, name, parameters)
+        stop = threading.Event()
+        main_thread = threading.current_thread() is threading.main_thread()
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in handled} if main_thread else {}
+        stack.callback(lambda: [signal.signal(sig, handler) for sig, handler in previous.items()])
+        stack.callback(_stop_quietly, triton)
+        with console.status(f"starting Triton for {engine.name}"):
+            try:
+                triton.run()  # its children inherit the ignored signals (see the module docstring)
+            except Exception as exc:  # noqa: BLE001 - PyTriton raises several kinds; the log says why
+                _stop_quietly(triton)  # the server has written its last words once it is gone
+                why = _log_errors(log_file) or f"{exc.__class__.__name__}: {exc}"
+                kept = triton_log or "pass --triton-log FILE to keep it"
+                raise FcnDeployError(f"Triton failed to start for {engine}: {why} (its log: {kept})") from None
+        for sig in previous:
+            signal.signal(sig, lambda signum, frame: stop.set())
+
+        address = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        console.print(f"[green]serving[/] {engine} as model [bold]{name}[/] ({runner.backend}-{runner.precision}, sha256 {sha256})")
+        console.print(f"  gRPC {address}:{grpc_port}   HTTP {address}:{http_port}   metrics http://{address}:{metrics_port}/metrics")
+        (_, min_h, min_w), (_, max_h, max_w) = runner.profile.min, runner.profile.max
+        big_h, big_w = largest_request(runner.profile)
+        console.print(
+            f"  {INPUT} UINT8 \\[n, H, W, 3] -> {OUTPUT} {np.dtype(dtype).name.upper()} \\[n, H, W]; engine profile {min_h}x{min_w} to "
+            f"{max_h}x{max_w} (other sizes are fitted, up to {big_h}x{big_w}); dynamic batching up to {batch}, queue delay "
+            f"{queue_delay_us} us; {instances} instance(s)"
+        )
+        classes = ", ".join(f"{n} {tuple(c)}" for n, c in zip(runner.meta.class_names, runner.meta.palette))
+        console.print(f"  {runner.meta.num_classes} classes: {escape(classes)}")
+        # Triton answers /v2/health/ready before PyTriton has loaded the model: probe the model itself
+        console.print(f"  ready: curl -sf http://{address}:{http_port}/v2/models/{name}/ready; Ctrl-C or SIGTERM drains and stops")
+        if triton_log:
+            console.print(f"  Triton's log: {triton_log}")
+        while not stop.wait(_POLL_S):
+            if not triton.is_alive():
+                why = _log_errors(log_file)
+                raise FcnDeployError(f"the Triton server stopped unexpectedly{': ' + why if why else ''}")
+        console.print("stopping: draining in-flight requests")
+        start = time.perf_counter()
+        _stop(triton)
+        counts = dict(served.counts)
+        executions = counts["executions"]
+        console.print(
+            f"stopped in {time.perf_counter() - start:.1f} s: served {counts['requests']} request(s), {counts['images']} image(s) "
+            f"in {executions} execution(s) (largest batch {counts['largest_batch']}); "
+            f"refused {counts['refused']}, failed {counts['failed']}"
+        )
+        return {"model": name, "engine": str(engine), "engine_sha256": sha256, **counts,
+                "average_batch": counts["images"] / executions if executions else None}  # fmt: skip

@@ -1,0 +1,574 @@
+"""Serving: a real Triton server (PyTriton's bundled tritonserver) on loopback, its clients, and
+the model repositories export-triton writes.
+
+One `fcn-deploy serve` subprocess serves the tiny model's ONNX Runtime engine for most tests (free
+ports chosen at run time, readiness polled, always torn down); the SIGTERM test stops it, so it
+comes last.  The repository's ensemble runs on the same bundled tritonserver, its engine stood in by
+a Python model running the same ONNX (the wheel has no ONNX Runtime or OpenVINO backend).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytriton", reason="the serve extra is not installed (pip install 'fcn-deploy[serve]')")
+grpcclient = pytest.importorskip("tritonclient.grpc")
+
+from google.protobuf import text_format  # noqa: E402
+from tritonclient.grpc import model_config_pb2  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from fcn_deploy.backends import Profile, Runner, TensorSpec, manifest_path, open_runner, read_manifest  # noqa: E402
+from fcn_deploy.backends.remote import RemoteRunner, TritonModel, mask_dtype, request_problem  # noqa: E402
+from fcn_deploy.cli import main  # noqa: E402
+from fcn_deploy.data.images import preprocess, resize_mask  # noqa: E402
+from fcn_deploy.data.synthetic import make_scene  # noqa: E402
+from fcn_deploy.engines import BuildOptions, build_engine  # noqa: E402
+from fcn_deploy.errors import FcnDeployError  # noqa: E402
+from fcn_deploy.fileio import sha256_file  # noqa: E402
+from fcn_deploy.meta import ModelMeta  # noqa: E402
+from fcn_deploy.serve import prepost_model  # noqa: E402
+from fcn_deploy.serve.repository import export_triton  # noqa: E402
+from fcn_deploy.serve.triton import ServedModel  # noqa: E402
+from fcn_deploy.video import Segmenter  # noqa: E402
+
+MAX_SIDE = 160  # the served engine's profile maximum: larger images are fitted, beyond 4x refused
+ODD_SIZES = [(37, 91), (97, 129), (300, 41), (20, 20)]  # in profile, in profile, fitted down, fitted up
+READY_TIMEOUT_S = 180
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def scene(index: int, height: int, width: int) -> np.ndarray:
+    return make_scene(11, index, height, width)[0]
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_onnx, tmp_path_factory) -> dict[str, Path]:
+    """ONNX Runtime and OpenVINO FP32 engines of the tiny model, profile up to 160x160."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("serve-engines")
+    src = folder / "tiny.onnx"
+    shutil.copy(tiny_onnx, src)
+    built = {}
+    for backend in ("onnxruntime", "openvino"):
+        manifest = build_engine(src, None, BuildOptions(backend=backend, max_shape=(MAX_SIDE, MAX_SIDE)), log=lambda *a: None)
+        built[backend] = folder / manifest["engine"]
+    return built
+
+
+@pytest.fixture(scope="module")
+def local(engines):
+    with Segmenter(open_runner(engines["onnxruntime"])) as segmenter:
+        yield segmenter
+
+
+class ServerProcess:
+    def __init__(self, engine: Path, workdir: Path):
+        self.http, self.grpc, self.metrics = free_ports(3)
+        self.log = workdir / "serve.log"
+        command = [
+            sys.executable, "-m", "fcn_deploy.cli", "serve", str(engine), "--http-port", str(self.http), "--grpc-port",
+            str(self.grpc), "--metrics-port", str(self.metrics), "--queue-delay-us", "2000",
+        ]  # fmt: skip
+        self.out = open(self.log, "w")
+        self.process = subprocess.Popen(command, stdout=self.out, stderr=subprocess.STDOUT, cwd=workdir)
+        self.address = f"127.0.0.1:{self.grpc}"
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"fcn-deploy serve exited with {self.process.returncode}:\n{self.log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v2/models/fcn/ready", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)  # readiness polling
+        pytest.fail(f"the server was not ready within {READY_TIMEOUT_S} s:\n{self.log.read_text()}")
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.out.close()
+
+
+@pytest.fixture(scope="module")
+def server(engines, tmp_path_factory):
+    process = ServerProcess(engines["onnxruntime"], tmp_path_factory.mktemp("serve"))
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def remote(server):
+    with TritonModel(server.address) as model:
+        yield model
+
+
+def metric(text: str, name: str, model: str = "fcn") -> float:
+    match = re.search(rf'^{name}\{{model="{model}",version="1"\}} ([0-9.e+]+)$', text, re.MULTILINE)
+    assert match, f"{name} not in the metrics"
+    return float(match.group(1))
+
+
+# --------------------------------------------------------------------------- the served interface
+
+
+def test_masks_over_grpc_and_http_equal_the_local_engine(server, remote, local):
+    import tritonclient.http as httpclient
+
+    http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http}")  # gevent-based: this thread only
+    classes = set()
+    try:
+        for index, (height, width) in enumerate(ODD_SIZES):
+            image = scene(index, height, width)
+            expected = local.predict(image)
+            classes |= set(np.unique(expected).tolist())
+            over_grpc = remote.infer(image)
+            tensor = httpclient.InferInput("image", [1, height, width, 3], "UINT8")
+            tensor.set_data_from_numpy(image[None], binary_data=True)
+            over_http = http.infer("fcn", [tensor]).as_numpy("mask")[0]
+            assert over_grpc.dtype == over_http.dtype == np.uint8
+            assert over_grpc.shape == over_http.shape == (height, width)
+            np.testing.assert_array_equal(over_grpc, expected)
+            np.testing.assert_array_equal(over_http, expected)
+    finally:
+        http.close()
+    assert len(classes) > 2  # the scenes segment into several classes: equality means something
+
+
+def test_config_publishes_the_engine_facts_and_the_start_message_prints_them(server, remote, engines):
+    manifest = read_manifest(engines["onnxruntime"])
+    config = remote.config
+    params = {key: value["string_value"] for key, value in config["parameters"].items()}
+    assert params["engine_sha256"] == manifest["files"][0]["sha256"] == sha256_file(engines["onnxruntime"])
+    assert (params["backend"], params["precision"]) == ("onnxruntime", "fp32")
+    assert json.loads(params["class_names"]) == manifest["meta"]["class_names"]
+    assert json.loads(params["palette"]) == manifest["meta"]["palette"][: manifest["meta"]["num_classes"]]
+    assert json.loads(params["fcn_deploy.profile"]) == manifest["profile"]
+    assert config["input"] == [{"name": "image", "data_type": "TYPE_UINT8", "dims": ["-1", "-1", "3"]}]
+    assert config["output"] == [{"name": "mask", "data_type": "TYPE_UINT8", "dims": ["-1", "-1"]}]
+    assert config["max_batch_size"] == manifest["profile"]["max"][0] and "dynamic_batching" in config
+    printed = server.log.read_text()
+    assert params["engine_sha256"] in printed and all(name in printed for name in manifest["meta"]["class_names"])
+
+
+def test_sixteen_concurrent_clients_all_served_and_batched(server, remote, local):
+    images = [scene(100 + i, 64, 96) for i in range(8)]
+    expected = local.predict_batch(images)
+    before = server.metrics_text()
+    results: dict[tuple[int, int], np.ndarray] = {}
+    errors: list[str] = []
+
+    def client(index: int) -> None:
+        connection = grpcclient.InferenceServerClient(server.address)
+        try:
+            for request in range(8):
+                tensor = grpcclient.InferInput("image", [1, 64, 96, 3], "UINT8")
+                tensor.set_data_from_numpy(images[request][None])
+                results[(index, request)] = connection.infer("fcn", [tensor], client_timeout=120).as_numpy("mask")[0]
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(str(exc))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors and len(results) == 16 * 8  # every request answered, none lost
+    for (_, request), mask in results.items():
+        np.testing.assert_array_equal(mask, expected[request])
+    after = server.metrics_text()
+    inferences = metric(after, "nv_inference_count") - metric(before, "nv_inference_count")
+    executions = metric(after, "nv_inference_exec_count") - metric(before, "nv_inference_exec_count")
+    assert inferences == 16 * 8 and executions < inferences  # the dynamic batcher ran batches of more than one
+    batch_stats = remote.client.get_inference_statistics("fcn", as_json=True)["model_stats"][0]["batch_stats"]
+    assert any(int(entry["batch_size"]) > 1 for entry in batch_stats)
+
+
+@pytest.mark.parametrize(
+    "label, name, datatype, array",
+    [
+        ("float32 image", "image", "FP32", np.zeros((1, 40, 40, 3), np.float32)),
+        ("rank 2", "image", "UINT8", np.zeros((40, 40), np.uint8)),
+        ("0x0 image", "image", "UINT8", np.zeros((1, 0, 0, 3), np.uint8)),
+        ("beyond 4x the profile's maximum", "image", "UINT8", np.zeros((1, 4 * MAX_SIDE + 1, 8, 3), np.uint8)),
+        ("wrong input name", "img", "UINT8", np.zeros((1, 40, 40, 3), np.uint8)),
+    ],
+)
+def test_bad_requests_get_an_error_and_the_server_stays_ready(remote, label, name, datatype, array):
+    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    with pytest.raises(InferenceServerException):
+        remote.client.infer("fcn", [tensor], client_timeout=60)
+    assert remote.client.is_server_ready() and remote.client.is_model_ready("fcn")
+    assert remote.infer(scene(1, 40, 40)).shape == (40, 40)
+
+
+def test_a_too_large_image_is_refused_with_its_reason(remote):
+    with pytest.raises(FcnDeployError, match=r"larger than this server accepts \(640x640"):
+        remote.infer(np.zeros((4 * MAX_SIDE + 1, 8, 3), np.uint8))
+
+
+def test_validate_and_infer_against_the_server_match_local_runs(server, engines, tiny_checkpoint, tmp_path, capsys):
+    report = tmp_path / "validate.json"
+    assert main(["validate", "--server", server.address, "--reference", str(tiny_checkpoint), "--sizes", "61x77,97x129",
+                 "--random-sizes", "0", "--report", str(report)]) == 0  # fmt: skip
+    cases = json.loads(report.read_text())["cases"]
+    assert [(c["height"], c["width"]) for c in cases] == [(61, 77), (97, 129)]
+    assert all(c["passed"] and c["pixel_agreement"] >= 0.9999 for c in cases)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    from PIL import Image
+
+    for index, (height, width) in enumerate(ODD_SIZES):
+        Image.fromarray(scene(50 + index, height, width)).save(folder / f"frame{index}.png")
+    assert main(["infer", str(folder), "--engine", str(engines["onnxruntime"]), "-o", str(tmp_path / "local")]) == 0
+    assert main(["infer", str(folder), "--server", server.address, "-o", str(tmp_path / "remote"), "--batch", "3"]) == 0
+    written = {kind: sorted(p.relative_to(tmp_path / kind) for p in (tmp_path / kind).rglob("*.png")) for kind in ("local", "remote")}
+    assert written["local"] == written["remote"] and len(written["local"]) == 2 * len(ODD_SIZES)  # masks/ and overlays/
+    for name in written["local"]:
+        assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "remote" / name).read_bytes()
+    out = capsys.readouterr().out
+    assert "triton-onnxruntime-fp32" in out
+
+
+def test_clients_explain_a_wrong_address_or_model(server):
+    with pytest.raises(FcnDeployError, match="HOST:PORT"):
+        TritonModel("localhost")
+    with pytest.raises(FcnDeployError, match="no ready model 'nope'"):
+        TritonModel(server.address, "nope")
+    port = free_ports(1)[0]
+    with pytest.raises(FcnDeployError, match=f"cannot reach a Triton gRPC endpoint at 127.0.0.1:{port}"):
+        TritonModel(f"127.0.0.1:{port}", timeout_s=2)
+
+
+def test_benchmark_against_the_server_reports_each_concurrency_level(server, tmp_path):
+    report = tmp_path / "bench.json"
+    assert main(["benchmark", "--server", server.address, "--concurrency", "1,4", "--sizes", "64x64", "--iters", "4",
+                 "--warmup", "1", "--report", str(report)]) == 0  # fmt: skip
+    data = json.loads(report.read_text())
+    assert [r["concurrency"] for r in data["results"]] == [1, 4]
+    for row in data["results"]:
+        assert row["requests"] == row["concurrency"] * 4
+        for key in ("backend", "precision", "height", "width", "batch", "median_ms", "p90_ms", "throughput_fps"):
+            assert key in row, key
+        assert row["throughput_rps"] > 0 and row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["server_avg_batch"] >= 1
+    assert data["server"]["engine_sha256"] == sha256_file(server_engine(server))
+
+
+def server_engine(server: ServerProcess) -> Path:
+    return Path(server.process.args[4])
+
+
+def test_port_in_use_is_a_one_line_error(engines, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        http, metrics = free_ports(2)
+        code = main(["serve", str(engines["onnxruntime"]), "--grpc-port", str(port), "--http-port", str(http),
+                     "--metrics-port", str(metrics)])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"port {port} on 127.0.0.1 is in use" in err and "--grpc-port" in err
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(server):
+    """Last in the file: it stops the module's server.  SIGTERM goes once the first response is back
+    (so every request has reached the server), with most of them still queued or running."""
+    images = [scene(200 + i, MAX_SIDE, MAX_SIDE) for i in range(48)]
+    client = grpcclient.InferenceServerClient(server.address)
+    answers: list[tuple[float, object]] = []
+    first, done = threading.Event(), threading.Event()
+
+    def on_done(result, error) -> None:
+        answers.append((time.monotonic(), error if error is not None else result.as_numpy("mask").shape))
+        first.set()
+        if len(answers) == len(images):
+            done.set()
+
+    for image in images:
+        tensor = grpcclient.InferInput("image", [1, *image.shape], "UINT8")
+        tensor.set_data_from_numpy(image[None])
+        client.async_infer("fcn", [tensor], callback=on_done, client_timeout=120)
+    assert first.wait(timeout=120)
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=120) == 0
+    assert done.wait(timeout=10)
+    client.close()
+    assert [answer for _, answer in answers] == [(1, MAX_SIDE, MAX_SIDE)] * len(images)  # none failed, none lost
+    assert any(when > signalled for when, _ in answers)  # some were answered while the server drained
+    log = server.log.read_text()
+    assert "stopping: draining in-flight requests" in log and re.search(r"stopped in [\d.]+ s: served \d+ request", log)
+
+
+# --------------------------------------------------------------------------- pieces, without a server
+
+
+class _ManyClassRunner(Runner):
+    """300 classes: masks must come back as INT32 with labels above 255 intact."""
+
+    backend = "fake"
+
+    def __init__(self):
+        names = [f"c{i}" for i in range(300)]
+        super().__init__("fake", ModelMeta("fcn8s-resnet18", 300, names, []), Profile((1, 32, 32), (1, 64, 64), (8, 64, 512)))
+
+    inputs = property(lambda self: [TensorSpec("image", "float32", ("n", 3, "h", "w"))])
+    outputs = property(lambda self: [TensorSpec("mask", "int64", ("n", "h", "w"))])
+
+    def infer_impl(self, batch, need_logits):
+        n, _, h, w = batch.shape
+        return {"mask": np.broadcast_to((np.arange(w) % 300)[None, None, :], (n, h, w)).copy(), "logits": None}
+
+
+def test_masks_are_int32_beyond_256_classes_and_uint8_up_to_256():
+    assert mask_dtype(256) is np.uint8 and mask_dtype(257) is np.int32
+    runner = _ManyClassRunner()
+    served = ServedModel([Segmenter(runner, mask_dtype=np.int32)], log=lambda message: None)
+
+    class Request(dict):
+        pass
+
+    image = np.zeros((1, 20, 300, 3), np.uint8)  # below the minimum height: run at 32x480, masks resized back
+    (response,) = served.infer(served.segmenters[0], [Request(image=image)])
+    mask = response["mask"]
+    assert mask.dtype == np.int32 and mask.shape == (1, 20, 300) and mask.max() > 255
+    big = np.zeros((1, 64 * 4 + 1, 20, 3), np.uint8)
+    with pytest.raises(FcnDeployError, match="larger than this server accepts"):
+        served.infer(served.segmenters[0], [Request(image=big)])
+    assert served.counts["refused"] == 1 and served.counts["images"] == 1
+    with pytest.raises(FcnDeployError, match="do not fit 8-bit masks"):
+        Segmenter(runner)
+
+
+def test_remote_runner_recovers_the_exact_uint8_images_and_refuses_other_batches():
+    runner = RemoteRunner.__new__(RemoteRunner)
+    runner.meta = ModelMeta("fcn8s-resnet18", 2, ["a", "b"], [])
+    runner.path = "grpc://test/fcn"
+    images = np.stack([scene(i, 33, 47) for i in range(3)])
+    np.testing.assert_array_equal(runner.images_from_batch(preprocess(images, runner.meta.mean, runner.meta.std)), images)
+    noise = np.random.default_rng(0).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    with pytest.raises(FcnDeployError, match="not preprocessed uint8 images"):
+        runner.images_from_batch(noise)
+    assert request_problem((1, 0, 0, 3), Profile((1, 32, 32), (1, 32, 32), (1, 64, 64)))
+
+
+def test_python_model_numpy_resizes_follow_pillow():
+    rng = np.random.default_rng(3)
+    for height, width, to_h, to_w in [(300, 41, 160, 22), (37, 91, 64, 158), (20, 20, 32, 32), (97, 129, 33, 77)]:
+        labels = rng.integers(0, 7, (height, width)).astype(np.uint8)
+        np.testing.assert_array_equal(prepost_model.resize_labels(labels, to_h, to_w), resize_mask(labels, to_h, to_w))
+        image = scene(0, height, width)
+        pillow = prepost_model.resize_rgb(image, to_h, to_w, use_pillow=True).astype(int)
+        numpy_only = prepost_model.resize_rgb(image, to_h, to_w, use_pillow=False).astype(int)
+        assert np.abs(pillow - numpy_only).max() <= 1
+
+
+# --------------------------------------------------------------------------- export-triton
+
+
+def parse_repo(repo: Path) -> dict[str, model_config_pb2.ModelConfig]:
+    configs = {}
+    for path in sorted(repo.glob("*/config.pbtxt")):
+        configs[path.parent.name] = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    return configs
+
+
+def tensors(values) -> list[tuple[str, str, list[int]]]:
+    return [(t.name, model_config_pb2.DataType.Name(t.data_type), list(t.dims)) for t in values]
+
+
+def check_ensemble(configs, name: str, engine_input: str, engine_output: str, num_classes: int, max_batch: int) -> None:
+    ensemble = configs[name]
+    assert ensemble.platform == "ensemble" and ensemble.max_batch_size == max_batch
+    assert tensors(ensemble.input) == [("image", "TYPE_UINT8", [-1, -1, 3])]
+    assert tensors(ensemble.output) == [("mask", "TYPE_UINT8", [-1, -1])]
+    steps = [(s.model_name, dict(s.input_map), dict(s.output_map)) for s in ensemble.ensemble_scheduling.step]
+    assert steps == [
+        (f"{name}_preprocess", {"image": "image"}, {"preprocessed": "preprocessed", "original_size": "original_size"}),
+        (f"{name}_engine", {engine_input: "preprocessed"}, {engine_output: "engine_output"}),
+        (f"{name}_postprocess", {engine_output: "engine_output", "original_size": "original_size"}, {"mask": "mask"}),
+    ]
+    pre, post = configs[f"{name}_preprocess"], configs[f"{name}_postprocess"]
+    assert pre.backend == post.backend == "python" and pre.max_batch_size == post.max_batch_size == max_batch
+    assert tensors(pre.output) == [("preprocessed", "TYPE_FP32", [3, -1, -1]), ("original_size", "TYPE_INT32", [2])]
+    assert tensors(post.input)[0] == ("logits", "TYPE_FP32", [num_classes, -1, -1])
+    assert pre.parameters["fcn_deploy.role"].string_value == "preprocess"
+    assert post.parameters["fcn_deploy.role"].string_value == "postprocess"
+
+
+def test_export_triton_onnxruntime_and_openvino_configs_parse_into_model_config(engines, tmp_path):
+    for backend, platform_field, platform, files in [
+        ("onnxruntime", "platform", "onnxruntime_onnx", ["model.onnx"]),
+        ("openvino", "backend", "openvino", ["model.xml", "model.bin"]),
+    ]:
+        engine = engines[backend]
+        manifest = read_manifest(engine)
+        repo = tmp_path / f"repo-{backend}"
+        assert main(["export-triton", str(engine), "--repo", str(repo), "--instances", "2", "--queue-delay-us", "500"]) == 0
+        configs = parse_repo(repo)
+        assert set(configs) == {"fcn", "fcn_preprocess", "fcn_engine", "fcn_postprocess"}
+        check_ensemble(configs, "fcn", "image", "logits", manifest["meta"]["num_classes"], 8)
+        engine_config = configs["fcn_engine"]
+        assert getattr(engine_config, platform_field) == platform
+        num_classes = manifest["meta"]["num_classes"]
+        if backend == "openvino":  # no Triton batching: the backend would pad every batch to max_batch_size
+            assert engine_config.max_batch_size == 0 and not engine_config.HasField("dynamic_batching")
+            assert tensors(engine_config.input) == [("image", "TYPE_FP32", [-1, 3, -1, -1])]
+            assert tensors(engine_config.output) == [("logits", "TYPE_FP32", [-1, num_classes, -1, -1])]
+        else:
+            assert engine_config.max_batch_size == manifest["profile"]["max"][0] == 8
+            assert engine_config.dynamic_batching.max_queue_delay_microseconds == 500
+            assert tensors(engine_config.input) == [("image", "TYPE_FP32", [3, -1, -1])]
+            assert tensors(engine_config.output) == [("logits", "TYPE_FP32", [num_classes, -1, -1])]
+        (group,) = engine_config.instance_group
+        assert (model_config_pb2.ModelInstanceGroup.Kind.Name(group.kind), group.count) == ("KIND_CPU", 2)
+        params = {k: v.string_value for k, v in configs["fcn"].parameters.items()}
+        assert params["engine_sha256"] == manifest["files"][0]["sha256"] and params["backend"] == backend
+        assert json.loads(params["class_names"]) == manifest["meta"]["class_names"]
+        copies = [repo / "fcn_engine" / "1" / f for f in files]
+        assert [sha256_file(c) for c in copies] == [f["sha256"] for f in manifest["files"]]
+        assert (repo / "fcn_preprocess" / "1" / "model.py").read_text() == Path(prepost_model.__file__).read_text()
+        assert (repo / "fcn" / "1").is_dir() and "docker run" in (repo / "README.txt").read_text()
+
+
+def test_export_triton_tensorrt_from_a_faked_manifest(engines, tiny_onnx, tmp_path):
+    """A TensorRT plan's repository is written on a machine without TensorRT (for the GPU host)."""
+    ort_manifest = read_manifest(engines["onnxruntime"])
+    plan = tmp_path / "tiny.fp16.plan"
+    plan.write_bytes(b"not a real plan, only its bytes are copied")
+    profile = {"min": [1, 64, 64], "opt": [2, 128, 128], "max": [16, 128, 128]}
+    manifest = {
+        "format": "fcn-deploy-engine/2", "engine": plan.name, "backend": "tensorrt", "precision": "fp16",
+        "files": [{"name": plan.name, "sha256": sha256_file(plan)}], "profile": profile, "meta": ort_manifest["meta"],
+        "precision_onnx": str(tiny_onnx), "versions": {"tensorrt": "10.13.0"}, "build": {},
+    }  # fmt: skip
+    manifest_path(plan).write_text(json.dumps(manifest))
+    repo = tmp_path / "repo-trt"
+    export_triton(plan, repo, name="seg", log=lambda *a: None)
+    configs = parse_repo(repo)
+    check_ensemble(configs, "seg", "image", "logits", ort_manifest["meta"]["num_classes"], 16)
+    engine_config = configs["seg_engine"]
+    assert engine_config.platform == "tensorrt_plan" and engine_config.max_batch_size == 16
+    assert tensors(engine_config.input) == [("image", "TYPE_FP32", [3, -1, -1])]
+    assert engine_config.HasField("dynamic_batching")
+    (group,) = engine_config.instance_group
+    assert model_config_pb2.ModelInstanceGroup.Kind.Name(group.kind) == "KIND_GPU"
+    assert (repo / "seg_engine" / "1" / "model.plan").read_bytes() == plan.read_bytes()
+    readme = (repo / "README.txt").read_text()
+    assert "--gpus all" in readme and "TensorRT is 10.13.0" in readme
+
+
+def test_export_triton_is_atomic_and_refuses_what_it_cannot_serve(engines, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "keep.txt").write_text("mine")
+    with pytest.raises(FcnDeployError, match="already exists; pass --overwrite"):
+        export_triton(engines["onnxruntime"], repo, log=lambda *a: None)
+    assert [p.name for p in repo.iterdir()] == ["keep.txt"]
+    with pytest.raises(FcnDeployError, match="--max-batch 9"):
+        export_triton(engines["onnxruntime"], tmp_path / "other", max_batch=9, log=lambda *a: None)
+    tampered = tmp_path / "tampered.ort.onnx"
+    tampered.write_bytes(engines["onnxruntime"].read_bytes() + b"x")
+    manifest = read_manifest(engines["onnxruntime"])
+    manifest["engine"], manifest["files"][0]["name"] = tampered.name, tampered.name
+    manifest_path(tampered).write_text(json.dumps(manifest))
+    with pytest.raises(FcnDeployError, match="sha256 differs"):
+        export_triton(tampered, tmp_path / "never", log=lambda *a: None)
+    assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".*.tmp"))
+    export_triton(engines["onnxruntime"], repo, overwrite=True, log=lambda *a: None)
+    assert not (repo / "keep.txt").exists() and (repo / "fcn" / "config.pbtxt").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+STAND_IN_ENGINE = '''
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """Stands in for Triton's ONNX Runtime backend (not in PyTriton's wheel): the same model.onnx."""
+
+    def initialize(self, args):
+        self.session = ort.InferenceSession(args["model_repository"] + "/1/model.onnx", providers=["CPUExecutionProvider"])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            image = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()
+            (logits,) = self.session.run(["logits"], {"image": image})
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("logits", logits)]))
+        return responses
+'''
+
+
+def test_the_repository_ensemble_serves_the_same_masks_on_a_real_triton(engines, local, tmp_path):
+    """The ensemble, its Python pre/post-processing and its config run on PyTriton's bundled
+    tritonserver; only the engine's backend is stood in (by a Python model running the same ONNX)."""
+    from pytriton.triton import Triton, TritonConfig
+
+    from fcn_deploy.serve.triton import python_libdir_first
+
+    repo = tmp_path / "repo"
+    export_triton(engines["onnxruntime"], repo, log=lambda *a: None)
+    config = repo / "fcn_engine" / "config.pbtxt"
+    config.write_text(config.read_text().replace('platform: "onnxruntime_onnx"', 'backend: "python"'))
+    (repo / "fcn_engine" / "1" / "model.py").write_text(STAND_IN_ENGINE)
+    python_libdir_first()
+    http, grpc_port, metrics = free_ports(3)
+    triton_config = TritonConfig(
+        model_repository=repo, http_address="127.0.0.1", http_port=http, grpc_address="127.0.0.1", grpc_port=grpc_port,
+        metrics_address="127.0.0.1", metrics_port=metrics, log_file=tmp_path / "triton.log",
+    )  # fmt: skip
+    with Triton(config=triton_config, workspace=tmp_path / "workspace"), TritonModel(f"127.0.0.1:{grpc_port}") as ensemble:
+        assert (ensemble.backend, ensemble.engine) == ("onnxruntime", engines["onnxruntime"].name)
+        images = [scene(300 + i, h, w) for i, (h, w) in enumerate(ODD_SIZES)]
+        for image, mask in zip(images, ensemble.segment(images, in_flight=4)):
+            np.testing.assert_array_equal(mask, local.predict(image))
+        with pytest.raises(FcnDeployError, match="larger than this server accepts"):
+            ensemble.infer(np.zeros((4 * MAX_SIDE + 1, 8, 3), np.uint8))
+        assert ensemble.client.is_model_ready("fcn")
