@@ -518,6 +518,9 @@ def adopt(src: str | Path, out: str | Path, options: AdoptOptions | None = None,
             "height and width nor a fixed fraction of them; fcn-deploy needs per-pixel outputs at the input size"
         )
     resize = strides != {1}
+    if resize and opset < 11:
+        raise FcnDeployError(f"{src}: its logits need resizing to the input size, and opset {opset} has no Resize to sizes; "
+                             "re-export it with opset 11 or later")  # fmt: skip
     if resize and kind == "mask":
         raise FcnDeployError(
             f"{src}: mask output {chosen!r} is {low_hw[0]}x{low_hw[1]} for a {h0}x{w0} input; a class mask cannot be "
