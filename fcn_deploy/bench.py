@@ -23,6 +23,7 @@ Per engine and size it also reports:
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -286,6 +287,19 @@ def find_reference(engine: Path) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
+def _adopted(path: Path) -> bool:
+    """Whether ``path`` (an engine or an ONNX) comes from `fcn-deploy adopt`, which has no checkpoint."""
+    if manifest_path(path).is_file():
+        return bool(read_manifest(path).get("meta", {}).get("adopted"))
+    if path.suffix.lower() == ".onnx":
+        from .backends.onnxruntime import load_onnx_proto
+        from .meta import ONNX_META_KEY, read_onnx_props
+
+        props = read_onnx_props(load_onnx_proto(path))
+        return ONNX_META_KEY in props and bool(json.loads(props[ONNX_META_KEY]).get("adopted"))
+    return False
+
+
 def _engine_device(path: Path) -> str:
     """cpu or cuda, from the manifest's backend (a plain ONNX runs on the CPU here)."""
     if manifest_path(path).is_file():
@@ -321,18 +335,26 @@ def run_benchmark(
         if not engine.is_file():
             raise FcnDeployError(f"engine not found: {engine}")
     reference = reference or find_reference(engines[0])
-    if reference is None:
+    if reference is not None and Path(reference).suffix.lower() == ".onnx":
+        raise FcnDeployError(f"--reference {reference}: the baseline is PyTorch eager, from a checkpoint (.pt); leave "
+                             "--reference out to time the engines alone")  # fmt: skip
+    if reference is None and not _adopted(engines[0]):
         raise FcnDeployError(f"no PyTorch checkpoint found for the baseline of {engines[0]}; pass --reference CKPT")
-    ckpt = load_checkpoint(reference)
     engine_devices = [_engine_device(p) for p in engines]
     devices = ["cpu"] + (["cuda"] if "cuda" in engine_devices else [])
-    contenders = [Contender(f"torch-eager ({reference.name})", str(reference), d) for d in devices]
-    contenders += [Contender(str(p), str(p), d) for p, d in zip(engines, engine_devices)]
-    reference_model = ckpt.build_model()
-    flops_at = {(h, w): count_flops(reference_model, h, w, batch) for h, w in sizes}
-    del reference_model
+    contenders = [Contender(str(p), str(p), d) for p, d in zip(engines, engine_devices)]
+    flops_at: dict[tuple[int, int], float | None] = dict.fromkeys(sizes)
+    if reference is None:  # an adopted ONNX has no PyTorch model to time or count FLOPs on
+        console.print(f"[yellow]{engines[0]} was adopted from a foreign ONNX and has no PyTorch checkpoint: "
+                      "timing the engines alone, without a PyTorch baseline or FLOP counts[/]")  # fmt: skip
+    else:
+        ckpt = load_checkpoint(reference)
+        contenders = [Contender(f"torch-eager ({reference.name})", str(reference), d) for d in devices] + contenders
+        reference_model = ckpt.build_model()
+        flops_at = {(h, w): count_flops(reference_model, h, w, batch) for h, w in sizes}
+        del reference_model
     console.print(
-        f"benchmark: {len(engines)} engine(s) + PyTorch eager baseline at {sizes}, batch {batch}, {warmup} warm-up + "
+        f"benchmark: {len(engines)} engine(s){' + PyTorch eager baseline' if reference else ''} at {sizes}, batch {batch}, {warmup} warm-up + "
         f"{iters} timed runs each, every engine in its own process, interleaved in blocks of {BLOCK}; "
         f"threads: {threads or 'each runtime default'}"
     )
@@ -356,22 +378,23 @@ def run_benchmark(
         for h, w in sizes:
             stats = summarise(samples[(h, w)])
             base = baselines.get((info["device"], (h, w)))
-            gflops = flops_at[(h, w)] / (stats["median_ms"] / 1000) / 1e9
+            flops = flops_at[(h, w)]
+            gflops = flops / (stats["median_ms"] / 1000) / 1e9 if flops else None
             results.append({
                 "engine": contender.label, "label": f"{info['backend']}-{info['precision']}", "backend": info["backend"],
                 "precision": info["precision"], "device": info["device"], "height": h, "width": w, "batch": batch,
                 **stats, "throughput_fps": batch * 1000.0 / stats["median_ms"],
                 "speedup_vs_torch": (base / stats["median_ms"]) if base else None,
                 "peak_memory_mb": info["peak_memory_mb"], "memory_kind": info["memory_kind"],
-                "gflop": flops_at[(h, w)] / 1e9, "achieved_gflops": gflops,
-                "fraction_of_peak": gflops / machine["peak_gflops"][info["device"]], "samples_ms": samples[(h, w)],
+                "gflop": flops / 1e9 if flops else None, "achieved_gflops": gflops,
+                "fraction_of_peak": gflops / machine["peak_gflops"][info["device"]] if gflops else None, "samples_ms": samples[(h, w)],
                 "worker_pid": info["pid"],
             })  # fmt: skip
     print_results(console, results)
     return {
         "results": results,
         "baseline": {"backend": "torch", "precision": "fp32", "mode": "eager", "checkpoint": str(reference),
-                     "checkpoint_sha256": sha256_file(reference)},
+                     "checkpoint_sha256": sha256_file(reference)} if reference else None,
         "machine": machine,
         "settings": {"warmup": warmup, "iters": iters, "batch": batch, "sizes": [list(s) for s in sizes],
                      "isolation": "one worker process per engine",
@@ -403,7 +426,9 @@ def print_results(console: Console, results: list[dict]) -> None:
             r["backend"], r["precision"], r["device"],
             f"{r['batch']}x{r['height']}x{r['width']}", f"{r['median_ms']:.1f}", f"{r['p10_ms']:.1f}-{r['p90_ms']:.1f}",
             f"{r['throughput_fps']:.2f}", "-" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.2f}x",
-            "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}", f"{r['achieved_gflops']:.1f}",
-            f"{r['fraction_of_peak'] * 100:.1f}%", Path(r["engine"]).name if r["backend"] != "torch" else r["engine"],
+            "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}",
+            "-" if r["achieved_gflops"] is None else f"{r['achieved_gflops']:.1f}",
+            "-" if r["fraction_of_peak"] is None else f"{r['fraction_of_peak'] * 100:.1f}%",
+            Path(r["engine"]).name if r["backend"] != "torch" else r["engine"],
         )  # fmt: skip
     console.print(table)

@@ -24,6 +24,7 @@ app = typer.Typer(
     name="fcn-deploy",
     help="Fully Convolutional Networks from PyTorch to verified ONNX Runtime / TensorRT engines.\n\n"
     "Pipeline: train | import -> export -> build-engine -> validate -> infer | benchmark | serve | export-triton.  "
+    "An ONNX from elsewhere: inspect -> adopt -> build-engine.  "
     "`fcn-deploy demo` runs all of it on the embedded synthetic default.",
     no_args_is_help=True,
     add_completion=False,
@@ -299,6 +300,56 @@ def export_command(
     write_report(report, result)
 
 
+@app.command("inspect")
+def inspect_command(
+    model: Annotated[Path, typer.Argument(help="Any .onnx, an engine (with its manifest) or a .pt checkpoint.")],
+    run: Annotated[bool, typer.Option("--run/--no-run", help="Run an ONNX once in ONNX Runtime to see its real output shapes.")] = True,
+    report: Annotated[Optional[Path], typer.Option(help="Write everything shown as JSON.")] = None,
+) -> None:
+    """Show a model's inputs/outputs, opset, ops, parameters and metadata, and whether it fits the toolkit."""
+    from .adopt import inspect_model, print_inspection
+
+    result = inspect_model(model, run=run)
+    print_inspection(console, result)
+    write_report(report, result)
+
+
+@app.command("adopt")
+def adopt_command(
+    model: Annotated[Path, typer.Argument(help="A segmentation ONNX exported elsewhere (FP32).", metavar="MODEL.onnx")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The adopted ONNX to write (one file, with fcn-deploy metadata).")],
+    num_classes: Annotated[Optional[int], typer.Option("--num-classes", min=2, help="Classes (checked against the logits' C).")] = None,
+    classes: Annotated[
+        Optional[str], typer.Option(help="Class names a,b,c, or a file (.json list / {class_names, palette}, or one per line).")
+    ] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Normalisation mean r,g,b in 0..1 (default ImageNet's 0.485,0.456,0.406).")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Normalisation std r,g,b in 0..1 (default ImageNet's 0.229,0.224,0.225).")] = None,
+    palette: Annotated[Optional[str], typer.Option(help="Colours r,g,b;r,g,b (0..255) or a JSON file (default: VOC colour map).")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", help="The logits output to keep, when there are several.")] = None,
+    min_size: Annotated[Optional[int], typer.Option("--min-size", min=2, help="Smallest input side (default: found by running).")] = None,
+    input_name: Annotated[Optional[str], typer.Option("--input-name", help="The image input, when the graph lists several.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write what adopt did as JSON.")] = None,
+) -> None:
+    """Bring a foreign segmentation ONNX in: verify it runs at many sizes, write a copy every command takes."""
+    from .adopt import AdoptOptions, adopt, parse_class_names, parse_palette, parse_rgb_floats
+
+    from .backends import manifest_path
+
+    if report is not None and report.resolve() == manifest_path(out).resolve():
+        raise FcnDeployError(f"--report {report}: <model>.json is where an engine's manifest goes, and would make {out} "
+                             "look like an engine; choose another report name")  # fmt: skip
+    names, file_palette = parse_class_names(classes) if classes is not None else (None, None)
+    options = AdoptOptions(
+        num_classes=num_classes, class_names=names, palette=parse_palette(palette) if palette is not None else file_palette,
+        mean=parse_rgb_floats(mean, "--mean") if mean is not None else None,
+        std=parse_rgb_floats(std, "--std") if std is not None else None, output=output, input_name=input_name, min_size=min_size,
+    )  # fmt: skip
+    with console.status(f"adopting {model.name}"):
+        result = adopt(model, out, options, log=lambda line: console.print(escape(line)))
+    console.print(f"[green]wrote[/] {out} ({out.stat().st_size / 1e6:.1f} MB); next: fcn-deploy build-engine {out}")
+    write_report(report, result)
+
+
 @app.command("build-engine")
 def build_engine_command(
     onnx_path: Annotated[Path, typer.Argument(help="Exported FP32 ONNX.", metavar="MODEL.onnx")],
@@ -345,7 +396,10 @@ def build_engine_command(
 @app.command("validate")
 def validate_command(
     engine: Annotated[Optional[Path], typer.Argument(help="Engine, or any ONNX file (or --server).")] = None,
-    reference: Annotated[Optional[Path], typer.Option("--reference", "-r", help="The PyTorch checkpoint (.pt).")] = None,
+    reference: Annotated[
+        Optional[Path],
+        typer.Option("--reference", "-r", help="The FP32 reference: the PyTorch checkpoint (.pt) or an FP32 ONNX (e.g. the original an adopted model came from)."),
+    ] = None,
     sizes: Annotated[Optional[str], typer.Option(help="Comma-separated HxW list, e.g. 97x129,333x517.")] = None,
     random_sizes: Annotated[int, typer.Option("--random-sizes", help="Extra seeded random sizes.")] = 4,
     images: Annotated[Optional[Path], typer.Option(help="Real images (fitted to each size).")] = None,
@@ -371,13 +425,13 @@ def validate_command(
     ] = None,
     model: Annotated[str, typer.Option("--model", help="With --server: the served model's name.")] = "fcn",
 ) -> None:
-    """Check the engine's masks against the PyTorch FP32 reference at many sizes (exit 1 on failure)."""
+    """Check the engine's masks against the FP32 reference (checkpoint or ONNX) at many sizes (exit 1 on failure)."""
     from .validate import ExampleKeeper, validate_engine
 
     if (engine is None) == (server is None):
         raise FcnDeployError("give an ENGINE to validate, or --server HOST:PORT to validate a served model")
     if reference is None:
-        raise FcnDeployError("--reference CHECKPOINT.pt is required: the PyTorch FP32 model the engine is checked against")
+        raise FcnDeployError("--reference is required: the FP32 model the engine is checked against (a .pt checkpoint or an FP32 ONNX)")
     check_html(html, overwrite)
     keeper = ExampleKeeper() if html else None
     result = validate_engine(

@@ -43,8 +43,11 @@ class ModelMeta:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     #: Evaluation metrics from training or import (mean IU, ...), if any.
     metrics: dict[str, Any] = field(default_factory=dict)
-    #: sha256 of the checkpoint this model came from (filled by export).
+    #: sha256 of the checkpoint this model came from (filled by export), or of the foreign ONNX it was adopted from.
     source_sha256: str = ""
+    #: What `fcn-deploy adopt` did to a foreign ONNX (source file and sha256, original input and output names,
+    #: dropped outputs, added resize, dims made dynamic); empty for models this toolkit exported.
+    adopted: dict[str, Any] = field(default_factory=dict)
     fcn_deploy_version: str = __version__
 
     def __post_init__(self) -> None:
@@ -133,5 +136,8 @@ def read_onnx_props(model) -> dict[str, str]:
 def read_onnx_meta(model, source: str = "ONNX model") -> ModelMeta:
     props = read_onnx_props(model)
     if ONNX_META_KEY not in props:
-        raise FcnDeployError(f"{source}: has no fcn-deploy metadata; export it with `fcn-deploy export`")
+        raise FcnDeployError(
+            f"{source}: has no fcn-deploy metadata; export it with `fcn-deploy export`, or bring an ONNX exported "
+            "elsewhere in with `fcn-deploy adopt`"
+        )
     return ModelMeta.from_json(props[ONNX_META_KEY], source)

@@ -523,7 +523,7 @@ def validate_engine(
     ``server``, the engine is model ``model`` on that Triton server (``engine_path`` is then unused)."""
     from rich.console import Console
 
-    from .backends import is_checkpoint, open_runner
+    from .backends import is_checkpoint, open_reference, open_runner
     from .backends.remote import RemoteRunner
     from .backends.torch import TorchRunner
 
@@ -534,17 +534,19 @@ def validate_engine(
         opened = RemoteRunner(server, model)
     else:
         opened = TorchRunner(engine_path, precision="fp16") if emulate_fp16 else open_runner(engine_path)
-    with opened as engine:
+    with opened as engine, open_reference(reference_path, engine.meta) as reference:
         engine_path = engine.path if server else engine_path
-        reference = TorchRunner(reference_path)
         if (reference.meta.arch, reference.meta.num_classes) != (engine.meta.arch, engine.meta.num_classes):
             raise FcnDeployError(
                 f"{reference_path} is {reference.meta.arch} with {reference.meta.num_classes} classes but {engine_path} "
-                f"was built from {engine.meta.arch} with {engine.meta.num_classes}; pass the engine's own checkpoint"
+                f"was built from {engine.meta.arch} with {engine.meta.num_classes}; pass the engine's own reference "
+                "(its checkpoint, or the ONNX it was exported or adopted from)"
             )
         if engine.meta.source_sha256 and reference.path:
-            if sha256_file(reference.path) != engine.meta.source_sha256:
-                console.print(f"[yellow]note: {reference_path} is not the checkpoint {engine_path} was exported from[/]")
+            own = reference.meta.source_sha256 if getattr(reference, "has_own_meta", True) else ""
+            if engine.meta.source_sha256 not in (sha256_file(reference.path), own):
+                what, verb = ("ONNX", "adopted") if engine.meta.adopted else ("checkpoint", "exported")
+                console.print(f"[yellow]note: {reference_path} is not the {what} {engine_path} was {verb} from[/]")
         thresholds = thresholds_for(precision or engine.precision, min_agreement, min_confident, min_miou, margin, min_size_agreement)
         size_list = parse_sizes(sizes) if sizes else spread_sizes(engine.profile, random_sizes, seed, cap=max_side)
         console.print(f"{len(size_list)} sizes; thresholds: {describe_thresholds(thresholds)}")

@@ -29,7 +29,8 @@ REGISTRY: dict[str, str] = {
 
 __all__ = [
     "REGISTRY", "Backend", "CompileOptions", "Prediction", "Profile", "Runner", "TensorSpec", "default_profile",
-    "mask_from_logits", "names", "get", "resolve", "open_engine", "open_runner", "manifest_path", "read_manifest",
+    "mask_from_logits", "names", "get", "resolve", "open_engine", "open_runner", "open_reference", "manifest_path",
+    "read_manifest",
 ]  # fmt: skip
 
 
@@ -103,3 +104,24 @@ def open_runner(path: str | Path, threads: int | None = None, device: str = "cpu
     from .onnxruntime import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(path, threads=threads)
+
+
+def open_reference(path: str | Path, engine_meta, threads: int | None = None) -> Runner:
+    """The FP32 reference an engine is validated against: a checkpoint (PyTorch), or an FP32 ONNX run
+    by ONNX Runtime on the CPU in float32, with or without fcn-deploy metadata (the engine's is used
+    when it has none).  Either accepts every size the engine accepts."""
+    path = require_file(path, "reference")
+    if has_manifest(path):
+        raise FcnDeployError(
+            f"{path}: is a built engine; the reference must be the FP32 model: the checkpoint (.pt) or the FP32 ONNX "
+            "the engine was exported or adopted from"
+        )
+    if is_checkpoint(path):
+        from .torch import TorchRunner
+
+        return TorchRunner(path)
+    if path.suffix.lower() != ".onnx":
+        raise FcnDeployError(f"{path}: the reference must be a PyTorch checkpoint (.pt) or an FP32 ONNX (.onnx)")
+    from .onnxruntime import OnnxReferenceRunner
+
+    return OnnxReferenceRunner(path, engine_meta, threads=threads)

@@ -107,6 +107,16 @@ def mask_from_logits(logits: np.ndarray) -> np.ndarray:
     return mask
 
 
+def upsample_bilinear(logits: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``N x C x h x w`` logits resized to ``height x width`` as PyTorch's bilinear ``align_corners=False``
+    does (ONNX Resize ``half_pixel``): how the ONNX reference of an adopted low-resolution model is brought
+    to the input size, independently of the Resize that adopt added to the engine's graph."""
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
+    return torch.nn.functional.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False).numpy()
+
+
 class Runner(abc.ABC):
     """A loaded model that segments preprocessed batches.
 

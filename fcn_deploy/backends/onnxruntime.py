@@ -15,8 +15,8 @@ import numpy as np
 
 from ..errors import FcnDeployError, require_file
 from ..fileio import atomic_path
-from ..meta import ModelMeta, read_onnx_meta, read_onnx_props, write_onnx_meta
-from .base import Backend, CompileOptions, Profile, Runner, TensorSpec, default_profile
+from ..meta import ONNX_META_KEY, ModelMeta, read_onnx_meta, read_onnx_props, write_onnx_meta
+from .base import Backend, CompileOptions, Profile, Runner, TensorSpec, default_profile, upsample_bilinear
 from .manifest import major_minor
 
 _ORT_TYPES = {
@@ -134,6 +134,98 @@ class OnnxRuntimeRunner(Runner):
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
+
+
+class OnnxReferenceRunner(OnnxRuntimeRunner):
+    """An FP32 ONNX as the validation reference: ONNX Runtime on the CPU in float32, at any size from
+    the model's minimum up (an unbounded profile, whatever sizes the input declares).
+
+    A foreign ONNX, without fcn-deploy metadata, is read with the engine's metadata; its logits are
+    the output named ``logits``, else the one ``adopt`` recorded, else its single float 4-D output.
+    When adopt added a resize to the engine's graph, the reference's low-resolution logits are
+    brought to the input size here, by PyTorch's bilinear resize (an independent implementation).
+    """
+
+    def __init__(self, path: str | Path, engine_meta: ModelMeta, threads: int | None = None):
+        import onnxruntime as ort
+
+        from ..onnxfile import dims_of, dtype_of, graph_inputs, precision_problem, read_onnx, relax_input
+
+        path = require_file(path, "reference model")
+        proto = read_onnx(path, load_data=False)
+        problem = precision_problem(proto)
+        if problem:
+            raise FcnDeployError(
+                f"{path}: {problem}; the reference must be the FP32 model (the checkpoint, or the ONNX the engine was "
+                "exported or adopted from)"
+            )
+        #: Whether the metadata is the reference's own (else the engine's, lent to a foreign ONNX).
+        self.has_own_meta = ONNX_META_KEY in read_onnx_props(proto)
+        meta = read_onnx_meta(proto, str(path)) if self.has_own_meta else engine_meta
+        fed = graph_inputs(proto)
+        if len(fed) != 1 or dtype_of(fed[0]) != "float32" or len(dims_of(fed[0])) != 4:
+            listed = ", ".join(f"{i.name} ({dtype_of(i)}, rank {len(dims_of(i))})" for i in fed) or "none"
+            raise FcnDeployError(
+                f"{path}: a reference takes one float32 image N x 3 x H x W, and its inputs are {listed}; "
+                "pass the model the engine came from"
+            )
+        logits = self._pick_logits(proto, meta, path)
+        super(OnnxRuntimeRunner, self).__init__(path, meta, default_profile(meta, bounded=False), "fp32")
+        dims = dims_of(fed[0])
+        if any(isinstance(d, int) for d in (dims[0], dims[2], dims[3])):  # accept every size the engine accepts
+            full = read_onnx(path)
+            relax_input(full, fed[0].name)
+            source: str | bytes = full.SerializeToString()
+            del full
+        else:
+            source = str(path)
+        del proto
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise FcnDeployError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from exc
+        self.providers = self.session.get_providers()
+        self._input = self.session.get_inputs()[0]
+        self._logits_name, self._mask_name = logits, None
+        self.input_dtype = np.float32
+        self._resize = bool(meta.adopted.get("resize"))
+
+    @staticmethod
+    def _pick_logits(proto, meta: ModelMeta, path: Path) -> str:
+        from ..onnxfile import dims_of, dtype_of
+
+        outputs = list(proto.graph.output)
+        names = [o.name for o in outputs]
+        recorded = meta.adopted.get("output", {}).get("name")
+        for name in ("logits", recorded):
+            if name in names:
+                return name
+        floats = [o for o in outputs if dtype_of(o) == "float32" and len(dims_of(o)) in (0, 4)]
+        if len(floats) > 1:
+            floats = [o for o in floats if dims_of(o)[1:2] == [meta.num_classes]]
+        if len(floats) == 1:
+            return floats[0].name
+        listed = ", ".join(f"{o.name} ({dtype_of(o)} {dims_of(o)})" for o in outputs)
+        raise FcnDeployError(
+            f"{path}: cannot tell which output holds the {meta.num_classes}-class logits (outputs: {listed}); "
+            "adopt it (`fcn-deploy adopt --output NAME`) and pass the adopted ONNX as the reference"
+        )
+
+    def infer_impl(self, batch: np.ndarray, need_logits: bool) -> dict[str, np.ndarray | None]:
+        logits = self.session.run([self._logits_name], {self._input.name: batch})[0]
+        height, width = batch.shape[2:]
+        if logits.ndim == 4 and tuple(logits.shape[2:]) != (height, width):
+            if not self._resize:
+                raise FcnDeployError(
+                    f"{self.path}: gives {logits.shape[2]}x{logits.shape[3]} logits for a {height}x{width} input; "
+                    "a reference must output logits at the input size"
+                )
+            logits = upsample_bilinear(logits, height, width)
+        return {"logits": logits, "mask": None}
 
 
 class OnnxRuntimeBackend(Backend):
