@@ -72,7 +72,7 @@ class Thresholds:
 #: on the default and the test model it flipped only pixels whose reference top-2 margin was below
 #: 0.011 (bf16, 8x coarser rounding, below 0.071), agreeing on >= 99.988 % of pixels pooled and
 #: >= 99.90 % per size (one pixel of 32x32).  The 0.25 margin leaves over 3x the bf16 figure for
-#: FP16 kernels that accumulate in FP16; OpenVINO's FP16 engine (bf16 arithmetic here) passes too.
+#: FP16 kernels that accumulate in FP16.
 DEFAULT_THRESHOLDS = {
     "fp32": Thresholds(pixel_agreement=0.9999, size_floor=0.999, confident_agreement=1.0, confidence_margin=0.05),
     "fp16": Thresholds(pixel_agreement=0.999, size_floor=0.995, confident_agreement=1.0, confidence_margin=0.25),

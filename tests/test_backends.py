@@ -251,7 +251,10 @@ def test_openvino_manifest_records_version_cpu_isa_and_precision_hints(openvino_
     fp32 = read_manifest(openvino_engines["fp32"])
     assert fp32["build"]["config"]["INFERENCE_PRECISION_HINT"] == "f32"  # never silently bf16
     fp16 = read_manifest(openvino_engines["fp16"])
-    assert fp16["build"]["inference_precision"] in ("f16", "bf16")
+    # FP16 arithmetic where the CPU has it, else the FP16 graph in FP32; never OpenVINO's silent bf16.
+    assert fp16["build"]["inference_precision"] in ("f16", "f32")
+    with open_runner(openvino_engines["fp16"]) as runner:
+        assert runner.arithmetic == ("fp16" if fp16["build"]["inference_precision"] == "f16" else "fp16-emulated")
     assert [f["name"] for f in fp32["files"]] == [openvino_engines["fp32"].name, openvino_engines["fp32"].with_suffix(".bin").name]
 
 
