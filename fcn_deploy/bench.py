@@ -30,19 +30,20 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from .backends import Runner, manifest_path, read_manifest
-from .checkpoint import load_checkpoint
 from .data.images import preprocess
 from .data.synthetic import make_scene
 from .errors import FcnDeployError
 from .fileio import sha256_file
+
+if TYPE_CHECKING:
+    import torch
 
 #: Timed calls per engine before the round moves on to the next one.
 BLOCK = 5
@@ -72,6 +73,8 @@ def infer_call(runner: Runner, batch: np.ndarray):
     in, logits and argmax mask out); on CUDA the forward pass alone on device-resident inputs, so
     the GPU engines and the GPU baseline are timed alike."""
     if runner.device == "cuda" and hasattr(runner, "infer_on_device"):
+        import torch
+
         device_batch = torch.from_numpy(batch).to("cuda")
         return lambda: runner.infer_on_device(device_batch)  # type: ignore[attr-defined]
     return lambda: runner.infer(batch)
@@ -111,9 +114,10 @@ def _peak_rss_bytes() -> int | None:
 
 def _open(contender: Contender, threads: int | None) -> Runner:
     from .backends import open_runner
-    from .backends.torch import TorchRunner
 
     if contender.device == "cuda" and Path(contender.path).suffix in (".pt", ".pth"):
+        from .backends.torch import TorchRunner
+
         return TorchRunner(contender.path, device="cuda")
     return open_runner(contender.path, threads=threads)
 
@@ -122,9 +126,13 @@ def _worker_main(conn, contender: Contender, threads: int | None, sizes: list[tu
     """A worker process: open one engine, warm it up, then time blocks on request."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
     try:
-        if threads:
-            torch.set_num_threads(threads)
-        cuda = contender.device == "cuda" and torch.cuda.is_available()
+        cuda = contender.device == "cuda"
+        if cuda or Path(contender.path).suffix in (".pt", ".pth"):  # only torch's runners import torch here
+            import torch
+
+            if threads:
+                torch.set_num_threads(threads)
+            cuda = cuda and torch.cuda.is_available()
         used = (lambda: torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0]) if cuda else _rss_bytes
         before = used()
         peak_tracked = not cuda and _reset_peak_rss()
@@ -178,7 +186,7 @@ class _Worker:
             kind, payload = self.conn.recv()
         except EOFError:
             raise FcnDeployError(
-                f"{self.contender.path}: the benchmark worker died (exit code {self.process.exitcode}); out of memory?"
+                f"{self.contender.path}: the benchmark worker process died (exit code {self.process.exitcode}); its error, if any, is printed above"
             ) from None
         if kind == "error":
             raise FcnDeployError(payload)
@@ -229,6 +237,8 @@ def time_contenders(
 
 def count_flops(model: torch.nn.Module, height: int, width: int, batch: int = 1) -> float:
     """FLOPs (2 x multiply-adds) of the conv and deconv layers for one forward pass."""
+    import torch
+
     total = [0.0]
 
     def conv_hook(module, inputs, output) -> None:
@@ -253,6 +263,8 @@ def count_flops(model: torch.nn.Module, height: int, width: int, batch: int = 1)
 def measured_peak_gflops(device: str = "cpu", size: int = 2048, repeats: int = 8) -> float:
     """Attainable FP32 GFLOP/s: best of several square matmuls on ``device``.  INT8 engines can
     exceed it (their arithmetic is not FP32), which the report's ``peak_kind`` says."""
+    import torch
+
     dev = torch.device("cuda" if device == "cuda" and torch.cuda.is_available() else "cpu")
     a = torch.randn(size, size, device=dev)
     b = torch.randn(size, size, device=dev)
@@ -322,6 +334,10 @@ def run_benchmark(
     console: Console | None = None,
 ) -> dict:
     """Time the PyTorch baseline and every engine at every size; return the report dict."""
+    import torch
+
+    from .checkpoint import load_checkpoint
+
     console = console or Console()
     sizes = sizes or [(512, 512)]
     if not engines:

@@ -37,10 +37,13 @@ DEFAULT_ARCH = "fcn8s-resnet18"
 DEFAULT_ARCH_KWARGS = {"width": 0.5}
 #: About 4.5 minutes of training on 2 CPU cores; reaches mean IU ~0.90 on the held-out split.
 DEFAULT_TRAIN_STEPS = 1400
+#: Validations (and best-checkpoint choices) during training.
+TRAIN_EPOCHS = 4
 VIDEO_FRAMES, VIDEO_SIZE = 150, (360, 640)
 BENCH_SIZE = (512, 512)
 BENCH_ITERS = 30
 VALIDATE_CAP = 512
+VALIDATE_RANDOM_SIZES = 4
 PRECISIONS = ("fp32", "fp16", "int8")
 #: Pictures per engine on the page: its worst sizes by agreement, and as many failing ones.
 PAGE_EXAMPLES = 2
@@ -114,7 +117,7 @@ def run_demo(
         report["steps"]["train"] = {"reused": True, "checkpoint": str(ckpt)}
     else:
         result = train(
-            TrainConfig(out=ckpt, arch=DEFAULT_ARCH, arch_kwargs=dict(DEFAULT_ARCH_KWARGS), epochs=4, steps=steps,
+            TrainConfig(out=ckpt, arch=DEFAULT_ARCH, arch_kwargs=dict(DEFAULT_ARCH_KWARGS), epochs=TRAIN_EPOCHS, steps=steps,
                         batch_size=16, lr=3e-3, img_size=128),
             console=console,
         )  # fmt: skip
@@ -170,7 +173,9 @@ def run_demo(
     keepers: dict[str, ExampleKeeper] = {}  # a few pictures per engine for the page
     for label, engine in engines.items():
         keepers[label] = ExampleKeeper(worst=PAGE_EXAMPLES, max_failing=PAGE_EXAMPLES)
-        result = validate_engine(engine, ckpt, max_side=VALIDATE_CAP, console=console, keep_examples=keepers[label])
+        result = validate_engine(
+            engine, ckpt, max_side=VALIDATE_CAP, random_sizes=VALIDATE_RANDOM_SIZES, console=console, keep_examples=keepers[label]
+        )
         report["steps"]["validate"][label] = result.to_dict()
     done("6/8 validate")
 

@@ -51,7 +51,6 @@ import io
 import json
 import tempfile
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +61,7 @@ from .data.images import list_images
 from .data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 from .errors import FcnDeployError, require_file
 from .fileio import atomic_path, ensure_writable_dir, sha256_bytes
-from .meta import ModelMeta, read_onnx_meta, write_onnx_meta
+from .meta import read_onnx_meta, write_onnx_meta
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIB_METHODS = ("minmax", "entropy", "percentile")

@@ -23,7 +23,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import models
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import VOID, DataSource, TrainingView, open_dataset, preprocess
+from .data import VOID, DataSource, open_dataset, preprocess
+from .data.training import TrainingView
 from .errors import FcnDeployError
 from .fileio import ensure_writable_dir
 from .meta import ModelMeta

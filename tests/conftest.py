@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 TINY_ARCH_KWARGS = {"width": 0.25}
+#: The console the tests hand to commands that print: nothing reaches the terminal.
+QUIET = Console(quiet=True)
 
 
 def _requires_cuda_reason() -> str | None:
@@ -98,3 +101,38 @@ def build_all_precisions(tiny_onnx: Path, out_dir: Path, **options) -> dict[str,
         manifest = build_engine(src, None, BuildOptions(precision=precision, **options), log=lambda *a: None)
         engines[precision] = out_dir / manifest["engine"]
     return engines
+
+
+@pytest.fixture(scope="session")
+def vgg16_classifier():
+    """torchvision's VGG16 classifier with seeded random weights (138M parameters): built once."""
+    import torchvision
+
+    torch.manual_seed(5)
+    return torchvision.models.vgg16(weights=None).eval()
+
+
+@pytest.fixture(scope="session")
+def torchvision_fcn():
+    """``torchvision_fcn(depth, aux)``: torchvision's FCN-ResNet with seeded random weights and
+    non-trivial BatchNorm statistics (so a mis-wired BatchNorm shows), built once per (depth, aux)."""
+    import torchvision
+
+    built = {}
+
+    def make(depth: int = 50, aux: bool = True):
+        if (depth, aux) not in built:
+            torch.manual_seed(5)
+            builder = getattr(torchvision.models.segmentation, f"fcn_resnet{depth}")
+            model = builder(weights=None, weights_backbone=None, num_classes=21, aux_loss=aux)
+            with torch.no_grad():
+                for module in model.modules():
+                    if isinstance(module, torch.nn.BatchNorm2d):
+                        module.running_mean.uniform_(-0.1, 0.1)
+                        module.running_var.uniform_(0.5, 1.5)
+                        module.weight.uniform_(0.5, 1.5)
+                        module.bias.uniform_(-0.1, 0.1)
+            built[(depth, aux)] = model.eval()
+        return built[(depth, aux)]
+
+    return make

@@ -38,8 +38,8 @@ TORCHVISION = {
     "fcn_resnet50": {"dynamo": False, "aux": True, "output": "out"},
 }
 BACKENDS = ("onnxruntime", "openvino")
-#: fcn_resnet50's FP16 and INT8 builds (33M parameters) are the slow part; its FP32 chain runs by default.
-SLOW = {"fcn_resnet50"}
+#: The heaviest model (fcn_resnet50, 33M parameters) runs its video on the FP32 engine it already built.
+HEAVY = {"fcn_resnet50"}
 
 
 def randomised_torchvision(name: str, aux: bool) -> torch.nn.Module:
@@ -158,10 +158,6 @@ def validate(engine: Path, reference: Path, tmp_path: Path, *extra: str) -> tupl
     return code, json.loads(report.read_text())
 
 
-def heavy(name: str):
-    return pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name
-
-
 # --------------------------------------------------------------------------- torchvision models, end to end
 
 
@@ -235,7 +231,7 @@ FP16_FLOORS = ["--min-agreement", "0.99", "--min-size-agreement", "0.99"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", [heavy(n) for n in TORCHVISION])
+@pytest.mark.parametrize("name", list(TORCHVISION))
 def test_fp16_engines_validate_against_the_original_onnx(zoo, name, backend, tmp_path):
     engine = zoo.engine(name, backend, "fp16")
     code, report = validate(engine, zoo.source(name), tmp_path, *FP16_FLOORS)
@@ -249,7 +245,7 @@ def test_fp16_engines_validate_against_the_original_onnx(zoo, name, backend, tmp
 
 
 def int8_case(name: str, backend: str):
-    marks = [pytest.mark.slow] if name in SLOW else []
+    marks = []
     if (name, backend) == ("lraspp_mobilenet_v3_large", "openvino"):
         marks.append(pytest.mark.xfail(strict=True, reason=(
             "OpenVINO 2026.4 runs LR-ASPP's INT8 Q/DQ graph far from ONNX Runtime running the same graph "
@@ -283,7 +279,7 @@ def test_int8_engines_against_the_original_onnx(zoo, name, backend, tmp_path):
 def test_infer_on_a_short_video(zoo, name, tmp_path):
     video = tmp_path / "pan.mp4"
     write_video(video, (frame for frame, _ in panning_frames(9, 6, 72, 96)), fps=12)
-    engine = zoo.engine(name, "openvino" if name in SLOW else "onnxruntime", "fp32" if name in SLOW else "int8")
+    engine = zoo.engine(name, "openvino" if name in HEAVY else "onnxruntime", "fp32" if name in HEAVY else "int8")
     summary_path = tmp_path / "infer.json"
     assert main(["infer", str(video), "--engine", str(engine), "-o", str(tmp_path / "overlay.mp4"), "--report", str(summary_path)]) == 0
     summary = json.loads(summary_path.read_text())

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rich.console import Console
 
+from conftest import QUIET
 from fcn_deploy import backends
 from fcn_deploy.backends import Profile, Runner, TensorSpec, default_profile, manifest_path, open_runner, read_manifest
 from fcn_deploy.backends.onnxruntime import OnnxRuntimeBackend
@@ -20,30 +20,21 @@ from fcn_deploy.backends.openvino import OpenVinoBackend
 from fcn_deploy.backends.tensorrt import TensorRTBackend
 from fcn_deploy.backends.torch import TorchRunner
 from fcn_deploy.cli import main
-from fcn_deploy.data.calibration import generate_default_calibration
 from fcn_deploy.engines import BuildOptions, build_engine, resolve_profile
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.meta import ModelMeta
 from fcn_deploy.validate import DEFAULT_THRESHOLDS, validate, validate_engine
 from fcn_deploy.video import Segmenter
 
-QUIET = Console(quiet=True)
 SIZES = [(32, 32), (97, 129), (45, 160), (131, 67), (200, 200)]
 
 
 @pytest.fixture(scope="module")
-def calib_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("calib")
-    generate_default_calibration(folder, count=10, size=96)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def openvino_engines(tiny_onnx, calib_dir, tmp_path_factory) -> dict[str, Path]:
+def openvino_engines(tiny_onnx, tiny_calibration, tmp_path_factory) -> dict[str, Path]:
     from conftest import build_all_precisions
 
     out = tmp_path_factory.mktemp("openvino")
-    return build_all_precisions(tiny_onnx, out, backend="openvino", calib_dir=calib_dir, max_shape=(256, 256))
+    return build_all_precisions(tiny_onnx, out, backend="openvino", calib_dir=tiny_calibration, max_shape=(256, 256))
 
 
 # --- the registry and auto -------------------------------------------------------------------

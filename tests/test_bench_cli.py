@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -79,13 +80,17 @@ def test_benchmark_needs_a_reference_and_valid_sizes(tiny_onnx, tmp_path, capsys
 
 
 def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, monkeypatch):
-    """The main job with a very short training run: every stage, the report, then a reuse run."""
+    """The main job with a very short training run: every stage and the report; then a second run
+    reuses the checkpoint, the export and every engine (the checks after them are stubbed there:
+    the first run already ran them for real)."""
     import fcn_deploy.demo as demo
 
     monkeypatch.setattr(demo, "VIDEO_FRAMES", 12)
     monkeypatch.setattr(demo, "BENCH_SIZE", (128, 128))
-    monkeypatch.setattr(demo, "VALIDATE_CAP", 160)
+    monkeypatch.setattr(demo, "VALIDATE_CAP", 128)
+    monkeypatch.setattr(demo, "VALIDATE_RANDOM_SIZES", 0)
     monkeypatch.setattr(demo, "BENCH_ITERS", 3)
+    monkeypatch.setattr(demo, "TRAIN_EPOCHS", 1)
     from rich.console import Console
 
     from fcn_deploy.backends.tensorrt import TensorRTBackend
@@ -109,5 +114,32 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, monkeypatch):
     assert saved["steps"]["infer"]["frames"] == 12 and (out / "sample.overlay.mp4").is_file()
     assert saved["steps"]["infer"]["backend"] == "openvino-int8"  # the first backend's INT8 engine
     assert {r["label"] for r in saved["steps"]["benchmark"]["results"]} == labels | {"torch-fp32"}
+
+    import fcn_deploy.bench
+    import fcn_deploy.engines
+    import fcn_deploy.export
+    import fcn_deploy.train
+    import fcn_deploy.validate
+    import fcn_deploy.video
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the second demo run must reuse this step's output")
+
+    label_of = {Path(b["engine"]): label for label, b in saved["steps"]["build"].items()}
+    for name in ("train", "export_onnx", "build_engine"):
+        module = {"train": fcn_deploy.train, "export_onnx": fcn_deploy.export, "build_engine": fcn_deploy.engines}[name]
+        monkeypatch.setattr(module, name, must_not_run)
+    class SavedValidation:
+        def __init__(self, engine, *args, **kwargs):
+            self.engine = Path(engine)
+
+        def to_dict(self):
+            return saved["steps"]["validate"][label_of[self.engine]]
+
+    monkeypatch.setattr(fcn_deploy.validate, "validate_engine", SavedValidation)
+    monkeypatch.setattr(fcn_deploy.video, "run_infer", lambda *a, **k: dict(saved["steps"]["infer"]))
+    monkeypatch.setattr(demo, "_standalone_fps", lambda *a: saved["steps"]["infer"]["standalone_engine_fps"])
+    monkeypatch.setattr(fcn_deploy.bench, "run_benchmark", lambda *a, **k: saved["steps"]["benchmark"])
     again = demo.run_demo(out, train_steps=30, console=Console(quiet=True))
     assert again["steps"]["train"]["reused"] and again["steps"]["export"]["reused"]
+    assert set(again["steps"]["build"]) == labels and again["passed"] == saved["passed"]

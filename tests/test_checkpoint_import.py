@@ -217,21 +217,8 @@ def test_save_is_atomic(tmp_path, tiny_model, monkeypatch):
 # --------------------------------------------------------------------------- import: torchvision FCN
 
 
-def _tv_fcn(aux: bool) -> nn.Module:
-    torch.manual_seed(3)
-    model = torchvision.models.segmentation.fcn_resnet50(
-        weights=None, weights_backbone=None, num_classes=21, aux_loss=aux
-    )
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.05, 0.05)
-                module.running_var.uniform_(0.8, 1.2)
-    return model.eval()
-
-
-def test_import_torchvision_fcn_resnet50_with_aux(scratch):
-    tv = _tv_fcn(aux=True)
+def test_import_torchvision_fcn_resnet50_with_aux(scratch, torchvision_fcn):
+    tv = torchvision_fcn(50, aux=True)
     source = scratch / "fcn_resnet50.pth"
     torch.save(tv.state_dict(), source)
     out, meta = import_weights(scratch / "imported.pt", source)
@@ -254,8 +241,8 @@ def test_import_torchvision_fcn_resnet50_with_aux(scratch):
         torch.testing.assert_close(aux_out, expected["aux"], rtol=1e-4, atol=1e-4)
 
 
-def test_import_cli_torchvision_fcn_resnet50_without_aux(scratch, capsys):
-    tv = _tv_fcn(aux=False)
+def test_import_cli_torchvision_fcn_resnet50_without_aux(scratch, capsys, torchvision_fcn):
+    tv = torchvision_fcn(50, aux=False)
     source = scratch / "fcn_resnet50_noaux.pth"
     torch.save({"model": tv.state_dict()}, source)  # a common wrapper: {"model": state_dict}
     out = scratch / "imported.pt"
@@ -273,9 +260,8 @@ def test_import_cli_torchvision_fcn_resnet50_without_aux(scratch, capsys):
 
 
 @pytest.fixture(scope="module")
-def vgg16_weights(tmp_path_factory):
-    torch.manual_seed(5)
-    state = torchvision.models.vgg16(weights=None).state_dict()
+def vgg16_weights(tmp_path_factory, vgg16_classifier):
+    state = vgg16_classifier.state_dict()
     path = tmp_path_factory.mktemp("vgg") / "vgg16.pth"
     torch.save(state, path)
     yield path, state

@@ -17,13 +17,13 @@ from fcn_deploy.data import (
     SYNTHETIC_SEEDS,
     VOID,
     SyntheticScenes,
-    TrainingView,
     VOCSegmentation,
     make_scene,
     open_dataset,
     preprocess,
     write_voc,
 )
+from fcn_deploy.data.training import TrainingView
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.meta import IMAGENET_MEAN, IMAGENET_STD, default_palette, voc_class_names
 

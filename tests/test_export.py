@@ -8,7 +8,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from rich.console import Console
+
+from conftest import QUIET
 
 from fcn_deploy import models
 from fcn_deploy.checkpoint import load_checkpoint, save_checkpoint
@@ -19,7 +20,6 @@ from fcn_deploy.errors import CheckFailed, FcnDeployError
 from fcn_deploy.export import ExportOptions, export_onnx
 from fcn_deploy.meta import ModelMeta, read_onnx_meta
 
-QUIET = Console(quiet=True)
 #: Nine sizes: the minimum, odd, prime, extreme aspect ratios, non-multiples of 32 (batch 2 on one).
 CHECK_SIZES = [(32, 32), (97, 129), (127, 131), (32, 261), (199, 32), (64, 64), (211, 173), (45, 300), (160, 96)]
 

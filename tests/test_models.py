@@ -188,9 +188,8 @@ def test_learnable_flag_freezes_or_trains_the_weight(layout):
 
 
 @pytest.fixture(scope="module")
-def vgg16():
-    torch.manual_seed(0)
-    return torchvision.models.vgg16(weights=None).eval()
+def vgg16(vgg16_classifier):
+    return vgg16_classifier
 
 
 def test_convolutionalized_vgg16_equals_classifier_at_224(vgg16):
@@ -622,18 +621,9 @@ def test_resnet18_skip_net_is_aligned_with_input(path, lattice):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("depth, aux", [(50, True), (50, False), (101, True)])
-def test_resnet_fcn_loads_torchvision_state_dict_and_matches(depth, aux):
-    tv_builder = getattr(torchvision.models.segmentation, f"fcn_resnet{depth}")
-    torch.manual_seed(5)
-    reference = tv_builder(weights=None, weights_backbone=None, num_classes=21, aux_loss=aux).eval()
-    # Non-trivial BatchNorm statistics, so a mis-wired BN would show.
-    for module in reference.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-            module.weight.uniform_(0.5, 1.5)
-            module.bias.uniform_(-0.1, 0.1)
+@pytest.mark.parametrize("depth, aux", [(50, True), (50, False), pytest.param(101, True, marks=pytest.mark.slow)])
+def test_resnet_fcn_loads_torchvision_state_dict_and_matches(torchvision_fcn, depth, aux):
+    reference = torchvision_fcn(depth, aux)  # non-trivial BatchNorm statistics, so a mis-wired BN would show
     model = build(f"fcn-resnet{depth}", 21, aux=aux).eval()
     model.load_state_dict(reference.state_dict(), strict=True)
     x = torch.randn(1, 3, 67, 93)

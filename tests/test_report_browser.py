@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from rich.console import Console
 
 from browser import Browser, find_chromium
+from conftest import QUIET
+
 from fcn_deploy.data.synthetic import make_scene
 from fcn_deploy.media import write_video
 from fcn_deploy.report import benchmark_page, demo_page, validation_page, write_page
@@ -29,7 +30,6 @@ CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="Chromium is not installed (sudo apt-get install -y --no-install-recommends chromium)"
 )
-QUIET = Console(quiet=True)
 SIZES = "32x32,97x129,64x200"
 
 

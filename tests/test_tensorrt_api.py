@@ -37,7 +37,7 @@ from fcn_deploy.meta import ModelMeta
 
 TRT10, TRT11 = "10.16.1.11", "11.4.0.106"
 PROFILE = Profile((1, 32, 32), (2, 256, 256), (4, 1024, 768))
-QUIET = dict(log=lambda *a: None)
+NO_LOG = dict(log=lambda *a: None)
 
 
 def fake_tensorrt(version: str, calls: list, *, parse_ok=True, plan: bytes | None = b"PLAN", cache_ok=True) -> types.ModuleType:
@@ -196,7 +196,7 @@ def test_build_is_strongly_typed_without_tf32_and_records_the_builder(install, t
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"old")
     plan = tmp_path / "model.plan"
-    info = build_plan(tmp_path / "model.onnx", plan, PROFILE, workspace_gib=2, timing_cache=cache, **QUIET)
+    info = build_plan(tmp_path / "model.onnx", plan, PROFILE, workspace_gib=2, timing_cache=cache, **NO_LOG)
     assert calls_named(calls, "create_network") == [(network_flags,)]  # 10.x opts in; 11.x always strongly typed
     assert calls_named(calls, "set_shape") == [("image", (1, 3, 32, 32), (2, 3, 256, 256), (4, 3, 1024, 768))]
     assert calls_named(calls, "set_memory_pool_limit")[0][1] == 2 << 30
@@ -226,28 +226,28 @@ def test_a_timing_cache_from_another_gpu_is_replaced(install, tmp_path):
 def test_a_timing_cache_that_cannot_be_created_is_a_clear_error(install, tmp_path):
     install(TRT10, cache_ok=False)
     with pytest.raises(FcnDeployError, match="could not start a timing cache; build without --timing-cache"):
-        build_plan(tmp_path / "model.onnx", tmp_path / "model.plan", PROFILE, timing_cache=tmp_path / "t.cache", **QUIET)
+        build_plan(tmp_path / "model.onnx", tmp_path / "model.plan", PROFILE, timing_cache=tmp_path / "t.cache", **NO_LOG)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_parse_errors_are_reported_node_by_node(install, tmp_path):
     install(TRT11, parse_ok=False)
     with pytest.raises(FcnDeployError, match=r"node 7 \(node_Conv_3, Conv\): unsupported attribute"):
-        build_plan(tmp_path / "model.onnx", tmp_path / "model.plan", PROFILE, **QUIET)
+        build_plan(tmp_path / "model.onnx", tmp_path / "model.plan", PROFILE, **NO_LOG)
     assert not (tmp_path / "model.plan").exists()
 
 
 def test_failed_build_writes_no_plan(install, tmp_path):
     install(TRT11, plan=None)
     with pytest.raises(FcnDeployError, match="failed to build"):
-        build_plan(tmp_path / "model.onnx", tmp_path / "model.plan", PROFILE, timing_cache=tmp_path / "t.cache", **QUIET)
+        build_plan(tmp_path / "model.onnx", tmp_path / "model.plan", PROFILE, timing_cache=tmp_path / "t.cache", **NO_LOG)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_tensorrt_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
     with pytest.raises(FcnDeployError, match=r"TensorRT is not installed: .*pip install 'fcn-deploy\[tensorrt\]'"):
-        build_plan(tmp_path / "model.onnx", tmp_path / "model.plan", PROFILE, **QUIET)
+        build_plan(tmp_path / "model.onnx", tmp_path / "model.plan", PROFILE, **NO_LOG)
     assert list(tmp_path.iterdir()) == []
 
 

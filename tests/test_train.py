@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from rich.console import Console
 
 import fcn_deploy.train as train_module
+from conftest import QUIET
+
 from fcn_deploy import models
 from fcn_deploy.checkpoint import load_checkpoint, save_checkpoint
 from fcn_deploy.cli import main
@@ -36,7 +37,6 @@ def _config(out: Path, **overrides) -> TrainConfig:
     return TrainConfig(**fields)
 
 
-QUIET = Console(quiet=True)
 
 
 def _temp_files(folder: Path) -> list[Path]:

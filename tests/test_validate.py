@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from rich.console import Console
+
+from conftest import QUIET
 
 from fcn_deploy.cli import main
 from fcn_deploy.errors import FcnDeployError
@@ -25,7 +26,6 @@ from fcn_deploy.validate import (
     validate_engine,
 )
 
-QUIET = Console(quiet=True)
 SIZES = "32x32,97x129,64x200,131x67"
 
 

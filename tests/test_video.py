@@ -18,6 +18,8 @@ from rich.console import Console
 
 import fcn_deploy.media as media
 import fcn_deploy.video as video
+from conftest import QUIET
+
 from fcn_deploy.data.images import load_rgb
 from fcn_deploy.data.synthetic import make_scene
 from fcn_deploy.backends import open_runner as load_runner
@@ -27,7 +29,6 @@ from fcn_deploy.backends import Profile
 from fcn_deploy.media import even_size
 from fcn_deploy.video import STAGES, Segmenter, fit_inside, run_infer
 
-QUIET = Console(quiet=True)
 FPS = Fraction(24)
 
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import torch
-
 from ..errors import FcnDeployError
 from .images import colorize, fit_to_size, list_images, load_rgb, preprocess, resize_mask, resize_rgb
 from .synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
@@ -15,7 +12,7 @@ from .synthetic import SyntheticScenes, make_scene
 from .voc import VOID, VOCSegmentation, read_class_info, write_voc
 
 __all__ = [
-    "DataSource", "open_dataset", "SyntheticScenes", "VOCSegmentation", "TrainingView", "make_scene",
+    "DataSource", "open_dataset", "SyntheticScenes", "VOCSegmentation", "make_scene",
     "load_rgb", "preprocess", "list_images", "colorize", "fit_to_size", "resize_rgb", "resize_mask",
     "write_voc", "read_class_info", "VOID", "SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE",
 ]  # fmt: skip
@@ -48,34 +45,3 @@ def open_dataset(source: str, split: str = "train", size: int = 128, length: int
         return DataSource(dataset, list(SYNTHETIC_CLASSES), [list(c) for c in SYNTHETIC_PALETTE], f"synthetic:{split}")
     voc = VOCSegmentation(source, split)
     return DataSource(voc, voc.class_names, voc.palette, f"{source}:{split}")
-
-
-class TrainingView(torch.utils.data.Dataset):
-    """Training samples: random crop (padded with void where the image is smaller) and flip,
-    preprocessed exactly as at inference."""
-
-    def __init__(self, dataset, crop: int, mean, std, seed: int = 0, augment: bool = True):
-        self.dataset, self.crop, self.mean, self.std = dataset, crop, mean, std
-        self.seed, self.augment = seed, augment
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = self.dataset[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        h, w = label.shape
-        c = self.crop
-        if (h, w) != (c, c):
-            ph, pw = max(0, c - h), max(0, c - w)
-            if ph or pw:
-                image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
-                label = np.pad(label, ((0, ph), (0, pw)), constant_values=VOID)
-            top = int(rng.integers(0, image.shape[0] - c + 1)) if self.augment else 0
-            left = int(rng.integers(0, image.shape[1] - c + 1)) if self.augment else 0
-            image, label = image[top : top + c, left : left + c], label[top : top + c, left : left + c]
-        if self.augment and rng.random() < 0.5:
-            image, label = image[:, ::-1], label[:, ::-1]
-        x = torch.from_numpy(preprocess(np.ascontiguousarray(image), self.mean, self.std)[0])
-        return x, torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))

@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import FcnDeployError
 from ..fileio import atomic_path, ensure_writable_dir
 from ..meta import ModelMeta
+from . import SYNTHETIC_SEEDS
 from .images import list_images, load_rgb, preprocess, resize_rgb
 from .synthetic import make_scene
 
@@ -24,7 +25,7 @@ MIN_CALIB_IMAGES = 8
 DEFAULT_CALIB_COUNT = 32
 DEFAULT_CALIB_DIR = Path("calibration")
 #: The synthetic seed of calibration scenes (disjoint from training, validation and test).
-CALIBRATION_SEED = 2
+CALIBRATION_SEED = SYNTHETIC_SEEDS["calib"]
 
 
 @dataclass
