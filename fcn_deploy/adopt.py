@@ -390,11 +390,11 @@ def _prune(graph) -> int:
         if index not in kept:
             del graph.node[index]
             dropped += 1
+    initializers = {i.name for i in graph.initializer}  # before pruning: unneeded weights must go from the inputs too
     for field in (graph.initializer, graph.value_info):
         for index in reversed(range(len(field))):
             if field[index].name not in needed:
                 del field[index]
-    initializers = {i.name for i in graph.initializer}
     for index in reversed(range(len(graph.input))):  # IR < 4 lists weights as inputs too
         name = graph.input[index].name
         if name not in needed and name in initializers:

@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .backends import Runner, manifest_path, read_manifest
+from .data import SYNTHETIC_SEEDS
 from .data.images import preprocess
 from .data.synthetic import make_scene
 from .errors import FcnDeployError
@@ -50,7 +51,7 @@ BLOCK = 5
 #: Pause before each block, so the previous engine's spinning threads go idle first.
 SETTLE_S = 0.05
 #: Synthetic seed of the timing inputs (held out from training and validation).
-BENCH_SEED = 4
+BENCH_SEED = SYNTHETIC_SEEDS["bench"]
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,9 @@ class _Worker:
 
     def receive(self, expected: str):
         try:
+            while not self.conn.poll(1.0):  # a worker that died without closing its pipe is noticed too
+                if not self.process.is_alive():
+                    raise EOFError
             kind, payload = self.conn.recv()
         except EOFError:
             raise FcnDeployError(
@@ -213,8 +217,9 @@ def time_contenders(
 
     Returns, per contender, its info (backend, precision, device, memory) and its samples (ms) per size.
     """
-    workers = [_Worker(c, threads, sizes, batch, warmup) for c in contenders]
+    workers: list[_Worker] = []
     try:
+        workers.extend(_Worker(c, threads, sizes, batch, warmup) for c in contenders)
         for worker in workers:
             worker.info = worker.receive("ready")
         samples = {(i, size): [] for i in range(len(workers)) for size in sizes}
@@ -304,10 +309,10 @@ def _adopted(path: Path) -> bool:
     if manifest_path(path).is_file():
         return bool(read_manifest(path).get("meta", {}).get("adopted"))
     if path.suffix.lower() == ".onnx":
-        from .backends.onnxruntime import load_onnx_proto
+        from .onnxfile import read_onnx
         from .meta import ONNX_META_KEY, read_onnx_props
 
-        props = read_onnx_props(load_onnx_proto(path))
+        props = read_onnx_props(read_onnx(path, load_data=False))
         return ONNX_META_KEY in props and bool(json.loads(props[ONNX_META_KEY]).get("adopted"))
     return False
 

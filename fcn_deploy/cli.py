@@ -81,11 +81,34 @@ def parse_batch(text: str | None) -> tuple[int, int, int] | None:
     return values[0], values[1], values[2]
 
 
+def check_report(path: Path | None, *models: Path | None) -> None:
+    """Refuse a --report path that would replace an engine's manifest, or make a model look like an
+    engine (``<model>.json`` is where a manifest goes): checked before the run, so no work is wasted."""
+    if path is None:
+        return
+    from .backends.manifest import READABLE_FORMATS, manifest_path
+
+    target = path.resolve()
+    for model in filter(None, models):
+        if target == manifest_path(model).resolve():
+            raise FcnDeployError(f"--report {path}: {path.name} is where {Path(model).name}'s engine manifest goes; "
+                                 "choose another report name")  # fmt: skip
+    if path.is_file():
+        try:
+            existing = json.loads(path.read_text())
+        except (ValueError, OSError):
+            return
+        if isinstance(existing, dict) and existing.get("format") in READABLE_FORMATS:
+            raise FcnDeployError(f"--report {path}: is an engine manifest, and replacing it would orphan its engine; "
+                                 "choose another report name")  # fmt: skip
+
+
 def write_report(path: Path | None, data: dict) -> None:
     if path is None:
         return
     from .fileio import atomic_write_json
 
+    check_report(path)
     atomic_write_json(path, data)
     console.print(f"report: {path}")
 
@@ -296,6 +319,7 @@ def export_command(
     from .export import ExportOptions, export_onnx
 
     out = out or checkpoint.with_suffix(".onnx")
+    check_report(report, out)
     result = export_onnx(checkpoint, out, ExportOptions(opset, static_batch, simplify, mask_output), console=console)
     write_report(report, result)
 
@@ -309,6 +333,7 @@ def inspect_command(
     """Show a model's inputs/outputs, opset, ops, parameters and metadata, and whether it fits the toolkit."""
     from .adopt import inspect_model, print_inspection
 
+    check_report(report, model)
     result = inspect_model(model, run=run)
     print_inspection(console, result)
     write_report(report, result)
@@ -333,11 +358,7 @@ def adopt_command(
     """Bring a foreign segmentation ONNX in: verify it runs at many sizes, write a copy every command takes."""
     from .adopt import AdoptOptions, adopt, parse_class_names, parse_palette, parse_rgb_floats
 
-    from .backends import manifest_path
-
-    if report is not None and report.resolve() == manifest_path(out).resolve():
-        raise FcnDeployError(f"--report {report}: <model>.json is where an engine's manifest goes, and would make {out} "
-                             "look like an engine; choose another report name")  # fmt: skip
+    check_report(report, out, model)
     names, file_palette = parse_class_names(classes) if classes is not None else (None, None)
     options = AdoptOptions(
         num_classes=num_classes, class_names=names, palette=parse_palette(palette) if palette is not None else file_palette,
@@ -430,6 +451,9 @@ def validate_command(
 
     if (engine is None) == (server is None):
         raise FcnDeployError("give an ENGINE to validate, or --server HOST:PORT to validate a served model")
+    if emulate_fp16 and server:
+        raise FcnDeployError("--emulate-fp16 runs a checkpoint in float16 here; it does not apply to --server")
+    check_report(report, engine, reference)
     if reference is None:
         raise FcnDeployError("--reference is required: the FP32 model the engine is checked against (a .pt checkpoint or an FP32 ONNX)")
     check_html(html, overwrite)
@@ -481,6 +505,7 @@ def infer_command(
 
     if (engine is None) == (server is None):
         raise FcnDeployError("give --engine ENGINE to run locally, or --server HOST:PORT to run on a Triton server")
+    check_report(report, engine, source)
     summary = run_infer(
         source, engine, out=out, alpha=alpha, save_masks=save_masks, batch=batch or (DEFAULT_IN_FLIGHT if server else 1),
         max_frames=max_frames, overwrite=overwrite, convert_rgb=convert_rgb, console=console, strict=strict,
@@ -513,11 +538,14 @@ def benchmark_command(
     from .validate import parse_sizes
 
     check_html(html, overwrite)
+    check_report(report, *(engines or []), reference)
     if server:
         from .serve.benchmark import parse_concurrency, run_server_benchmark
 
         if engines or reference:
             raise FcnDeployError("--server measures a running server: drop the ENGINE arguments and --reference")
+        if html:
+            raise FcnDeployError("--html pages cover local engines; with --server, write --report JSON")
         result = run_server_benchmark(
             server, model, parse_concurrency(concurrency), parse_sizes(sizes), warmup=warmup, iters=iters, console=console
         )

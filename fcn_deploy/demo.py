@@ -30,6 +30,7 @@ from .checkpoint import load_checkpoint
 from .data import open_dataset
 from .data.calibration import DEFAULT_CALIB_COUNT, generate_default_calibration
 from .data.synthetic import panning_frames
+from .errors import FcnDeployError
 from .fileio import atomic_write_json, ensure_writable_dir
 from .media import write_video
 
@@ -66,6 +67,8 @@ def demo_backends(requested: str, log=print) -> list[backends.Backend]:
         usable, why = backend.status()
         (chosen if usable else skipped).append(backend if usable else f"{name} ({why})")
     chosen.sort(key=lambda b: b.auto_rank)
+    if not chosen:
+        raise FcnDeployError(f"no backend is usable here ({', '.join(skipped)}); pip install onnxruntime openvino")
     log(f"backends: {', '.join(b.name for b in chosen)}" + (f"; not usable here: {', '.join(skipped)}" if skipped else ""))
     return chosen
 
@@ -263,7 +266,7 @@ def _print_summary(console: Console, report: dict[str, Any], out: Path, overlay:
     console.print(table)
     console.print(
         f"held-out mean IU {summary['held_out_mean_iu']:.4f}; video ({summary['video_engine']}) {summary['video_fps']:.1f} fps "
-        f"end to end ({summary['video_fps_ratio']:.2f}x the engine's FPS inside the pipeline, "
+        f"end to end ({summary['video_fps_ratio'] or float('nan'):.2f}x the engine's FPS inside the pipeline, "
         f"{summary['video_vs_standalone_engine']:.2f}x the engine alone at {VIDEO_SIZE[0]}x{VIDEO_SIZE[1]})"
     )
     console.print(

@@ -26,10 +26,10 @@ import onnx
 from . import __version__, backends
 from .backends import CompileOptions, Profile, default_profile
 from .backends.manifest import MANIFEST_FORMAT, common_versions, file_entries, write_manifest
-from .backends.onnxruntime import load_onnx_proto
 from .errors import FcnDeployError, require_file
-from .fileio import sha256_file
+from .fileio import ensure_writable_dir, sha256_file
 from .meta import ModelMeta, read_onnx_meta, read_onnx_props
+from .onnxfile import read_onnx
 from .precision import apply_precision
 
 
@@ -100,7 +100,7 @@ def build_engine(
     """Build one engine and its manifest; returns the manifest."""
     opts = opts or BuildOptions()
     src = require_file(onnx_path, "ONNX model", "export one with `fcn-deploy export`, or adopt one with `fcn-deploy adopt`")
-    model = load_onnx_proto(src)
+    model = read_onnx(src, load_data=False)
     meta = read_onnx_meta(model, str(src))
     props = read_onnx_props(model)
     if props.get("fcn_deploy.precision", "fp32") != "fp32" or "fcn_deploy.backend" in props:
@@ -118,9 +118,11 @@ def build_engine(
     profile = resolve_profile(model, meta, opts, log)
     out = Path(out) if out else backend.default_engine_path(src, opts.precision)
     files = backend.engine_files(out)
-    if src.resolve() in {f.resolve() for f in files}:
-        raise FcnDeployError(f"-o {out}: would overwrite the source ONNX; choose another engine path")
     precision_onnx = precision_graph_path(src, opts.precision, int8_target)
+    taken = {f.resolve() for f in files} & {src.resolve(), precision_onnx.resolve()}
+    if taken:
+        raise FcnDeployError(f"-o {out}: would overwrite {taken.pop().name}, an input of this build; choose another engine path")
+    ensure_writable_dir(out.parent)
     if opts.precision != "fp32":
         log(f"{opts.precision}: transforming {src.name} -> {precision_onnx.name}")
         transform = apply_precision(

@@ -104,6 +104,7 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int | Fract
             video_frame.pts = count
             container.mux(stream.encode(video_frame))
             count += 1
-        if stream is not None:
-            container.mux(stream.encode(None))
+        if stream is None:
+            raise FcnDeployError(f"{path}: no frames to write")
+        container.mux(stream.encode(None))
     return count

@@ -378,6 +378,22 @@ def convert_int8(
 # --------------------------------------------------------------------------- entry point
 
 
+@contextlib.contextmanager
+def _transform_errors(src: Path, precision: str):
+    """A failure inside ONNX's or ONNX Runtime's transforms (a graph they do not support, often a
+    foreign one) becomes one line naming the model, not a traceback."""
+    try:
+        yield
+    except FcnDeployError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnx / onnxruntime / onnxconverter-common raise many kinds
+        detail = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise FcnDeployError(
+            f"{src}: the {precision} transform failed ({exc.__class__.__name__}: {detail}); build FP32 instead, or "
+            "simplify the graph (fcn-deploy export --simplify, or onnxslim) and try again"
+        ) from exc
+
+
 def apply_precision(
     src: str | Path,
     out: str | Path,
@@ -429,13 +445,16 @@ def apply_precision(
             "skipped": len(calibration.skipped),
             "sha256": calibration.sha256,
         }
+        with _transform_errors(src, precision):
+            if precision == "fp16":
+                transformed, kept = convert_fp16(model, calibration)
+            else:
+                transformed, int8_report = convert_int8(
+                    model, calibration, calib_method, cache_dir=folder / ".cache", encoding=int8_encoding
+                )
         if precision == "fp16":
-            transformed, kept = convert_fp16(model, calibration)
             report["fp16"] = {"data_max": FP16_DATA_MAX, "init_max": FP16_INIT_MAX, "kept_fp32_nodes": kept}
         else:
-            transformed, int8_report = convert_int8(
-                model, calibration, calib_method, cache_dir=folder / ".cache", encoding=int8_encoding
-            )
             report["calibration"].update(int8_report)  # type: ignore[union-attr]
             encoding = INT8_ENCODINGS[int8_encoding]
             report["int8"] = {

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import Prediction, Profile, Runner
+from .data import SYNTHETIC_SEEDS
 from .data.images import fit_to_size, list_images, load_rgb, preprocess
 from .data.synthetic import make_scene
 from .errors import FcnDeployError
@@ -42,7 +43,7 @@ from .fileio import sha256_file
 from .metrics import fast_hist, scores_from_hist
 
 #: Seed of the scenes used for validation (disjoint from training, validation and calibration).
-VALIDATION_SEED = 3
+VALIDATION_SEED = SYNTHETIC_SEEDS["test"]
 #: A disagreeing pixel this close (Chebyshev distance, px) to a pixel of another reference class is "on an edge".
 EDGE_RADIUS_PX = 2
 #: Bins of the histogram of reference margins at disagreeing pixels: 0, then log-spaced 1e-3..100, then beyond.

@@ -594,7 +594,7 @@ def run_infer(
         images = images[:max_frames]
     _refuse_existing(out, overwrite)
     masks_dir = Path(save_masks) if save_masks else (None if images is None else out / "masks")
-    new_folders = _missing_folders(None if images is None else out / "overlays", masks_dir)
+    new_folders = _missing_folders(out.parent if images is None else out / "overlays", masks_dir)
     if masks_dir is not None:
         _refuse_existing(masks_dir, overwrite)
         ensure_writable_dir(masks_dir)

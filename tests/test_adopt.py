@@ -532,3 +532,27 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
         from fcn_deploy.adopt import adopt
 
         adopt(source, source)
+
+
+def test_weights_listed_as_inputs_go_with_the_dropped_output(tmp_path):
+    """Old exports (IR < 4, or keep_initializers_as_inputs) list every weight as a graph input too:
+    dropping the aux output must drop its weights from the inputs, not leave inputs nothing feeds."""
+
+    def aux_head(graph, logits):
+        w_aux = numpy_helper.from_array(np.ones((5, 8, 1, 1), np.float32), "w_aux")
+        graph.initializer.append(w_aux)
+        graph.node.append(helper.make_node("Conv", ["r1", "w_aux"], ["aux"]))
+        graph.output.append(helper.make_tensor_value_info("aux", TensorProto.FLOAT, None))
+        return logits
+
+    source = conv_model(tmp_path / "two-heads.onnx", tail=aux_head)
+    model = onnx.load(str(source))
+    for init in model.graph.initializer:  # every weight listed as an input, as IR 3 requires
+        model.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    onnx.save(model, str(source))
+    adopted = tmp_path / "adopted.onnx"
+    assert main(["adopt", str(source), "-o", str(adopted), "--num-classes", "5", "--output", "scores"]) == 0
+    graph = onnx.load(str(adopted)).graph
+    initializers = {i.name for i in graph.initializer}
+    assert "w_aux" not in initializers and [o.name for o in graph.output] == ["logits"]
+    assert [i.name for i in graph.input if i.name not in initializers] == ["image"]

@@ -172,7 +172,7 @@ def test_a_failed_compile_leaves_no_engine_under_its_final_name(tiny_onnx, tmp_p
     import openvino
 
     monkeypatch.setattr(openvino, "save_model", exploding_save)
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(FcnDeployError, match=r"m\.xml: OpenVINO could not save the engine \(disk full\); check the disk"):
         build_ov(tiny_onnx, tmp_path / "m.xml")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
@@ -269,3 +269,27 @@ def test_the_data_layer_imports_none_of_the_build_stack():
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.replace("'", '"'))
     for high in ("fcn_deploy.engines", "fcn_deploy.precision", "fcn_deploy.video", "fcn_deploy.backends", "fcn_deploy.validate"):
         assert high not in loaded, loaded
+
+
+def test_build_into_a_new_folder_and_never_onto_its_own_inputs(tiny_onnx, tmp_path, capsys):
+    engine = tmp_path / "new" / "deeper" / "m.xml"
+    build_ov(tiny_onnx, engine)  # OpenVINO's temporary folder lives beside the engine: the folder is made first
+    assert engine.is_file() and engine.with_suffix(".bin").is_file()
+    src = tmp_path / "tiny.onnx"
+    shutil.copy(tiny_onnx, src)
+    fp16_graph = tmp_path / "tiny.fp16.onnx"
+    assert main(["build-engine", str(src), "--fp16", "--backend", "onnxruntime", "-o", str(fp16_graph)]) == 2
+    assert "would overwrite tiny.fp16.onnx, an input of this build" in capsys.readouterr().err
+    assert not fp16_graph.exists()
+
+
+def test_a_report_never_replaces_an_engine_manifest(tiny_onnx, tiny_checkpoint, tmp_path, capsys):
+    engine = build_ov(tiny_onnx, tmp_path / "m.xml")
+    manifest = manifest_path(engine).read_text()
+    for report in (manifest_path(engine), tmp_path / "copy.json"):
+        if report.name == "copy.json":
+            report.write_text(manifest)  # any file that is a manifest, whatever its name
+        args = ["validate", str(engine), "-r", str(tiny_checkpoint), "--sizes", "64x64", "--report", str(report)]
+        assert main(args) == 2
+        assert "choose another report name" in capsys.readouterr().err
+        assert report.read_text() == manifest

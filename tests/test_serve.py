@@ -519,8 +519,18 @@ def test_export_triton_is_atomic_and_refuses_what_it_cannot_serve(engines, tmp_p
     with pytest.raises(FcnDeployError, match="sha256 differs"):
         export_triton(tampered, tmp_path / "never", log=lambda *a: None)
     assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".*.tmp"))
-    export_triton(engines["onnxruntime"], repo, overwrite=True, log=lambda *a: None)
-    assert not (repo / "keep.txt").exists() and (repo / "fcn" / "config.pbtxt").is_file()
+    # --overwrite replaces only a repository export-triton wrote, never a folder of the user's ...
+    with pytest.raises(FcnDeployError, match="is not a repository export-triton wrote .*choose another --repo"):
+        export_triton(engines["onnxruntime"], repo, overwrite=True, log=lambda *a: None)
+    assert [p.name for p in repo.iterdir()] == ["keep.txt"]
+    # ... nor the folder that holds the engine itself.
+    with pytest.raises(FcnDeployError, match="holds the engine .* itself"):
+        export_triton(engines["onnxruntime"], engines["onnxruntime"].parent, overwrite=True, log=lambda *a: None)
+    ours = tmp_path / "ours"
+    export_triton(engines["onnxruntime"], ours, log=lambda *a: None)
+    (ours / "fcn" / "stale.txt").write_text("from an older export")
+    export_triton(engines["onnxruntime"], ours, overwrite=True, log=lambda *a: None)
+    assert not (ours / "fcn" / "stale.txt").exists() and (ours / "fcn" / "config.pbtxt").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

@@ -153,3 +153,10 @@ def test_mask_from_logits_is_argmax_including_ties():
         logits = rng.normal(size=shape).astype(np.float32)
         logits[..., :4, :4] = 0.0  # ties: the first maximum wins, as np.argmax
         np.testing.assert_array_equal(mask_from_logits(logits), np.argmax(logits, axis=1))
+
+
+def test_options_that_do_not_go_together_are_refused_before_any_work(tiny_checkpoint, capsys):
+    assert main(["validate", "--server", "127.0.0.1:1", "-r", str(tiny_checkpoint), "--emulate-fp16"]) == 2
+    assert "--emulate-fp16 runs a checkpoint in float16 here; it does not apply to --server" in capsys.readouterr().err
+    assert main(["benchmark", "--server", "127.0.0.1:1", "--html", "page.html"]) == 2
+    assert "with --server, write --report JSON" in capsys.readouterr().err

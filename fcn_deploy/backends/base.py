@@ -51,10 +51,6 @@ class Profile:
         shape = (batch, height, width)
         return all(lo <= s <= hi for s, lo, hi in zip(shape, self.min, self.max))
 
-    @property
-    def is_static(self) -> bool:
-        return self.min == self.max
-
     def to_dict(self) -> dict[str, list[int]]:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
 

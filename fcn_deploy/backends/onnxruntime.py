@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import FcnDeployError, require_file
 from ..fileio import atomic_path
 from ..meta import ONNX_META_KEY, ModelMeta, read_onnx_meta, read_onnx_props, write_onnx_meta
+from ..onnxfile import read_onnx
 from .base import Backend, CompileOptions, Profile, Runner, TensorSpec, default_profile, upsample_bilinear
 from .manifest import major_minor
 
@@ -48,16 +49,6 @@ def choose_providers(requested: str | list[str] = "auto") -> list[str]:
     return [*chosen, "CPUExecutionProvider"]
 
 
-def load_onnx_proto(path: str | Path):
-    """The ModelProto (without external data), or a one-line error for a file that is not ONNX."""
-    import onnx
-
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # DecodeError, ValueError, ... from a corrupt or foreign file
-        raise FcnDeployError(f"{path}: not a readable ONNX model ({exc.__class__.__name__}); re-export it") from exc
-
-
 class OnnxRuntimeRunner(Runner):
     """An ONNX file in an ORT session.  ``meta`` (the engine's) lets an ONNX without fcn-deploy
     metadata, such as a foreign FP32 reference, be run; ``logits_output`` picks its logits output."""
@@ -77,7 +68,7 @@ class OnnxRuntimeRunner(Runner):
         import onnxruntime as ort
 
         path = require_file(path, "ONNX model")
-        proto = load_onnx_proto(path)
+        proto = read_onnx(path, load_data=False)
         meta = meta or read_onnx_meta(proto, str(path))
         dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
         precision = precision or read_onnx_props(proto).get("fcn_deploy.precision", "fp32")
@@ -254,7 +245,10 @@ class OnnxRuntimeBackend(Backend):
             session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
             session_options.optimized_model_filepath = str(tmp)
             session_options.log_severity_level = 3
-            ort.InferenceSession(str(precision_onnx), session_options, providers=providers)
+            try:
+                ort.InferenceSession(str(precision_onnx), session_options, providers=providers)
+            except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+                raise FcnDeployError(f"{precision_onnx}: ONNX Runtime cannot compile it ({str(exc).strip().splitlines()[0]})") from exc
             optimized = onnx.load(str(tmp))
             write_onnx_meta(optimized, meta, {"fcn_deploy.precision": options.precision, "fcn_deploy.backend": self.name})
             onnx.save(optimized, str(tmp), save_as_external_data=False)

@@ -166,7 +166,11 @@ class OpenVinoBackend(Backend):
         model.set_rt_info(options.precision, ["fcn_deploy", "precision"])
         xml, weights = self.engine_files(engine)
         with tempfile.TemporaryDirectory(prefix=f".{engine.name}.", dir=engine.parent) as tmp:
-            ov.save_model(model, str(Path(tmp, "model.xml")), compress_to_fp16=False)
+            try:
+                ov.save_model(model, str(Path(tmp, "model.xml")), compress_to_fp16=False)
+            except RuntimeError as exc:
+                raise FcnDeployError(f"{engine}: OpenVINO could not save the engine ({str(exc).strip().splitlines()[0]}); "
+                                     "check the disk and the folder's permissions")  # fmt: skip
             # Each file appears under its final name only when whole; the manifest, written
             # last, hashes both, so a half-replaced pair never opens.
             shutil.move(str(Path(tmp, "model.bin")), weights)
@@ -197,6 +201,9 @@ class OpenVinoBackend(Backend):
         now = self.versions().get("openvino")
         if now is None:
             return [f"OpenVINO is not installed ({INSTALL_HINT})"]
+        hint = manifest.get("build", {}).get("config", {}).get("INFERENCE_PRECISION_HINT")
+        if hint == "f16" and precision_hint(import_openvino().Core(), "fp16") != "f16":
+            return ["built for a CPU with FP16 arithmetic, and this CPU has none (OpenVINO would silently run it in bf16)"]
         if built and tuple(map(int, major_minor(built).split("."))) > tuple(map(int, major_minor(now).split("."))):
             return [f"built with OpenVINO {built}, newer than this machine's {now}"]
         return []

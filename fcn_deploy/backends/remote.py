@@ -164,13 +164,13 @@ class TritonModel:
                     + (f" (it serves: {', '.join(served)})" if served else " (the --name it was served under)")
                 )
             self.config: dict[str, Any] = self.client.get_model_config(model, as_json=True, client_timeout=timeout_s)["config"]
+            self._read_interface()
         except InferenceServerException as exc:
             self.client.close()
             raise FcnDeployError(f"{self.url}: {server_message(exc)}") from None
         except FcnDeployError:
             self.client.close()
             raise
-        self._read_interface()
 
     def _model_names(self) -> list[str]:
         try:
@@ -186,10 +186,10 @@ class TritonModel:
         inputs = {tensor["name"]: tensor for tensor in config.get("input", [])}
         outputs = {tensor["name"]: tensor for tensor in config.get("output", [])}
         params = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
-        if INPUT not in inputs or OUTPUT not in outputs or META_KEY not in params:
+        if INPUT not in inputs or OUTPUT not in outputs or META_KEY not in params or PROFILE_KEY not in params:
             raise FcnDeployError(
                 f"{self.url}: is not an fcn-deploy segmentation model (needs input {INPUT!r}, output {OUTPUT!r} and the "
-                f"{META_KEY!r} parameter; it has inputs {sorted(inputs)}, outputs {sorted(outputs)}); "
+                f"{META_KEY!r} and {PROFILE_KEY!r} parameters; it has inputs {sorted(inputs)}, outputs {sorted(outputs)}); "
                 "serve one with `fcn-deploy serve`"
             )
         self.meta = ModelMeta.from_json(params[META_KEY], self.url)

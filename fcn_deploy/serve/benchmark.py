@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..backends.remote import DEFAULT_MODEL, INPUT, OUTPUT, REQUEST_TIMEOUT_S, TritonModel, server_message
-from ..bench import BENCH_SEED
+from ..data import SYNTHETIC_SEEDS
 from ..data.synthetic import make_scene
 from ..errors import FcnDeployError
 
@@ -75,7 +75,7 @@ def _client_loop(address: str, model: str, images: list[np.ndarray], warmup: int
 def measure_level(remote: TritonModel, size: tuple[int, int], concurrency: int, warmup: int, iters: int) -> dict[str, Any]:
     """One concurrency level at one size: the figures of a result row."""
     height, width = size
-    images = [make_scene(BENCH_SEED, i, height, width)[0] for i in range(IMAGES_PER_SIZE)]
+    images = [make_scene(SYNTHETIC_SEEDS["bench"], i, height, width)[0] for i in range(IMAGES_PER_SIZE)]
     latencies: list[float] = []
     errors: list[str] = []
     finished: list[float] = []

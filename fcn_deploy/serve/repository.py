@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import Profile, default_profile, manifest_path, read_manifest
-from ..backends.base import UNBOUNDED_MAX
+from ..backends.base import DEFAULT_MAX_BATCH, UNBOUNDED_MAX
 from ..backends.manifest import check_files, refuse
 from ..backends.remote import INPUT, OUTPUT, PROFILE_KEY, mask_dtype, published_parameters, triton_type
 from ..errors import FcnDeployError, require_file
@@ -130,9 +130,9 @@ class EngineSource:
             self.manifest: dict[str, Any] | None = manifest
             self.device = "gpu" if self.backend == "tensorrt" or _gpu_providers(manifest) else "cpu"
         elif path.suffix.lower() == ".onnx":  # a plain export runs on Triton's ONNX Runtime backend as it is
-            from ..backends.onnxruntime import load_onnx_proto
+            from ..onnxfile import read_onnx
 
-            proto = load_onnx_proto(path)
+            proto = read_onnx(path, load_data=False)
             self.backend, self.files, self.manifest, self.device = "onnxruntime", [path], None, "cpu"
             self.meta = read_onnx_meta(proto, str(path))
             dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
@@ -162,9 +162,9 @@ class EngineSource:
                     f"{self.path}: its manifest names the graph it was built from, {graph}, which is not here; export-triton "
                     "reads the plan's input and output names from it (copy it back, or rebuild the engine)"
                 )
-        from ..backends.onnxruntime import load_onnx_proto
+        from ..onnxfile import read_onnx
 
-        proto = load_onnx_proto(graph)
+        proto = read_onnx(graph, load_data=False)
         spec = lambda value: (value.name, _ONNX_TYPES.get(value.type.tensor_type.elem_type, "?"))  # noqa: E731
         initializers = {init.name for init in proto.graph.initializer}
         return [spec(v) for v in proto.graph.input if v.name not in initializers], [spec(v) for v in proto.graph.output]
@@ -260,7 +260,7 @@ def _readme(source: EngineSource, name: str, repo: Path) -> str:
         "tensorrt": f"the Triton release whose TensorRT is {versions.get('tensorrt', 'the one that built the plan')} "
         "(a plan runs only "
         "on the TensorRT version and GPU it was built for; see NVIDIA's framework support matrix)",
-        "onnxruntime": f"a Triton release whose ONNX Runtime is {versions.get('onnxruntime', '1.18')} or newer",
+        "onnxruntime": f"a Triton release whose ONNX Runtime is {versions.get('onnxruntime', '1.27')} or newer",
         "openvino": f"a Triton release whose OpenVINO is {versions.get('openvino', '2024.0')} or newer",
     }[source.backend]
     gpus = "--gpus all " if source.device == "gpu" else ""
@@ -275,6 +275,10 @@ def _readme(source: EngineSource, name: str, repo: Path) -> str:
     )
 
 
+#: What marks a folder as a repository export-triton wrote (only such a folder is replaced by --overwrite).
+MARKER = ".fcn-deploy-repository.json"
+
+
 def export_triton(
     engine: str | Path, repo: str | Path, name: str = "fcn", max_batch: int | None = None, queue_delay_us: int = 0,
     instances: int = 1, overwrite: bool = False, log=print,
@@ -287,8 +291,16 @@ def export_triton(
         raise FcnDeployError(f"--name {name!r}: use letters, digits, dots, dashes and underscores")
     if instances < 1 or queue_delay_us < 0:
         raise FcnDeployError("--instances must be at least 1 and --queue-delay-us 0 or more")
-    if repo.exists() and not (repo.is_dir() and not any(repo.iterdir())) and not overwrite:
-        raise FcnDeployError(f"{repo} already exists; pass --overwrite to replace it, or choose another --repo")
+    if Path(engine).resolve().is_relative_to(repo.resolve()):
+        raise FcnDeployError(f"--repo {repo} holds the engine {engine} itself; choose another --repo")
+    if repo.exists() and not (repo.is_dir() and not any(repo.iterdir())):
+        if not overwrite:
+            raise FcnDeployError(f"{repo} already exists; pass --overwrite to replace it, or choose another --repo")
+        if not (repo / MARKER).is_file():
+            raise FcnDeployError(
+                f"{repo} is not a repository export-triton wrote (no {MARKER}), so --overwrite will not replace it; "
+                "choose another --repo"
+            )
     source = EngineSource(Path(engine))
     profile = source.profile
     if profile.min[0] > 1:
@@ -296,7 +308,7 @@ def export_triton(
             f"{engine}: its profile needs batches of at least {profile.min[0]}, and Triton sends batches from 1; rebuild it "
             f"with --batch 1,{profile.opt[0]},{profile.max[0]}"
         )
-    largest = profile.max[0] if profile.max[0] < UNBOUNDED_MAX[0] else 8
+    largest = profile.max[0] if profile.max[0] < UNBOUNDED_MAX[0] else DEFAULT_MAX_BATCH
     batch = max_batch or largest
     if not 1 <= batch <= largest:
         raise FcnDeployError(f"--max-batch {max_batch}: the engine's profile runs batches of 1 to {largest}")
@@ -318,6 +330,7 @@ def export_triton(
         if source.manifest:
             (engine_dir / "fcn-deploy-manifest.json").write_text(json.dumps(source.manifest, indent=2) + "\n")
         (tmp / "README.txt").write_text(_readme(source, name, repo))
+        (tmp / MARKER).write_text(json.dumps({"engine": str(Path(engine).resolve()), "model": name}) + "\n")
         if repo.exists():
             old = repo.parent / f".{repo.name}.{secrets.token_hex(4)}.old"
             os.replace(repo, old)
