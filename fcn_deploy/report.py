@@ -413,9 +413,16 @@ def validation_section(report: dict, keeper: ExampleKeeper | None = None, level:
         examples = keeper.examples
         parts.append(f"<{h}>Where the engine disagrees</{h}>")
         if examples:
-            failing = sum(not e.passed for e in examples)
+            shown_failing = sum(not e.passed for e in examples)
+            all_failing = sum(not c.get("passed", True) for c in cases)
+            if not shown_failing:
+                which = ""
+            elif shown_failing == all_failing:
+                which = " and every failing size"
+            else:  # bounded memory: the worst failing sizes, and none without a disagreeing pixel
+                which = f" and {shown_failing} of the {all_failing} failing sizes (the worst; see the table for all)"
             parts.append(
-                f'<p class="muted">The {len(examples)} worst sizes by agreement{" and every failing size" if failing else ""} '
+                f'<p class="muted">The {len(examples)} worst sizes by agreement{which} '
                 "(the worst image of each batch): input, reference mask, engine mask, and a map of the disagreements "
                 "over the reference's regions (grey lines: reference boundaries), coloured by the reference's "
                 f"top-1 minus top-2 logit margin:</p><div>{margin_colour_key()}</div>"

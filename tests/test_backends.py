@@ -293,3 +293,12 @@ def test_a_report_never_replaces_an_engine_manifest(tiny_onnx, tiny_checkpoint, 
         assert main(args) == 2
         assert "choose another report name" in capsys.readouterr().err
         assert report.read_text() == manifest
+
+
+def test_a_manifest_naming_another_backend_for_the_same_file_is_refused(tiny_onnx, tmp_path):
+    engine = tmp_path / "m.ort.onnx"
+    build_engine(tiny_onnx, engine, BuildOptions(backend="onnxruntime"), log=lambda *a: None)
+    manifest = json.loads(manifest_path(engine).read_text())
+    manifest_path(engine).write_text(json.dumps({**manifest, "backend": "openvino"}))
+    with pytest.raises(FcnDeployError, match=r"m\.ort\.onnx: the manifest does not list m\.ort\.bin.*Rebuild it"):
+        open_runner(engine)

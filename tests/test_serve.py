@@ -226,19 +226,20 @@ def test_sixteen_concurrent_clients_all_served_and_batched(server, remote, local
 
 
 @pytest.mark.parametrize(
-    "label, name, datatype, array",
+    "label, name, datatype, array, reason",
     [
-        ("float32 image", "image", "FP32", np.zeros((1, 40, 40, 3), np.float32)),
-        ("rank 2", "image", "UINT8", np.zeros((40, 40), np.uint8)),
-        ("0x0 image", "image", "UINT8", np.zeros((1, 0, 0, 3), np.uint8)),
-        ("beyond 4x the profile's maximum", "image", "UINT8", np.zeros((1, 4 * MAX_SIDE + 1, 8, 3), np.uint8)),
-        ("wrong input name", "img", "UINT8", np.zeros((1, 40, 40, 3), np.uint8)),
+        ("float32 image", "image", "FP32", np.zeros((1, 40, 40, 3), np.float32), "data-type is 'FP32', but model 'fcn' expects 'UINT8'"),
+        ("rank 2", "image", "UINT8", np.zeros((40, 40), np.uint8), "batch-size must be <= "),  # Triton reads dim 0 as the batch
+        ("0x0 image", "image", "UINT8", np.zeros((1, 0, 0, 3), np.uint8), "Model execute error"),  # PyTriton fails before our code
+        ("beyond 4x the profile's maximum", "image", "UINT8", np.zeros((1, 4 * MAX_SIDE + 1, 8, 3), np.uint8),
+         "larger than this server accepts"),
+        ("wrong input name", "img", "UINT8", np.zeros((1, 40, 40, 3), np.uint8), "unexpected inference input 'img'"),
     ],
 )
-def test_bad_requests_get_an_error_and_the_server_stays_ready(remote, label, name, datatype, array):
+def test_bad_requests_get_an_error_and_the_server_stays_ready(remote, label, name, datatype, array, reason):
     tensor = grpcclient.InferInput(name, list(array.shape), datatype)
     tensor.set_data_from_numpy(array)
-    with pytest.raises(InferenceServerException):
+    with pytest.raises(InferenceServerException, match=re.escape(reason)):
         remote.client.infer("fcn", [tensor], client_timeout=60)
     assert remote.client.is_server_ready() and remote.client.is_model_ready("fcn")
     assert remote.infer(scene(1, 40, 40)).shape == (40, 40)
