@@ -216,7 +216,6 @@ class CompileOptions:
     """What a backend's compile step may use besides the graph and the profile."""
 
     precision: str = "fp32"
-    threads: int | None = None
     workspace_gib: float = 4.0  # TensorRT
     timing_cache: Path | None = None  # TensorRT
 

@@ -49,6 +49,8 @@ def precision_hint(core, precision: str) -> str:
     if precision == "fp16" and "FP16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         return "f32"
     return PRECISION_HINTS[precision]
+
+
 _OV_TYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32", "u8": "uint8", "i8": "int8"}
 
 
