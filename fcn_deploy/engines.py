@@ -29,7 +29,7 @@ from .backends.manifest import MANIFEST_FORMAT, common_versions, file_entries, w
 from .errors import FcnDeployError, require_file
 from .fileio import ensure_writable_dir, sha256_file
 from .meta import ModelMeta, read_onnx_meta, read_onnx_props
-from .onnxfile import read_onnx
+from .onnxfile import dims_of, read_onnx
 from .precision import apply_precision
 
 
@@ -50,15 +50,10 @@ class BuildOptions:
     timing_cache: Path | None = None
 
 
-def _input_dims(model: onnx.ModelProto) -> list[int | str]:
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
-
-
 def resolve_profile(model: onnx.ModelProto, meta: ModelMeta, opts: BuildOptions, log=print) -> Profile:
     """min/opt/max from the flags, else the default profile (from the ONNX metadata: min = the
     architecture's minimum).  An ONNX whose input has fixed sizes gives a static engine, and says so."""
-    dims = _input_dims(model)
+    dims = dims_of(model.graph.input[0])
     base = default_profile(meta, dims)
     fixed = [isinstance(d, int) and d > 0 for d in dims]
     static_hw = fixed[2] and fixed[3]

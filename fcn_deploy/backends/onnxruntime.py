@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import FcnDeployError, require_file
 from ..fileio import atomic_path
 from ..meta import ONNX_META_KEY, ModelMeta, read_onnx_meta, read_onnx_props, write_onnx_meta
-from ..onnxfile import read_onnx
+from ..onnxfile import dims_of, read_onnx
 from .base import Backend, CompileOptions, Profile, Runner, TensorSpec, default_profile, upsample_bilinear
 from .manifest import major_minor
 
@@ -70,7 +70,7 @@ class OnnxRuntimeRunner(Runner):
         path = require_file(path, "ONNX model")
         proto = read_onnx(path, load_data=False)
         meta = meta or read_onnx_meta(proto, str(path))
-        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
+        dims = dims_of(proto.graph.input[0])
         precision = precision or read_onnx_props(proto).get("fcn_deploy.precision", "fp32")
         super().__init__(path, meta, profile or default_profile(meta, dims if len(dims) == 4 else None), precision)
         del proto

@@ -51,7 +51,8 @@ def precision_hint(core, precision: str) -> str:
     return PRECISION_HINTS[precision]
 
 
-_OV_TYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32", "u8": "uint8", "i8": "int8"}
+#: OpenVINO element types as numpy dtype names.
+OV_TYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32", "u8": "uint8", "i8": "int8"}
 
 
 def import_openvino():
@@ -108,7 +109,7 @@ class OpenVinoRunner(Runner):
     @staticmethod
     def _spec(port) -> TensorSpec:
         shape = tuple(d.get_length() if d.is_static else "?" for d in port.get_partial_shape())
-        return TensorSpec(port.get_any_name(), _OV_TYPES.get(port.get_element_type().get_type_name(), "?"), shape)
+        return TensorSpec(port.get_any_name(), OV_TYPES.get(port.get_element_type().get_type_name(), "?"), shape)
 
     @property
     def inputs(self) -> list[TensorSpec]:

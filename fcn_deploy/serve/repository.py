@@ -52,6 +52,7 @@ from ..backends.remote import INPUT, OUTPUT, PROFILE_KEY, mask_dtype, published_
 from ..errors import FcnDeployError, require_file
 from ..fileio import ensure_writable_dir, sha256_file
 from ..meta import ModelMeta, read_onnx_meta
+from ..onnxfile import ELEM_TYPES, dims_of, read_onnx
 
 #: The Triton backend that serves each fcn-deploy backend's engine: (config key, value, model file names).
 NATIVE = {
@@ -59,8 +60,6 @@ NATIVE = {
     "onnxruntime": ("platform", "onnxruntime_onnx", ["model.onnx"]),
     "openvino": ("backend", "openvino", ["model.xml", "model.bin"]),
 }
-_ONNX_TYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 2: "uint8", 3: "int8"}
-_OV_TYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32", "u8": "uint8"}
 PYTHON_MODEL = Path(__file__).with_name("prepost_model.py")
 
 
@@ -130,12 +129,10 @@ class EngineSource:
             self.manifest: dict[str, Any] | None = manifest
             self.device = "gpu" if self.backend == "tensorrt" or _gpu_providers(manifest) else "cpu"
         elif path.suffix.lower() == ".onnx":  # a plain export runs on Triton's ONNX Runtime backend as it is
-            from ..onnxfile import read_onnx
-
             proto = read_onnx(path, load_data=False)
             self.backend, self.files, self.manifest, self.device = "onnxruntime", [path], None, "cpu"
             self.meta = read_onnx_meta(proto, str(path))
-            dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
+            dims = dims_of(proto.graph.input[0])
             self.profile = default_profile(self.meta, dims if len(dims) == 4 else None)
             self.precision = next((p.value for p in proto.metadata_props if p.key == "fcn_deploy.precision"), "fp32")
             self.sha256 = sha256_file(path)
@@ -151,8 +148,10 @@ class EngineSource:
         if self.backend == "openvino":
             import openvino as ov
 
+            from ..backends.openvino import OV_TYPES
+
             model = ov.Core().read_model(str(self.files[0]), str(self.files[1]))
-            spec = lambda port: (port.get_any_name(), _OV_TYPES.get(port.get_element_type().get_type_name(), "?"))  # noqa: E731
+            spec = lambda port: (port.get_any_name(), OV_TYPES.get(port.get_element_type().get_type_name(), "?"))  # noqa: E731
             return [spec(p) for p in model.inputs], [spec(p) for p in model.outputs]
         graph = self.path
         if self.backend == "tensorrt":  # a plan keeps the names and types of the ONNX it was built from
@@ -162,10 +161,8 @@ class EngineSource:
                     f"{self.path}: its manifest names the graph it was built from, {graph}, which is not here; export-triton "
                     "reads the plan's input and output names from it (copy it back, or rebuild the engine)"
                 )
-        from ..onnxfile import read_onnx
-
         proto = read_onnx(graph, load_data=False)
-        spec = lambda value: (value.name, _ONNX_TYPES.get(value.type.tensor_type.elem_type, "?"))  # noqa: E731
+        spec = lambda value: (value.name, ELEM_TYPES.get(value.type.tensor_type.elem_type, "?"))  # noqa: E731
         initializers = {init.name for init in proto.graph.initializer}
         return [spec(v) for v in proto.graph.input if v.name not in initializers], [spec(v) for v in proto.graph.output]
 
