@@ -57,10 +57,13 @@ def _fresh(output: Path, *inputs: Path, force: bool = False) -> bool:
     return all(output.stat().st_mtime >= i.stat().st_mtime for i in inputs if i.exists())
 
 
-def demo_backends(requested: str, log=print) -> list[backends.Backend]:
+def demo_backends(requested: str, listener=None) -> list[backends.Backend]:
     """``auto``: every usable backend, best first (and why the others are left out); else the named one."""
+    from .events import SILENT
+
+    listener = listener or SILENT
     if requested != "auto":
-        return [backends.resolve(requested, log)]
+        return [backends.resolve(requested, listener)]
     chosen, skipped = [], []
     for name in backends.names():
         backend = backends.get(name)
@@ -69,7 +72,7 @@ def demo_backends(requested: str, log=print) -> list[backends.Backend]:
     chosen.sort(key=lambda b: b.auto_rank)
     if not chosen:
         raise FcnDeployError(f"no backend is usable here ({', '.join(skipped)}); pip install onnxruntime openvino")
-    log(f"backends: {', '.join(b.name for b in chosen)}" + (f"; not usable here: {', '.join(skipped)}" if skipped else ""))
+    listener.note(f"backends: {', '.join(b.name for b in chosen)}" + (f"; not usable here: {', '.join(skipped)}" if skipped else ""))
     return chosen
 
 
@@ -83,10 +86,12 @@ def run_demo(
     from .export import export_onnx
     from .report import demo_page, write_page
     from .train import TrainConfig, evaluate, train
-    from .validate import ExampleKeeper, validate_engine
+    from .render.console import ConsoleListener
+    from .validation import ExampleKeeper, ValidateOptions, validate_engine
     from .video import run_infer
 
     console = console or Console()
+    listener = ConsoleListener(console)
     out = ensure_writable_dir(out)
     models_dir = ensure_writable_dir(out / "models")
     calib_dir = out / "calibration"
@@ -122,7 +127,7 @@ def run_demo(
         result = train(
             TrainConfig(out=ckpt, arch=DEFAULT_ARCH, arch_kwargs=dict(DEFAULT_ARCH_KWARGS), epochs=TRAIN_EPOCHS, steps=steps,
                         batch_size=16, lr=3e-3, img_size=128),
-            console=console,
+            listener=listener,
         )  # fmt: skip
         report["steps"]["train"] = result
     done("2/8 train")
@@ -142,14 +147,14 @@ def run_demo(
         console.print(f"reusing {onnx_path}")
         report["steps"]["export"] = {"reused": True, "onnx": str(onnx_path)}
     else:
-        report["steps"]["export"] = export_onnx(ckpt, onnx_path, console=console)
+        report["steps"]["export"] = export_onnx(ckpt, onnx_path, listener=listener)
     done("4/8 export")
 
     # 5. engines -----------------------------------------------------------------------------
     step("5/8 build engines")
     engines: dict[str, Path] = {}  # "<backend>-<precision>" -> engine
     report["steps"]["build"] = {}
-    chosen = demo_backends(backend, log=console.print)
+    chosen = demo_backends(backend, listener=listener)
     for engine_backend in chosen:
         for precision in PRECISIONS:
             label = f"{engine_backend.name}-{precision}"
@@ -161,7 +166,7 @@ def run_demo(
             else:
                 manifest = build_engine(
                     onnx_path, engine, BuildOptions(precision=precision, backend=engine_backend.name, calib_dir=calib_dir),
-                    log=console.print,
+                    listener=listener,
                 )  # fmt: skip
             engines[label] = engine
             report["steps"]["build"][label] = {
@@ -176,9 +181,11 @@ def run_demo(
     keepers: dict[str, ExampleKeeper] = {}  # a few pictures per engine for the page
     for label, engine in engines.items():
         keepers[label] = ExampleKeeper(worst=PAGE_EXAMPLES, max_failing=PAGE_EXAMPLES)
-        result = validate_engine(
-            engine, ckpt, max_side=VALIDATE_CAP, random_sizes=VALIDATE_RANDOM_SIZES, console=console, keep_examples=keepers[label]
-        )
+        from .render.validation import print_validation
+
+        result = validate_engine(engine, ckpt, ValidateOptions(max_side=VALIDATE_CAP, random_sizes=VALIDATE_RANDOM_SIZES,
+                                                               keep_examples=keepers[label]), listener=listener)  # fmt: skip
+        print_validation(console, result)
         report["steps"]["validate"][label] = result.to_dict()
     done("6/8 validate")
 

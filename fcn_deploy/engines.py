@@ -2,34 +2,37 @@
 
 ``build_engine`` turns an exported (or adopted) FP32 ONNX into a deployable engine:
 
-1. the precision transform (:mod:`fcn_deploy.precision`) writes ``<stem>.<precision>.onnx``
-   (``<stem>.int8-<target>.onnx`` for INT8, whose activation encoding is the target backend's);
+1. the precision's transform (its entry in :mod:`fcn_deploy.precisions`) writes the precision graph
+   (``<stem>.fp16.onnx``; ``<stem>.int8-<target>.onnx`` for INT8, whose activation encoding is the
+   target backend's);
 2. the backend (from :mod:`fcn_deploy.backends`' registry) compiles that graph under one profile;
 3. a JSON manifest next to the engine (``<engine>.json``) lists every engine file with its sha256
-   and records the backend, library versions and device, the precision, the profile, the hashes of
-   the source ONNX and the calibration set, the class metadata, the build time and the command that
-   rebuilds it.
+   and records the backend, its options, library versions and device, the precision, the profile,
+   the hashes of the source ONNX and the calibration set, the class metadata, the build time and the
+   command that rebuilds it.
 
-Opening engines is :func:`fcn_deploy.backends.open_engine`'s job, next to the backends.
+An unsupported backend and precision pair, or an option the precision does not use, is refused
+before any work.  Opening engines is :func:`fcn_deploy.backends.open_engine`'s job.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import onnx
 
-from . import __version__, backends
+from . import __version__, backends, precisions
 from .backends import CompileOptions, Profile, default_profile
 from .backends.manifest import MANIFEST_FORMAT, common_versions, file_entries, write_manifest
 from .errors import FcnDeployError, require_file
+from .events import SILENT, Listener
 from .fileio import ensure_writable_dir, sha256_file
 from .meta import ModelMeta, read_onnx_meta, read_onnx_props
-from .onnxfile import dims_of, read_onnx
+from .onnxkit import dims_of, read_onnx
 from .precision import apply_precision
 
 
@@ -44,21 +47,29 @@ class BuildOptions:
     calib_dir: Path | None = None
     calib_method: str = "minmax"
     #: Build the INT8 graph with this backend's activation encoding instead of the compiling
-    #: backend's, e.g. ``tensorrt`` with ``--backend onnxruntime`` to check TensorRT's exact graph on a CPU.
+    #: backend's, e.g. ``tensorrt`` with ``backend="onnxruntime"`` to check TensorRT's exact graph on a CPU.
     int8_target: str | None = None
-    workspace_gib: float = 4.0
-    timing_cache: Path | None = None
+    #: INT8 nodes kept in float (by name), chosen by hand.
+    float_nodes: tuple[str, ...] = ()
+    #: The compiling backend's own options (its ``Backend.options``), by name.
+    backend_options: dict[str, Any] = field(default_factory=dict)
+
+    def given(self) -> set[str]:
+        """The precision-specific options set away from their defaults (each precision says which it uses).
+        The calibration folder is shared by every command that builds engines, so it is never refused."""
+        defaults = BuildOptions()
+        return {name for name in ("calib_method", "int8_target", "float_nodes") if getattr(self, name) != getattr(defaults, name)}
 
 
-def resolve_profile(model: onnx.ModelProto, meta: ModelMeta, opts: BuildOptions, log=print) -> Profile:
-    """min/opt/max from the flags, else the default profile (from the ONNX metadata: min = the
+def resolve_profile(model: onnx.ModelProto, meta: ModelMeta, opts: BuildOptions, listener: Listener = SILENT) -> Profile:
+    """min/opt/max from the options, else the default profile (from the ONNX metadata: min = the
     architecture's minimum).  An ONNX whose input has fixed sizes gives a static engine, and says so."""
     dims = dims_of(model.graph.input[0])
     base = default_profile(meta, dims)
     fixed = [isinstance(d, int) and d > 0 for d in dims]
     static_hw = fixed[2] and fixed[3]
     if static_hw:
-        log(f"[yellow]the ONNX input has no dynamic height/width: building a static engine for {dims[2]}x{dims[3]}[/]")
+        listener.note(f"the ONNX input has no dynamic height/width: building a static engine for {dims[2]}x{dims[3]}", level="warning")
         hw_min, hw_opt, hw_max = base.min[1:], base.opt[1:], base.max[1:]
     else:
         hw_min, hw_opt, hw_max = opts.min_shape or base.min[1:], opts.opt_shape or base.opt[1:], opts.max_shape or base.max[1:]
@@ -66,13 +77,11 @@ def resolve_profile(model: onnx.ModelProto, meta: ModelMeta, opts: BuildOptions,
     lo, opt, hi = (n_min, *hw_min), (n_opt, *hw_opt), (n_max, *hw_max)
     for axis, label in enumerate(("batch", "height", "width")):
         if not lo[axis] <= opt[axis] <= hi[axis]:
-            raise FcnDeployError(
-                f"profile {label}: need min <= opt <= max, got {lo[axis]} / {opt[axis]} / {hi[axis]}; fix --min-shape/--opt-shape/--max-shape/--batch"
-            )
+            raise FcnDeployError(f"profile {label}: need min <= opt <= max, got {lo[axis]} / {opt[axis]} / {hi[axis]}",
+                                 options=("batch",) if axis == 0 else ("min_shape", "opt_shape", "max_shape"))  # fmt: skip
     if not static_hw and min(hw_min) < meta.min_size:
-        raise FcnDeployError(
-            f"--min-shape {hw_min[0]}x{hw_min[1]} is below {meta.arch}'s minimum input {meta.min_size}x{meta.min_size}"
-        )
+        raise FcnDeployError(f"min shape {hw_min[0]}x{hw_min[1]} is below {meta.arch}'s minimum input {meta.min_size}x{meta.min_size}",
+                             options=("min_shape",))  # fmt: skip
     return Profile(lo, opt, hi)  # type: ignore[arg-type]
 
 
@@ -83,54 +92,66 @@ def library_versions(backend: backends.Backend | None = None) -> dict[str, str]:
 
 def precision_graph_path(src: Path, precision: str, int8_target: str) -> Path:
     """Where the precision transform of ``src`` goes (the FP32 graph is ``src`` itself)."""
-    if precision == "fp32":
-        return src
-    suffix = f"int8-{int8_target}" if precision == "int8" else precision
-    return src.with_name(f"{src.stem}.{suffix}.onnx")
+    return precisions.get(precision).graph_path(src, int8_target)
+
+
+def check_options(opts: BuildOptions, backend: backends.Backend) -> precisions.Precision:
+    """Everything about the options that can be refused before any work."""
+    entry = precisions.get(opts.precision)
+    backend.require_precision(entry.name)
+    unused = sorted(opts.given() - entry.uses)
+    if unused:
+        users = [name for name in precisions.names() if set(unused) <= precisions.get(name).uses]
+        raise FcnDeployError(f"{', '.join(unused)}: used by {' and '.join(users) or 'no'} builds only, not {entry.name}",
+                             options=tuple(unused))  # fmt: skip
+    backend.option_values(opts.backend_options)
+    return entry
 
 
 def build_engine(
-    onnx_path: str | Path, out: str | Path | None = None, opts: BuildOptions | None = None, log=print
+    onnx_path: str | Path, out: str | Path | None = None, opts: BuildOptions | None = None, *, listener: Listener = SILENT
 ) -> dict[str, Any]:
     """Build one engine and its manifest; returns the manifest."""
     opts = opts or BuildOptions()
+    precisions.get(opts.precision)
     src = require_file(onnx_path, "ONNX model", "export one with `fcn-deploy export`, or adopt one with `fcn-deploy adopt`")
     model = read_onnx(src, load_data=False)
     meta = read_onnx_meta(model, str(src))
     props = read_onnx_props(model)
     if props.get("fcn_deploy.precision", "fp32") != "fp32" or "fcn_deploy.backend" in props:
-        raise FcnDeployError(
-            f"{src}: is already a built {props.get('fcn_deploy.precision', '')} engine; build from the FP32 export"
-        )
-    backend = backends.resolve(opts.backend, log)
+        raise FcnDeployError(f"{src}: is already a built {props.get('fcn_deploy.precision', '')} engine; build from the FP32 export")
+    backend = backends.resolve(opts.backend, listener)
+    entry = check_options(opts, backend)
     int8_target = opts.int8_target or backend.name
     encoding = backends.get(int8_target).int8_encoding
-    if opts.precision == "int8" and encoding not in backend.accepted_int8_encodings:
+    if entry.quantized and encoding not in backend.accepted_int8_encodings:
         raise FcnDeployError(
-            f"--int8-target {int8_target} with --backend {backend.name}: {backend.name} compiles only "
-            f"{', '.join(backend.accepted_int8_encodings)} Q/DQ graphs; drop --int8-target"
-        )
-    profile = resolve_profile(model, meta, opts, log)
+            f"INT8 target {int8_target} with backend {backend.name}: {backend.name} compiles only "
+            f"{', '.join(backend.accepted_int8_encodings)} Q/DQ graphs; drop the INT8 target", options=("int8_target",),
+        )  # fmt: skip
+    profile = resolve_profile(model, meta, opts, listener)
     out = Path(out) if out else backend.default_engine_path(src, opts.precision)
     files = backend.engine_files(out)
-    precision_onnx = precision_graph_path(src, opts.precision, int8_target)
+    precision_onnx = entry.graph_path(src, int8_target)
     taken = {f.resolve() for f in files} & {src.resolve(), precision_onnx.resolve()}
     if taken:
-        raise FcnDeployError(f"-o {out}: would overwrite {taken.pop().name}, an input of this build; choose another engine path")
+        raise FcnDeployError(f"{out}: would overwrite {taken.pop().name}, an input of this build; choose another engine path",
+                             options=("out",))  # fmt: skip
     ensure_writable_dir(out.parent)
-    if opts.precision != "fp32":
-        log(f"{opts.precision}: transforming {src.name} -> {precision_onnx.name}")
+    if entry.transform is not None:
+        listener.note(f"{opts.precision}: transforming {src.name} -> {precision_onnx.name}")
         transform = apply_precision(
-            src, precision_onnx, opts.precision, opts.calib_dir, opts.calib_method, max_hw=profile.max[1:],
-            int8_encoding=encoding, log=log,
+            src, precision_onnx, opts.precision, calib_dir=opts.calib_dir, calib_method=opts.calib_method,
+            max_hw=profile.max[1:], int8_encoding=encoding, float_nodes=opts.float_nodes, listener=listener,
         )  # fmt: skip
-        if opts.precision == "int8":
+        if entry.quantized:
             transform["int8"]["target"] = int8_target  # type: ignore[index]
     else:
-        transform = {"precision": "fp32"}
-    log(f"{backend.name}: compiling {precision_onnx.name} -> {out.name}")
-    options = CompileOptions(precision=opts.precision, workspace_gib=opts.workspace_gib, timing_cache=opts.timing_cache)
-    build_info = backend.compile(precision_onnx, out, profile, meta, options, log=log)
+        transform = {"precision": opts.precision}
+    listener.note(f"{backend.name}: compiling {precision_onnx.name} -> {out.name}")
+    backend_options = backend.option_values(opts.backend_options)
+    options = CompileOptions(precision=opts.precision, backend_options=backend_options)
+    build_info = backend.compile(precision_onnx, out, profile, meta, options, listener=listener)
     calibration = transform.get("calibration") or {}
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -148,33 +169,42 @@ def build_engine(
         "precision_onnx_sha256": sha256_file(precision_onnx),
         "calibration_sha256": calibration.get("sha256"),
         "transform": transform,
+        "backend_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in backend_options.items()},
         "build": build_info,
         "meta": meta.to_dict(),
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "built_by": f"fcn-deploy {__version__}",
-        "rebuild_command": rebuild_command(src, out, opts, backend.name),
+        "rebuild_command": rebuild_command(src, out, opts, backend),
     }
     write_manifest(out, manifest)
     return manifest
 
 
-def rebuild_command(src: Path, out: Path, opts: BuildOptions, backend: str) -> str:
+def rebuild_command(src: Path, out: Path, opts: BuildOptions, backend: backends.Backend) -> str:
     """The command that builds this engine again (absolute paths: it is printed from anywhere)."""
-    parts = ["fcn-deploy", "build-engine", str(src.resolve()), "-o", str(out.resolve()), "--backend", backend]
+    entry = precisions.get(opts.precision)
+    parts = ["fcn-deploy", "build-engine", str(src.resolve()), "-o", str(out.resolve()), "--backend", backend.name]
     if opts.precision != "fp32":
-        parts.append(f"--{opts.precision}")
-    if opts.precision == "int8":
+        parts += ["--precision", opts.precision]
+    if "calib_method" in entry.uses:
         parts += ["--calib-method", opts.calib_method]
-        if opts.int8_target:
-            parts += ["--int8-target", opts.int8_target]
-    if opts.precision != "fp32" and opts.calib_dir:
+    if "int8_target" in entry.uses and opts.int8_target:
+        parts += ["--int8-target", opts.int8_target]
+    if "float_nodes" in entry.uses and opts.float_nodes:
+        parts += ["--float-nodes", ",".join(opts.float_nodes)]
+    if entry.needs_calibration and opts.calib_dir:
         parts += ["--calib", str(Path(opts.calib_dir).resolve())]
     for flag, shape in (("--min-shape", opts.min_shape), ("--opt-shape", opts.opt_shape), ("--max-shape", opts.max_shape)):
         if shape:
             parts += [flag, f"{shape[0]}x{shape[1]}"]
     if opts.batch:
         parts += ["--batch", ",".join(map(str, opts.batch))]
+    for option in backend.options:
+        value = opts.backend_options.get(option.name)
+        if value is not None and value != option.default:
+            parts += [option.flag, str(value)]
     return shlex.join(parts)
 
 
-__all__ = ["BuildOptions", "build_engine", "resolve_profile", "library_versions", "rebuild_command", "precision_graph_path"]
+__all__ = ["BuildOptions", "build_engine", "check_options", "library_versions", "precision_graph_path", "rebuild_command",
+           "resolve_profile"]  # fmt: skip

@@ -21,15 +21,15 @@ from pathlib import Path
 
 import onnx
 import torch
-from rich.console import Console
 
-from .checkpoint import load_checkpoint
-from .errors import CheckFailed, FcnDeployError
-from .fileio import atomic_path, ensure_writable_dir, sha256_file
-from .meta import write_onnx_meta
 from .backends.onnxruntime import OnnxRuntimeRunner
 from .backends.torch import TorchRunner
-from .validate import EXPORT_THRESHOLDS, CaseResult, case_line, spread_sizes, validate
+from .checkpoint import load_checkpoint
+from .errors import CheckFailed, FcnDeployError, first_line
+from .events import SILENT, Listener
+from .fileio import atomic_path, ensure_writable_dir, sha256_file
+from .meta import write_onnx_meta
+from .validation import export_thresholds, spread_sizes, validate
 
 #: Opsets the dynamo exporter and the TensorRT parser both handle.
 SUPPORTED_OPSETS = range(17, 24)
@@ -77,9 +77,8 @@ def _trace(model: torch.nn.Module, example: torch.Tensor, opts: ExportOptions, m
                 model, (example,), dynamo=True, input_names=["image"], output_names=output_names,
                 dynamic_shapes={"image": dims}, opset_version=opts.opset, verbose=False, report=False,
             )  # fmt: skip
-        except Exception as exc:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise FcnDeployError(f"the ONNX exporter failed: {detail}") from exc
+        except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds for models it cannot trace
+            raise FcnDeployError(f"the ONNX exporter failed: {first_line(exc)}") from exc
     return program.model_proto
 
 
@@ -100,14 +99,14 @@ def _check(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
         onnx.checker.check_model(model, full_check=True)
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:
-        raise FcnDeployError(f"{where}: the ONNX checker rejected the exported graph: {str(exc).splitlines()[0]}") from exc
+        raise FcnDeployError(f"{where}: the ONNX checker rejected the exported graph: {first_line(exc)}") from exc
 
 
 def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         import onnxslim
     except ImportError:
-        raise FcnDeployError("--simplify needs onnxslim: pip install 'fcn-deploy[simplify]'") from None
+        raise FcnDeployError("simplifying needs onnxslim: pip install 'fcn-deploy[simplify]'", options=("simplify",)) from None
     with contextlib.redirect_stdout(io.StringIO()):
         slim = onnxslim.slim(model)
     slim.ClearField("metadata_props")
@@ -119,12 +118,13 @@ def export_onnx(
     checkpoint: str | Path,
     out: str | Path,
     opts: ExportOptions | None = None,
-    console: Console | None = None,
+    *,
     check_sizes: list[tuple[int, int]] | None = None,
+    listener: Listener = SILENT,
 ) -> dict[str, object]:
-    """Export ``checkpoint`` to ``out`` and verify it; returns the check's report (as a dict)."""
+    """Export ``checkpoint`` to ``out`` and verify it; returns the check's report (as a dict).
+    Each checked size reaches ``listener`` as an ``export_case`` result."""
     opts = opts or ExportOptions()
-    console = console or Console()
     if opts.opset not in SUPPORTED_OPSETS:
         raise FcnDeployError(
             f"unsupported opset {opts.opset}: choose {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
@@ -138,7 +138,7 @@ def export_onnx(
     wrapped = _WithMask(model) if opts.mask_output else model
     size = max(meta.train_size, 2 * meta.min_size)
     example = torch.zeros(1 if opts.static_batch else 2, 3, size, size)
-    console.print(f"exporting {meta.arch} from {checkpoint} (opset {opts.opset}, dynamic "
+    listener.note(f"exporting {meta.arch} from {checkpoint} (opset {opts.opset}, dynamic "
                   f"{'H, W' if opts.static_batch else 'N, H, W'}{', mask output' if opts.mask_output else ''})")
     proto = _trace(wrapped.eval(), example, opts, meta.min_size)
     _name_dims(proto, opts.static_batch)
@@ -155,30 +155,40 @@ def export_onnx(
     with atomic_path(out) as tmp:
         onnx.save(proto, str(tmp), save_as_external_data=False)
         if opts.verify:
-            result = verify_export(tmp, ckpt, console, static_batch=opts.static_batch, sizes=check_sizes)
+            result = verify_export(tmp, ckpt, static_batch=opts.static_batch, sizes=check_sizes, listener=listener)
             report["check"] = result
             if not result["passed"]:
                 raise CheckFailed(
                     f"{out}: ONNX Runtime disagrees with PyTorch at {', '.join(result['failing_sizes'])}; "
-                    "nothing was written (see the lines above)"
+                    "nothing was written (see the sizes above)"
                 )
     report["sha256"] = sha256_file(out)
-    console.print(f"[green]wrote[/] {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    listener.note(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", level="success")
     return report
 
 
 def verify_export(
-    onnx_path: Path, ckpt, console: Console, static_batch: bool = False, sizes: list[tuple[int, int]] | None = None
+    onnx_path: Path, ckpt, *, static_batch: bool = False, sizes: list[tuple[int, int]] | None = None, listener: Listener = SILENT
 ) -> dict[str, object]:
     """ONNX Runtime vs PyTorch, FP32, at a spread of sizes and (unless static) batch 2."""
     engine = OnnxRuntimeRunner(onnx_path, providers="cpu")
     reference = TorchRunner(ckpt)
     sizes = sizes or spread_sizes(engine.profile, random_sizes=2, cap=CHECK_CAP)
     batch_sizes = {} if static_batch else {sizes[min(2, len(sizes) - 1)]: 2}
-
-    def show(case: CaseResult) -> None:
-        console.print("  " + case_line(case))
-
-    console.print(f"checking ONNX Runtime against PyTorch at {len(sizes)} sizes")
-    report = validate(engine, reference, sizes, EXPORT_THRESHOLDS, batch_sizes=batch_sizes, on_case=show)
+    listener.note(f"checking ONNX Runtime against PyTorch at {len(sizes)} sizes")
+    report = validate(engine, reference, sizes, export_thresholds(), batch_sizes=batch_sizes, listener=_ExportCases(listener))
     return report.to_dict()
+
+
+class _ExportCases(Listener):
+    """Passes each validated size on as an ``export_case`` (the export prints one line per size)."""
+
+    def __init__(self, listener: Listener):
+        self.inner = listener
+
+    def note(self, text: str, level="info") -> None:
+        self.inner.note(text, level)
+
+    def result(self, kind: str, value) -> None:
+        if kind == "validation_case":
+            self.inner.result("export_case", value)

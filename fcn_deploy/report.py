@@ -4,7 +4,7 @@ Every page is **one self-contained HTML file**: no JavaScript, no CDN, no extern
 SVG and pictures PNG/JPEG, all embedded as ``data:`` URIs, so a page opens offline, attaches to a
 ticket or an e-mail, and renders the same years later.  The pages are built from the JSON report
 dicts the commands already write, plus what JSON should not carry: the few validation images kept
-by :class:`fcn_deploy.validate.ExampleKeeper` and, for the demo, frames of its videos.
+by :class:`fcn_deploy.validation.ExampleKeeper` and, for the demo, frames of its videos.
 
 Plots use **matplotlib**, drawn through ``matplotlib.figure.Figure`` objects (never pyplot, so no
 GUI backend is ever chosen and the caller's pyplot state is untouched; it is the non-interactive
@@ -16,7 +16,7 @@ disagreement maps) are drawn with numpy and Pillow at their own pixels and shown
 ``image-rendering: pixelated``, so a single disagreeing pixel stays visible.
 
 The validation page answers "edges or regions?" on its first screen: the share of disagreeing
-pixels within :data:`~fcn_deploy.validate.EDGE_RADIUS_PX` of a reference class boundary, the
+pixels within :data:`~fcn_deploy.validation.EDGE_RADIUS_PX` of a reference class boundary, the
 histogram of the reference's top-1 minus top-2 margin at those pixels, then per size a row of
 pictures (input, reference mask, engine mask, disagreement map coloured by that margin).
 """
@@ -40,7 +40,7 @@ from . import __version__
 from .data.images import colorize
 from .errors import FcnDeployError
 from .fileio import atomic_write_bytes
-from .validate import EDGE_RADIUS_PX, MARGIN_BIN_EDGES, Example, ExampleKeeper
+from .validation import EDGE_RADIUS_PX, MARGIN_BIN_EDGES, Example, ExampleKeeper
 
 #: Pictures are shown at most this many pixels on their longest side (larger ones are reduced by an integer factor).
 PICTURE_MAX_SIDE = 384

@@ -1,6 +1,6 @@
 """Training and evaluation.
 
-``train(config)`` runs epochs of AdamW training (warm-up, then cosine decay) with a rich progress bar (loss, lr, it/s, ETA),
+``train(config)`` runs epochs of AdamW training (warm-up, then cosine decay) reporting progress (loss, lr) to a listener,
 evaluates on the validation split after every epoch, keeps the best checkpoint at ``config.out``
 and the latest at ``<out>.last.pt`` (both written atomically), and resumes from either.  Ctrl-C
 stops between steps and leaves both files as they were after the last completed epoch.
@@ -18,14 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import models
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import VOID, DataSource, open_dataset, preprocess
 from .data.training import TrainingView
 from .errors import FcnDeployError
+from .events import SILENT, Listener
 from .fileio import ensure_writable_dir
 from .meta import ModelMeta
 from .metrics import ConfusionMeter, Scores
@@ -103,23 +102,9 @@ def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[rate]:.1f} it/s"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-
-
-def train(config: TrainConfig, console: Console | None = None) -> dict[str, Any]:
-    """Train per ``config``; return a summary (best metrics, paths, timing)."""
-    console = console or Console()
+def train(config: TrainConfig, *, listener: Listener = SILENT) -> dict[str, Any]:
+    """Train per ``config``; return a summary (best metrics, paths, timing).  Progress (loss, lr,
+    it/s) and one note per epoch go to ``listener``."""
     torch.manual_seed(config.seed)
     out = Path(config.out)
     ensure_writable_dir(out.parent)
@@ -156,7 +141,7 @@ def train(config: TrainConfig, console: Console | None = None) -> dict[str, Any]
             if init.meta.num_classes != num_classes:
                 raise FcnDeployError(
                     f"{config.init_from}: checkpoint has {init.meta.num_classes} classes, dataset {config.data} has "
-                    f"{num_classes}; import it with --num-classes {num_classes}"
+                    f"{num_classes}; import it with {num_classes} classes", options=("init",),
                 )
             model = init.build_model(eval_mode=False)
             meta.arch_kwargs = dict(init.meta.arch_kwargs)
@@ -178,72 +163,70 @@ def train(config: TrainConfig, console: Console | None = None) -> dict[str, Any]
     warmup = min(100, total_steps // 10)
     has_aux = getattr(model, "aux_classifier", None) is not None
 
-    console.print(
-        f"training [bold]{config.arch}[/] on {train_src.name} ({len(view)} samples, crop {config.img_size}), "
+    listener.note(
+        f"training {config.arch} on {train_src.name} ({len(view)} samples, crop {config.img_size}), "
         f"{total_steps} steps of batch {config.batch_size}, validating on {val_src.name}"
     )
     started = time.perf_counter()
     step = int(state["step"])
     try:
-        with _progress(console) as progress:
-            task = progress.add_task("train", total=total_steps, completed=step, loss=float("nan"), lr=0.0, rate=0.0)
-            while step < total_steps:
-                epoch = int(state["epoch"])
-                view.epoch = epoch
-                order = torch.randperm(len(view), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-                model.train()
-                smoothed, tick = None, time.perf_counter()
-                epoch_end = min(total_steps, (epoch + 1) * steps_per_epoch)
-                batch_index = 0
-                while step < epoch_end:
-                    start = batch_index * config.batch_size
-                    ids = order[torch.arange(start, start + config.batch_size) % len(view)]
-                    batch_index += 1
-                    x, y = zip(*(view[int(i)] for i in ids))
-                    images, labels = torch.stack(x).to(device), torch.stack(y).to(device)
-                    lr = _lr_at(step, total_steps, config.lr, warmup)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    if has_aux:
-                        out_main, out_aux = model.forward_with_aux(images)
-                        loss = F.cross_entropy(out_main, labels, ignore_index=VOID) + 0.5 * F.cross_entropy(
-                            out_aux, labels, ignore_index=VOID
-                        )
-                    else:
-                        loss = F.cross_entropy(model(images), labels, ignore_index=VOID)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    step += 1
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        raise FcnDeployError(f"training diverged at step {step} (loss {value}); lower --lr")
-                    smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
-                    now = time.perf_counter()
-                    rate = 1.0 / max(1e-9, now - tick)
-                    tick = now
-                    progress.update(task, completed=step, loss=smoothed, lr=lr, rate=rate)
-                scores = evaluate(model, val_src, meta.mean, meta.std, num_classes, device=device)
-                state["epoch"] = epoch + 1
-                state["step"] = step
-                record = {"epoch": epoch + 1, "step": step, "loss": smoothed, **scores.to_dict()}
-                state["history"] = [*state.get("history", []), record]
-                improved = scores.mean_iu > float(state["best_miou"])
-                if improved:
-                    state["best_miou"] = scores.mean_iu
-                    meta.metrics = {"split": val_src.name, "epoch": epoch + 1, **scores.to_dict()}
-                    save_checkpoint(out, model, meta)
-                train_state = {**state, "optimizer": optimizer.state_dict()}
-                save_checkpoint(last_path(out), model, meta, train_state=train_state)
-                progress.console.print(
-                    f"epoch {epoch + 1}: loss {smoothed:.4f}  mean IU {scores.mean_iu:.4f}  "
-                    f"pixel acc {scores.pixel_accuracy:.4f}" + ("  [green]best, saved[/]" if improved else "")
-                )
+        listener.start("train", total=total_steps, description="train", unit="steps")
+        listener.advance("train", step)
+        while step < total_steps:
+            epoch = int(state["epoch"])
+            view.epoch = epoch
+            order = torch.randperm(len(view), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+            model.train()
+            smoothed = None
+            epoch_end = min(total_steps, (epoch + 1) * steps_per_epoch)
+            batch_index = 0
+            while step < epoch_end:
+                start = batch_index * config.batch_size
+                ids = order[torch.arange(start, start + config.batch_size) % len(view)]
+                batch_index += 1
+                x, y = zip(*(view[int(i)] for i in ids))
+                images, labels = torch.stack(x).to(device), torch.stack(y).to(device)
+                lr = _lr_at(step, total_steps, config.lr, warmup)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                if has_aux:
+                    out_main, out_aux = model.forward_with_aux(images)
+                    loss = F.cross_entropy(out_main, labels, ignore_index=VOID) + 0.5 * F.cross_entropy(
+                        out_aux, labels, ignore_index=VOID
+                    )
+                else:
+                    loss = F.cross_entropy(model(images), labels, ignore_index=VOID)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise FcnDeployError(f"training diverged at step {step} (loss {value}); lower the learning rate", options=("lr",))
+                smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
+                listener.advance("train", 1, loss=smoothed, lr=lr)
+            scores = evaluate(model, val_src, meta.mean, meta.std, num_classes, device=device)
+            state["epoch"] = epoch + 1
+            state["step"] = step
+            record = {"epoch": epoch + 1, "step": step, "loss": smoothed, **scores.to_dict()}
+            state["history"] = [*state.get("history", []), record]
+            improved = scores.mean_iu > float(state["best_miou"])
+            if improved:
+                state["best_miou"] = scores.mean_iu
+                meta.metrics = {"split": val_src.name, "epoch": epoch + 1, **scores.to_dict()}
+                save_checkpoint(out, model, meta)
+            train_state = {**state, "optimizer": optimizer.state_dict()}
+            save_checkpoint(last_path(out), model, meta, train_state=train_state)
+            listener.note(
+                f"epoch {epoch + 1}: loss {smoothed:.4f}  mean IU {scores.mean_iu:.4f}  "
+                f"pixel acc {scores.pixel_accuracy:.4f}" + ("  best, saved" if improved else ""),
+                level="success" if improved else "info",
+            )
+        listener.finish("train")
     except KeyboardInterrupt:
-        console.print(
-            f"[yellow]interrupted at step {step}[/]; best checkpoint {out} and last {last_path(out)} are intact "
-            f"(resume with --resume {last_path(out)})"
-        )
+        listener.finish("train")
+        listener.note(f"interrupted at step {step}; best checkpoint {out} and last {last_path(out)} are intact "
+                      f"(resume from {last_path(out)})", level="warning")  # fmt: skip
         raise
     elapsed = time.perf_counter() - started
     if not state["history"]:

@@ -52,8 +52,6 @@ def artefacts(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(artefacts) -> Path:
-    from rich.console import Console
-
     from fcn_deploy.train import TrainConfig, train
 
     out = artefacts / "tiny.pt"
@@ -61,20 +59,17 @@ def tiny_checkpoint(artefacts) -> Path:
         TrainConfig(
             out=out, arch="fcn8s-resnet18", arch_kwargs=TINY_ARCH_KWARGS, epochs=2, steps=120, batch_size=8,
             lr=5e-3, img_size=96, train_count=480, val_count=8, val_size=96,
-        ),
-        console=Console(quiet=True),
+        )
     )
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_checkpoint, artefacts) -> Path:
-    from rich.console import Console
-
     from fcn_deploy.export import export_onnx
 
     out = artefacts / "tiny.onnx"
-    export_onnx(tiny_checkpoint, out, console=Console(quiet=True), check_sizes=[(64, 64), (97, 129)])
+    export_onnx(tiny_checkpoint, out, check_sizes=[(64, 64), (97, 129)])
     return out
 
 
@@ -98,7 +93,7 @@ def build_all_precisions(tiny_onnx: Path, out_dir: Path, **options) -> dict[str,
     shutil.copy(tiny_onnx, src)
     engines = {}
     for precision in ("fp32", "fp16", "int8"):
-        manifest = build_engine(src, None, BuildOptions(precision=precision, **options), log=lambda *a: None)
+        manifest = build_engine(src, None, BuildOptions(precision=precision, **options))
         engines[precision] = out_dir / manifest["engine"]
     return engines
 

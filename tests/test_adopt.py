@@ -25,7 +25,7 @@ from fcn_deploy.data.synthetic import make_scene, panning_frames
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.media import write_video
 from fcn_deploy.meta import IMAGENET_MEAN, IMAGENET_STD, read_onnx_meta
-from fcn_deploy.validate import DEFAULT_THRESHOLDS
+from fcn_deploy.validation import DEFAULT_THRESHOLDS
 
 NUM_CLASSES = 21
 #: Odd validation sizes (small: every model runs them on two CPU cores in well under a second).

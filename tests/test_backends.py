@@ -23,7 +23,8 @@ from fcn_deploy.cli import main
 from fcn_deploy.engines import BuildOptions, build_engine, resolve_profile
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.meta import ModelMeta
-from fcn_deploy.validate import DEFAULT_THRESHOLDS, validate, validate_engine
+from fcn_deploy.events import Recorder
+from fcn_deploy.validation import DEFAULT_THRESHOLDS, ValidateOptions, validate, validate_engine
 from fcn_deploy.video import Segmenter
 
 SIZES = [(32, 32), (97, 129), (45, 160), (131, 67), (200, 200)]
@@ -54,8 +55,9 @@ def test_registry_lists_every_backend_and_refuses_unknown_names():
 def test_auto_picks_the_best_usable_backend_and_says_why(monkeypatch, usable, expected):
     for cls in (TensorRTBackend, OpenVinoBackend, OnnxRuntimeBackend):
         monkeypatch.setattr(cls, "status", lambda self: (self.name in usable, "ok" if self.name in usable else "patched out"))
-    logs: list[str] = []
-    assert backends.resolve("auto", log=logs.append).name == expected
+    recorder = Recorder()
+    assert backends.resolve("auto", listener=recorder).name == expected
+    logs = recorder.texts()
     assert logs[0].startswith(f"backend auto -> {expected}: ")
     for skipped in {"tensorrt", "openvino"} - usable:
         assert f"{skipped}: patched out" in logs[0]
@@ -63,7 +65,7 @@ def test_auto_picks_the_best_usable_backend_and_says_why(monkeypatch, usable, ex
 
 def test_a_named_backend_that_is_not_usable_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(TensorRTBackend, "status", lambda self: (False, "no CUDA device is visible to torch"))
-    with pytest.raises(FcnDeployError, match=r"--backend tensorrt: backend tensorrt is not usable here: no CUDA device .*pip install"):
+    with pytest.raises(FcnDeployError, match=r"^backend tensorrt is not usable here: no CUDA device .*pip install"):
         backends.resolve("tensorrt")
 
 
@@ -81,7 +83,7 @@ def test_one_default_profile(tiny_onnx):
     from fcn_deploy.meta import read_onnx_meta
 
     meta = read_onnx_meta(model)
-    assert resolve_profile(model, meta, BuildOptions(), log=lambda *a: None) == default_profile(meta)
+    assert resolve_profile(model, meta, BuildOptions()) == default_profile(meta)
     assert open_runner(tiny_onnx).profile == default_profile(meta)
     static = default_profile(meta, [1, 3, 64, 80])
     assert static.min == static.max == (1, 64, 80)
@@ -108,7 +110,7 @@ def test_any_output_name_loads_back_through_every_command(tiny_onnx, tiny_checkp
 
 
 def build_ov(tiny_onnx: Path, out: Path) -> Path:
-    build_engine(tiny_onnx, out, BuildOptions(backend="openvino", max_shape=(128, 128)), log=lambda *a: None)
+    build_engine(tiny_onnx, out, BuildOptions(backend="openvino", max_shape=(128, 128)))
     return out
 
 
@@ -147,7 +149,7 @@ def test_missing_or_tampered_engine_file_is_refused_with_the_rebuild_command(tin
 def test_a_manifest_from_another_backend_is_refused(tiny_onnx, tmp_path):
     ov_engine = build_ov(tiny_onnx, tmp_path / "m.xml")
     ort_engine = tmp_path / "m.ort.onnx"
-    build_engine(tiny_onnx, ort_engine, BuildOptions(backend="onnxruntime"), log=lambda *a: None)
+    build_engine(tiny_onnx, ort_engine, BuildOptions(backend="onnxruntime"))
     shutil.copy(manifest_path(ort_engine), manifest_path(ov_engine))
     with pytest.raises(FcnDeployError, match=r"m\.xml: the manifest is for m\.ort\.onnx, not m\.xml"):
         open_runner(ov_engine)
@@ -257,7 +259,7 @@ def test_openvino_fp32_matches_onnxruntime_closely(openvino_engines, tiny_onnx):
 
 
 def test_validate_cli_on_an_openvino_engine(openvino_engines, tiny_checkpoint, tmp_path):
-    report = validate_engine(openvino_engines["int8"], tiny_checkpoint, sizes="97x129,160x200,200x96", console=QUIET)
+    report = validate_engine(openvino_engines["int8"], tiny_checkpoint, ValidateOptions(sizes="97x129,160x200,200x96"))
     assert report.backend == "openvino" and report.passed
 
 
@@ -297,7 +299,7 @@ def test_a_report_never_replaces_an_engine_manifest(tiny_onnx, tiny_checkpoint, 
 
 def test_a_manifest_naming_another_backend_for_the_same_file_is_refused(tiny_onnx, tmp_path):
     engine = tmp_path / "m.ort.onnx"
-    build_engine(tiny_onnx, engine, BuildOptions(backend="onnxruntime"), log=lambda *a: None)
+    build_engine(tiny_onnx, engine, BuildOptions(backend="onnxruntime"))
     manifest = json.loads(manifest_path(engine).read_text())
     manifest_path(engine).write_text(json.dumps({**manifest, "backend": "openvino"}))
     with pytest.raises(FcnDeployError, match=r"m\.ort\.onnx: the manifest does not list m\.ort\.bin.*Rebuild it"):

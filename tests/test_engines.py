@@ -18,11 +18,13 @@ from fcn_deploy.backends import manifest_path, read_manifest
 from fcn_deploy.backends import open_runner as load_runner
 from fcn_deploy.engines import BuildOptions, build_engine, resolve_profile
 from fcn_deploy.errors import FcnDeployError
+from fcn_deploy.events import Recorder
 from fcn_deploy.meta import read_onnx_meta
 from fcn_deploy.data.calibration import generate_default_calibration, load_calibration
-from fcn_deploy.precision import apply_precision, calibration_cache_key, convert_fp16
+from fcn_deploy.precision import apply_precision, calibration_cache_key
+from fcn_deploy.precision.fp16 import convert_fp16
 from fcn_deploy.backends.torch import TorchRunner
-from fcn_deploy.validate import DEFAULT_THRESHOLDS, spread_sizes, validate
+from fcn_deploy.validation import DEFAULT_THRESHOLDS, spread_sizes, validate
 
 SIZES = [(32, 32), (64, 64), (97, 129), (45, 160)]
 
@@ -68,7 +70,7 @@ def test_fp16_graph_keeps_io_float32_and_blocks_overflowing_nodes(tiny_onnx, cal
 def test_int8_graph_for_tensorrt_is_explicit_symmetric_qdq(tiny_onnx, calib_dir, tmp_path):
     """The graph TensorRT compiles: symmetric int8 Q/DQ, zero points 0, per-channel weights."""
     int8_onnx = tmp_path / "tiny.int8-tensorrt.onnx"
-    report = apply_precision(tiny_onnx, int8_onnx, "int8", calib_dir, int8_encoding="int8-symmetric")
+    report = apply_precision(tiny_onnx, int8_onnx, "int8", calib_dir=calib_dir, int8_encoding="int8-symmetric")
     assert report["int8"]["encoding"] == "int8-symmetric"
     model = onnx.load(str(int8_onnx))
     ops = [n.op_type for n in model.graph.node]
@@ -104,17 +106,17 @@ def test_int8_graph_for_onnxruntime_uses_uint8_activations_and_int8_weights(buil
 def test_calibration_cache_hits_and_misses(tiny_onnx, tmp_path):
     folder = tmp_path / "calib"
     generate_default_calibration(folder, count=32, size=64)  # percentile needs 32
-    first = apply_precision(tiny_onnx, tmp_path / "a.int8.onnx", "int8", folder)
-    second = apply_precision(tiny_onnx, tmp_path / "b.int8.onnx", "int8", folder)
+    first = apply_precision(tiny_onnx, tmp_path / "a.int8.onnx", "int8", calib_dir=folder)
+    second = apply_precision(tiny_onnx, tmp_path / "b.int8.onnx", "int8", calib_dir=folder)
     assert first["calibration"]["cache_hit"] is False and second["calibration"]["cache_hit"] is True
     assert first["calibration"]["cache_key"] == second["calibration"]["cache_key"]
     assert onnx.load(str(tmp_path / "a.int8.onnx")).graph == onnx.load(str(tmp_path / "b.int8.onnx")).graph
-    other_method = apply_precision(tiny_onnx, tmp_path / "c.int8.onnx", "int8", folder, calib_method="percentile")
+    other_method = apply_precision(tiny_onnx, tmp_path / "c.int8.onnx", "int8", calib_dir=folder, calib_method="percentile")
     assert other_method["calibration"]["cache_hit"] is False
     # Change one image's content: a new key, never the stale ranges.
     image = folder / "synthetic_0000.png"
     Image.fromarray(255 - np.asarray(Image.open(image))).save(image)
-    changed = apply_precision(tiny_onnx, tmp_path / "d.int8.onnx", "int8", folder)
+    changed = apply_precision(tiny_onnx, tmp_path / "d.int8.onnx", "int8", calib_dir=folder)
     assert changed["calibration"]["cache_hit"] is False
     assert changed["calibration"]["cache_key"] != first["calibration"]["cache_key"]
     # Different shapes (an image of another size) change the key too.
@@ -155,7 +157,7 @@ def test_manifest_records_the_build_and_detects_tampering(built, tiny_onnx, tmp_
     assert manifest["profile"] == {"min": [1, 32, 32], "opt": [1, 96, 96], "max": [8, 256, 256]}
     assert {"onnxruntime", "onnx", "torch", "fcn_deploy"} <= set(manifest["versions"])
     assert manifest["meta"]["class_names"] == read_onnx_meta(onnx.load(str(tiny_onnx))).class_names
-    assert "--int8" in manifest["rebuild_command"]
+    assert "--precision int8" in manifest["rebuild_command"]
 
     copy = tmp_path / engine.name
     shutil.copy(engine, copy)
@@ -178,8 +180,8 @@ def test_manifest_records_the_build_and_detects_tampering(built, tiny_onnx, tmp_
 def test_profile_from_metadata_flags_and_static_onnx(tiny_onnx, tmp_path):
     model = onnx.load(str(tiny_onnx))
     meta = read_onnx_meta(model)
-    logs: list[str] = []
-    profile = resolve_profile(model, meta, BuildOptions(), log=logs.append)
+    recorder = Recorder()
+    profile = resolve_profile(model, meta, BuildOptions(), listener=recorder)
     assert profile.min == (1, meta.min_size, meta.min_size) and profile.max == (8, meta.max_size, meta.max_size)
     assert profile.opt == (1, meta.train_size, meta.train_size)
     flagged = resolve_profile(model, meta, BuildOptions(min_shape=(64, 48), opt_shape=(128, 128), max_shape=(512, 640), batch=(1, 2, 4)))
@@ -196,9 +198,9 @@ def test_profile_from_metadata_flags_and_static_onnx(tiny_onnx, tmp_path):
             dim.dim_value = size
     static_path = tmp_path / "static.onnx"
     onnx.save(static, str(static_path))
-    logs.clear()
-    manifest = build_engine(static_path, None, BuildOptions(backend="onnxruntime"), log=logs.append)
-    assert any("static engine for 64x80" in line for line in logs)
+    recorder = Recorder()
+    manifest = build_engine(static_path, None, BuildOptions(backend="onnxruntime"), listener=recorder)
+    assert any("static engine for 64x80" in line for line in recorder.texts())
     assert manifest["profile"] == {"min": [1, 64, 80], "opt": [1, 64, 80], "max": [1, 64, 80]}
     runner = load_runner(tmp_path / manifest["engine"])
     with pytest.raises(FcnDeployError, match=r"outside the engine's profile \(batch 1..1, height 64..64, width 80..80\)"):
@@ -232,7 +234,7 @@ def test_validate_spread_stays_inside_profile(built):
 
 def test_refuses_to_build_from_a_built_engine_or_to_guess_calibration(built, tmp_path, monkeypatch):
     with pytest.raises(FcnDeployError, match="already a built"):
-        build_engine(built["fp16"], tmp_path / "again.ort.onnx", BuildOptions(), log=lambda *a: None)
+        build_engine(built["fp16"], tmp_path / "again.ort.onnx", BuildOptions())
     # A model not trained on the synthetic scenes gets no generated calibration set.
     model = onnx.load(str(read_manifest(built["fp32"])["source_onnx"]))
     meta = read_onnx_meta(model)
@@ -243,6 +245,6 @@ def test_refuses_to_build_from_a_built_engine_or_to_guess_calibration(built, tmp
     other = tmp_path / "other.onnx"
     onnx.save(model, str(other))
     monkeypatch.chdir(tmp_path)  # no ./calibration here
-    with pytest.raises(FcnDeployError, match="pass --calib DIR"):
+    with pytest.raises(FcnDeployError, match="give a calibration folder with images like"):
         apply_precision(other, tmp_path / "other.int8.onnx", "int8")
     assert not (tmp_path / "calibration").exists()

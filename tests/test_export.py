@@ -49,7 +49,7 @@ def random_checkpoint(path: Path, arch: str, arch_kwargs: dict, num_classes: int
 @pytest.mark.parametrize("arch", sorted(FAMILIES))
 def test_each_family_exports_and_verifies_at_many_sizes(arch, tmp_path):
     ckpt = random_checkpoint(tmp_path / f"{arch}.pt", arch, FAMILIES[arch])
-    report = export_onnx(ckpt, tmp_path / f"{arch}.onnx", console=QUIET, check_sizes=CHECK_SIZES)
+    report = export_onnx(ckpt, tmp_path / f"{arch}.onnx", check_sizes=CHECK_SIZES)
     check = report["check"]
     assert check["passed"]
     assert len(check["cases"]) == len(CHECK_SIZES) >= 8
@@ -95,7 +95,7 @@ def test_reference_evaluator_agrees_with_onnxruntime(tmp_path):
 
     ckpt = random_checkpoint(tmp_path / "vgg.pt", "fcn8s-vgg16", {"width": 1 / 32})
     path = tmp_path / "vgg.onnx"
-    export_onnx(ckpt, path, console=QUIET, check_sizes=[(32, 40)])
+    export_onnx(ckpt, path, check_sizes=[(32, 40)])
     x = preprocess(make_scene(7, 0, 36, 44)[0], (0.5,) * 3, (0.25,) * 3)
     ort_out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
     ref_out = ReferenceEvaluator(onnx.load(str(path))).run(None, {"image": x})[0]
@@ -138,7 +138,7 @@ def test_a_wrong_export_fails_and_writes_nothing(tiny_checkpoint, tmp_path, monk
     monkeypatch.setattr(export_module, "_trace", broken_trace)
     out = tmp_path / "broken.onnx"
     with pytest.raises(CheckFailed, match="disagrees with PyTorch at"):
-        export_onnx(tiny_checkpoint, out, console=QUIET, check_sizes=[(64, 64), (97, 129)])
+        export_onnx(tiny_checkpoint, out, check_sizes=[(64, 64), (97, 129)])
     assert not out.exists()
     assert not list(tmp_path.glob(".*tmp*"))
     assert main(["export", str(tiny_checkpoint), "-o", str(out)]) == 1
@@ -154,7 +154,7 @@ def test_interrupted_export_leaves_no_onnx(tiny_checkpoint, tmp_path, monkeypatc
     monkeypatch.setattr(export_module, "verify_export", interrupt)
     out = tmp_path / "model.onnx"
     with pytest.raises(KeyboardInterrupt):
-        export_onnx(tiny_checkpoint, out, console=QUIET)
+        export_onnx(tiny_checkpoint, out)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -167,11 +167,11 @@ def test_export_bad_input(tiny_checkpoint, tmp_path, capsys):
     assert main(["export", str(corrupt), "-o", str(tmp_path / "x.onnx")]) == 2
     assert "corrupt" in capsys.readouterr().err
     with pytest.raises(FcnDeployError, match="unsupported opset 9"):
-        export_onnx(tiny_checkpoint, tmp_path / "x.onnx", ExportOptions(opset=9), console=QUIET)
+        export_onnx(tiny_checkpoint, tmp_path / "x.onnx", ExportOptions(opset=9))
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
     with pytest.raises(FcnDeployError, match="cannot create output directory"):
-        export_onnx(tiny_checkpoint, blocker / "x.onnx", console=QUIET)
+        export_onnx(tiny_checkpoint, blocker / "x.onnx")
     assert not list(tmp_path.glob("*.onnx"))
 
 

@@ -29,8 +29,9 @@ from fcn_deploy.cli import main
 from fcn_deploy.data.calibration import generate_default_calibration
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.meta import read_onnx_meta
-from fcn_deploy.precision import apply_precision, residual_add_inputs
-from fcn_deploy.validate import DEFAULT_THRESHOLDS, spread_sizes, validate
+from fcn_deploy.precision import apply_precision
+from fcn_deploy.precision.qdq import residual_add_inputs
+from fcn_deploy.validation import DEFAULT_THRESHOLDS, spread_sizes, validate
 
 #: Sizes inside the tiny model's 32..256 profile: min, max, odd, prime, off-32, extreme aspects, random.
 SIZES = spread_sizes(Profile((1, 32, 32), (1, 96, 96), (8, 256, 256)), random_sizes=4, seed=0) + [(67, 250), (250, 67)]
@@ -42,7 +43,7 @@ def graphs(tiny_onnx, tiny_calibration, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("precision")
     paths = {"int8-tensorrt": out / "tiny.int8-tensorrt.onnx", "int8-onnxruntime": out / "tiny.int8-onnxruntime.onnx",
              "fp16": out / "tiny.fp16.onnx"}  # fmt: skip
-    quiet = dict(calib_dir=tiny_calibration, log=lambda *a: None)
+    quiet = dict(calib_dir=tiny_calibration)
     apply_precision(tiny_onnx, paths["int8-tensorrt"], "int8", int8_encoding="int8-symmetric", **quiet)
     apply_precision(tiny_onnx, paths["int8-onnxruntime"], "int8", int8_encoding="uint8-asymmetric", **quiet)
     apply_precision(tiny_onnx, paths["fp16"], "fp16", **quiet)
@@ -101,18 +102,18 @@ def test_fp16_arithmetic_passes_the_fp16_thresholds(tiny_checkpoint, tmp_path, c
 
 def test_emulate_fp16_needs_a_checkpoint(tiny_onnx, tiny_checkpoint, capsys):
     assert main(["validate", str(tiny_onnx), "-r", str(tiny_checkpoint), "--emulate-fp16"]) == 2
-    assert "--emulate-fp16 runs a PyTorch checkpoint in float16" in capsys.readouterr().err
+    assert "--emulate-fp16: " in (err := capsys.readouterr().err) and "FP16 emulation runs a PyTorch checkpoint in float16" in err
 
 
 def test_histogram_calibration_needs_more_images(tiny_onnx, tmp_path):
     folder = tmp_path / "calib"
     generate_default_calibration(folder, count=10, size=64)
     for method in ("percentile", "entropy"):
-        with pytest.raises(FcnDeployError, match=rf"has 10 usable images, and --calib-method {method} needs at least 32"):
-            apply_precision(tiny_onnx, tmp_path / "x.onnx", "int8", folder, calib_method=method, log=lambda *a: None)
+        with pytest.raises(FcnDeployError, match=rf"has 10 usable images, and calibration method {method} needs at least 32"):
+            apply_precision(tiny_onnx, tmp_path / "x.onnx", "int8", calib_dir=folder, calib_method=method)
     assert not (tmp_path / "x.onnx").exists()
     with pytest.raises(FcnDeployError, match="unknown calibration method 'kl'; choose one of minmax, entropy, percentile"):
-        apply_precision(tiny_onnx, tmp_path / "x.onnx", "int8", folder, calib_method="kl", log=lambda *a: None)
+        apply_precision(tiny_onnx, tmp_path / "x.onnx", "int8", calib_dir=folder, calib_method="kl")
 
 
 # --------------------------------------------------------------------------- graphs TensorRT refuses
@@ -166,7 +167,7 @@ def test_tensorrt_backend_refuses_graphs_its_parser_would_refuse(tmp_path, tiny_
     assert qdq_problems(onnx.load(str(bad)))
     meta = read_onnx_meta(onnx.load(str(tiny_onnx)))
     # On this machine TensorRT is not installed: reaching the builder would fail with "not installed" instead.
-    with pytest.raises(FcnDeployError, match=rf"{bad.name}: TensorRT's ONNX parser would refuse .*{message}.*--int8-target tensorrt"):
+    with pytest.raises(FcnDeployError, match=rf"{bad.name}: TensorRT's ONNX parser would refuse .*{message}.*INT8 target tensorrt"):
         TensorRTBackend().compile(bad, tmp_path / "x.plan", Profile(*[(1, 32, 32)] * 3), meta, CompileOptions(precision="int8"))
     assert not (tmp_path / "x.plan").exists()
 

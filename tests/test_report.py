@@ -13,7 +13,7 @@ from fcn_deploy.backends import Prediction
 from fcn_deploy.cli import main
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.report import benchmark_page, check_page_path, demo_page, disagreement_picture, validation_page
-from fcn_deploy.validate import (
+from fcn_deploy.validation import (
     MARGIN_BIN_EDGES,
     ExampleKeeper,
     Thresholds,

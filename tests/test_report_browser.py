@@ -22,7 +22,7 @@ from conftest import QUIET
 from fcn_deploy.data.synthetic import make_scene
 from fcn_deploy.media import write_video
 from fcn_deploy.report import benchmark_page, demo_page, validation_page, write_page
-from fcn_deploy.validate import ExampleKeeper, ValidationReport, validate_engine
+from fcn_deploy.validation import ExampleKeeper, ValidateOptions, ValidationReport, validate_engine
 from test_report import THRESHOLDS
 from test_validate import perturbed_copy
 
@@ -66,7 +66,7 @@ def pages(tiny_onnx, tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
     validations, keepers = {}, {}
     for label, engine in (("onnxruntime-fp32", tiny_onnx), ("onnxruntime-int8", broken)):
         keepers[label] = ExampleKeeper(worst=2, max_failing=2)
-        validations[label] = validate_engine(engine, tiny_checkpoint, sizes=SIZES, console=QUIET, keep_examples=keepers[label]).to_dict()
+        validations[label] = validate_engine(engine, tiny_checkpoint, ValidateOptions(sizes=SIZES, keep_examples=keepers[label])).to_dict()
     assert validations["onnxruntime-int8"]["summary"]["disagreeing_pixels"] > 0 and keepers["onnxruntime-int8"].examples
 
     video = out / "sample.mp4"

@@ -74,7 +74,7 @@ def engines(tiny_onnx, tmp_path_factory) -> dict[str, Path]:
     shutil.copy(tiny_onnx, src)
     built = {}
     for backend in ("onnxruntime", "openvino"):
-        manifest = build_engine(src, None, BuildOptions(backend=backend, max_shape=(MAX_SIDE, MAX_SIDE)), log=lambda *a: None)
+        manifest = build_engine(src, None, BuildOptions(backend=backend, max_shape=(MAX_SIDE, MAX_SIDE)))
         built[backend] = folder / manifest["engine"]
     return built
 
@@ -489,7 +489,7 @@ def test_export_triton_tensorrt_from_a_faked_manifest(engines, tiny_onnx, tmp_pa
     }  # fmt: skip
     manifest_path(plan).write_text(json.dumps(manifest))
     repo = tmp_path / "repo-trt"
-    export_triton(plan, repo, name="seg", log=lambda *a: None)
+    export_triton(plan, repo, name="seg")
     configs = parse_repo(repo)
     check_ensemble(configs, "seg", "image", "logits", ort_manifest["meta"]["num_classes"], 16)
     engine_config = configs["seg_engine"]
@@ -508,29 +508,29 @@ def test_export_triton_is_atomic_and_refuses_what_it_cannot_serve(engines, tmp_p
     repo.mkdir()
     (repo / "keep.txt").write_text("mine")
     with pytest.raises(FcnDeployError, match="already exists; pass --overwrite"):
-        export_triton(engines["onnxruntime"], repo, log=lambda *a: None)
+        export_triton(engines["onnxruntime"], repo)
     assert [p.name for p in repo.iterdir()] == ["keep.txt"]
     with pytest.raises(FcnDeployError, match="--max-batch 9"):
-        export_triton(engines["onnxruntime"], tmp_path / "other", max_batch=9, log=lambda *a: None)
+        export_triton(engines["onnxruntime"], tmp_path / "other", max_batch=9)
     tampered = tmp_path / "tampered.ort.onnx"
     tampered.write_bytes(engines["onnxruntime"].read_bytes() + b"x")
     manifest = read_manifest(engines["onnxruntime"])
     manifest["engine"], manifest["files"][0]["name"] = tampered.name, tampered.name
     manifest_path(tampered).write_text(json.dumps(manifest))
     with pytest.raises(FcnDeployError, match="sha256 differs"):
-        export_triton(tampered, tmp_path / "never", log=lambda *a: None)
+        export_triton(tampered, tmp_path / "never")
     assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".*.tmp"))
     # --overwrite replaces only a repository export-triton wrote, never a folder of the user's ...
     with pytest.raises(FcnDeployError, match="is not a repository export-triton wrote .*choose another --repo"):
-        export_triton(engines["onnxruntime"], repo, overwrite=True, log=lambda *a: None)
+        export_triton(engines["onnxruntime"], repo, overwrite=True)
     assert [p.name for p in repo.iterdir()] == ["keep.txt"]
     # ... nor the folder that holds the engine itself.
     with pytest.raises(FcnDeployError, match="holds the engine .* itself"):
-        export_triton(engines["onnxruntime"], engines["onnxruntime"].parent, overwrite=True, log=lambda *a: None)
+        export_triton(engines["onnxruntime"], engines["onnxruntime"].parent, overwrite=True)
     ours = tmp_path / "ours"
-    export_triton(engines["onnxruntime"], ours, log=lambda *a: None)
+    export_triton(engines["onnxruntime"], ours)
     (ours / "fcn" / "stale.txt").write_text("from an older export")
-    export_triton(engines["onnxruntime"], ours, overwrite=True, log=lambda *a: None)
+    export_triton(engines["onnxruntime"], ours, overwrite=True)
     assert not (ours / "fcn" / "stale.txt").exists() and (ours / "fcn" / "config.pbtxt").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -565,7 +565,7 @@ def test_the_repository_ensemble_serves_the_same_masks_on_a_real_triton(engines,
     from fcn_deploy.serve.triton import python_libdir_first
 
     repo = tmp_path / "repo"
-    export_triton(engines["onnxruntime"], repo, log=lambda *a: None)
+    export_triton(engines["onnxruntime"], repo)
     config = repo / "fcn_engine" / "config.pbtxt"
     config.write_text(config.read_text().replace('platform: "onnxruntime_onnx"', 'backend: "python"'))
     (repo / "fcn_engine" / "1" / "model.py").write_text(STAND_IN_ENGINE)

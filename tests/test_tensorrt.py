@@ -17,7 +17,7 @@ from fcn_deploy.engines import BuildOptions, build_engine
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.export import ExportOptions, export_onnx
 from fcn_deploy.backends.torch import TorchRunner
-from fcn_deploy.validate import DEFAULT_THRESHOLDS, spread_sizes, validate
+from fcn_deploy.validation import DEFAULT_THRESHOLDS, spread_sizes, validate
 
 pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
 
@@ -65,7 +65,7 @@ def test_shape_outside_profile_is_refused_with_the_range(trt_engines):
 def test_int64_mask_output_engine(tiny_checkpoint, tmp_path):
     onnx_path = tmp_path / "masked.onnx"
     export_onnx(tiny_checkpoint, onnx_path, ExportOptions(mask_output=True), check_sizes=[(64, 64)])
-    manifest = build_engine(onnx_path, None, BuildOptions(backend="tensorrt", max_shape=(256, 256)), log=lambda *a: None)
+    manifest = build_engine(onnx_path, None, BuildOptions(backend="tensorrt", max_shape=(256, 256)))
     runner = load_runner(tmp_path / manifest["engine"])
     assert {o.name for o in runner.outputs} == {"logits", "mask"}
     x = np.random.default_rng(0).normal(size=(2, 3, 97, 129)).astype(np.float32)

@@ -46,7 +46,7 @@ def _temp_files(folder: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "tiny.pt"
-    result = train(_config(out), console=QUIET)
+    result = train(_config(out))
     return out, result
 
 
@@ -71,7 +71,7 @@ def interrupted_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train_module, "_lr_at", hook)
         with pytest.raises(KeyboardInterrupt):
-            train(_config(out), console=QUIET)
+            train(_config(out))
     assert hook.steps == list(range(STEPS // EPOCHS))
     return out
 
@@ -178,7 +178,7 @@ def test_ctrl_c_during_a_checkpoint_write_keeps_the_previous_files(tmp_path, mon
 
     monkeypatch.setattr(torch, "save", save)
     with pytest.raises(KeyboardInterrupt):
-        train(_config(out), console=QUIET)
+        train(_config(out))
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.last.pt", "tiny.pt"]  # no temp files
     assert load_checkpoint(out).meta.metrics["epoch"] == 1
@@ -192,7 +192,7 @@ def test_resume_continues_from_the_saved_step(interrupted_run, full_run, tmp_pat
     before = load_checkpoint(last_path(out)).train_state
     hook = _InterruptAt(train_module._lr_at, at=None)
     monkeypatch.setattr(train_module, "_lr_at", hook)
-    result = train(_config(out, resume=last_path(out)), console=QUIET)
+    result = train(_config(out, resume=last_path(out)))
     assert hook.steps == list(range(STEPS // EPOCHS, STEPS))  # only epoch 2's steps ran
     assert result["steps"] == STEPS
     assert [h["epoch"] for h in result["history"]] == [1, 2]
@@ -212,7 +212,7 @@ def test_resume_refuses_a_checkpoint_with_other_classes(tmp_path):
     save_checkpoint(other, models.build("fcn8s-resnet18", 3, **TINY), meta, train_state={"epoch": 1, "step": 5})
     out = tmp_path / "new.pt"
     with pytest.raises(FcnDeployError) as err:
-        train(_config(out, resume=other), console=QUIET)
+        train(_config(out, resume=other))
     assert str(err.value) == f"{other}: checkpoint has 3 classes, dataset synthetic has 5"
     assert not out.exists() and not last_path(out).exists()
 
@@ -222,7 +222,7 @@ def test_init_from_refuses_another_architecture(tmp_path):
     meta = ModelMeta("fcn8s-resnet18", 5, list(SYNTHETIC_CLASSES), default_palette(5), arch_kwargs=dict(TINY))
     save_checkpoint(init, models.build("fcn8s-resnet18", 5, **TINY), meta)
     with pytest.raises(FcnDeployError) as err:
-        train(_config(tmp_path / "o.pt", arch="fcn32s-vgg16", init_from=init), console=QUIET)
+        train(_config(tmp_path / "o.pt", arch="fcn32s-vgg16", init_from=init))
     assert str(err.value) == f"{init}: is a fcn8s-resnet18 checkpoint, not fcn32s-vgg16"
 
 
@@ -234,7 +234,7 @@ def test_init_from_refuses_a_checkpoint_with_other_classes(tmp_path):
     save_checkpoint(init, models.build("fcn8s-resnet18", 7, **TINY), meta)
     out = tmp_path / "o.pt"
     with pytest.raises(FcnDeployError) as err:
-        train(_config(out, init_from=init, steps=1, epochs=1, val_count=1), console=QUIET)
+        train(_config(out, init_from=init, steps=1, epochs=1, val_count=1))
     assert str(init) in str(err.value)
     assert re.search(r"\b7 classes\b", str(err.value)) and "5" in str(err.value)
     assert not out.exists()

@@ -15,10 +15,11 @@ from fcn_deploy.cli import main
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.export import export_onnx
 from fcn_deploy.backends import Prediction
-from fcn_deploy.validate import (
+from fcn_deploy.validation import (
     DEFAULT_THRESHOLDS,
     InputSource,
     Thresholds,
+    ValidateOptions,
     compare,
     parse_sizes,
     thresholds_for,
@@ -78,7 +79,7 @@ def test_wrong_resize_mode_fails(tmp_path):
 
     ckpt = random_checkpoint(tmp_path / "r50.pt", "fcn-resnet50", {"width": 0.125})
     good = tmp_path / "r50.onnx"
-    export_onnx(ckpt, good, console=QUIET, check_sizes=[(64, 64)])
+    export_onnx(ckpt, good, check_sizes=[(64, 64)])
     model = onnx.load(str(good))
     resizes = [n for n in model.graph.node if n.op_type == "Resize"]
     assert resizes
@@ -88,8 +89,8 @@ def test_wrong_resize_mode_fails(tmp_path):
                 attr.s = b"nearest"
     bad = tmp_path / "r50.nearest.onnx"
     onnx.save(model, str(bad))
-    good_report = validate_engine(good, ckpt, sizes=SIZES, console=QUIET)
-    bad_report = validate_engine(bad, ckpt, sizes=SIZES, console=QUIET)
+    good_report = validate_engine(good, ckpt, ValidateOptions(sizes=SIZES))
+    bad_report = validate_engine(bad, ckpt, ValidateOptions(sizes=SIZES))
     assert good_report.passed
     assert not bad_report.passed
     assert set(bad_report.failing_sizes) <= {s for s in SIZES.split(",")} and bad_report.failing_sizes
@@ -116,10 +117,10 @@ def test_compare_metrics_on_constructed_predictions():
 def test_thresholds_and_sizes_parsing(tiny_onnx, tiny_checkpoint, tmp_path, capsys):
     assert thresholds_for("int8").min_mean_iu == 0.97 and thresholds_for("int8").pixel_agreement == 0.99
     assert thresholds_for("fp16").pixel_agreement == 0.999 and thresholds_for("fp32").pixel_agreement == 0.9999
-    assert thresholds_for("fp16", min_agreement=0.5).pixel_agreement == 0.5
+    assert thresholds_for("fp16", pixel_agreement=0.5).pixel_agreement == 0.5
     assert DEFAULT_THRESHOLDS["fp32"].confident_agreement == 1.0
     with pytest.raises(FcnDeployError, match=r"threshold pixel_agreement = 1.5: must be between 0 and 1"):
-        thresholds_for("fp16", min_agreement=1.5)
+        thresholds_for("fp16", pixel_agreement=1.5)
     assert parse_sizes("97x129, 333X517") == [(97, 129), (333, 517)]
     for bad, why in (("97", "write HEIGHTxWIDTH"), ("axb", "write HEIGHTxWIDTH"), ("0x10", "must be positive"), ("", "no sizes given")):
         with pytest.raises(FcnDeployError, match=why):

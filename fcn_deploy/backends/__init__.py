@@ -1,9 +1,18 @@
 """The backend registry, ``auto``, and opening any model or engine as a runner.
 
-Adding a backend is one file in this package (a :class:`~.base.Backend` subclass and its
-:class:`~.base.Runner`) and one line in :data:`REGISTRY`.  The CLI's ``--backend`` choices,
-``auto``, the benchmark's labels and the demo all read the registry.  Entries are import paths, so
-listing the registry imports no backend library.
+A backend is a :class:`~.base.Backend` subclass.  fcn-deploy's own are listed in :data:`BUILTIN`;
+any installed package adds one through the Python entry-point group ``fcn_deploy.backends``:
+
+.. code-block:: toml
+
+    [project.entry-points."fcn_deploy.backends"]
+    myort = "my_package.backend:MyBackend"
+
+The entry point's name is the backend's name.  Every command that takes a backend or an engine
+(``build-engine --backend``, ``validate``, ``infer``, ``benchmark``, ``serve``, ``export-triton``,
+``backends``) reads the registry.  A plugin that fails to load (an import error, a class that is not
+a Backend) is listed by :func:`broken` with the reason and never hides the others.  Backend modules
+import their runtime (TensorRT, OpenVINO, ONNX Runtime) only when used, so listing costs little.
 
 Engines open through their manifest (``<engine>.json``), which names the backend: a file's suffix
 never decides.  Checkpoints and plain ONNX files open as the PyTorch and ONNX Runtime runners.
@@ -13,57 +22,122 @@ from __future__ import annotations
 
 import functools
 import importlib
-import zipfile
+from importlib import metadata
 from pathlib import Path
 
-from ..errors import FcnDeployError, require_file
-from .base import Backend, CompileOptions, Prediction, Profile, Runner, TensorSpec, default_profile, mask_from_logits
-from .manifest import check_files, has_manifest, manifest_path, read_manifest, refuse
+from ..artefacts import Kind, has_manifest, is_checkpoint, kind_of, manifest_path
+from ..errors import FcnDeployError, first_line, require_file
+from ..events import SILENT, Listener
+from .base import (
+    Backend, BackendOption, Capabilities, CompileOptions, Prediction, Profile, Runner, TensorSpec, TritonSpec,
+    default_profile, mask_from_logits,
+)  # fmt: skip
+from .manifest import check_files, read_manifest, refuse
 
-#: name -> "module:class".  One line per backend.
-REGISTRY: dict[str, str] = {
+#: fcn-deploy's own backends: name -> "module:class".
+BUILTIN: dict[str, str] = {
     "tensorrt": "fcn_deploy.backends.tensorrt:TensorRTBackend",
     "openvino": "fcn_deploy.backends.openvino:OpenVinoBackend",
     "onnxruntime": "fcn_deploy.backends.onnxruntime:OnnxRuntimeBackend",
 }
+#: The entry-point group other packages register backends in.
+ENTRY_POINT_GROUP = "fcn_deploy.backends"
 
 __all__ = [
-    "REGISTRY", "Backend", "CompileOptions", "Prediction", "Profile", "Runner", "TensorSpec", "default_profile",
-    "mask_from_logits", "names", "get", "resolve", "open_engine", "open_runner", "open_reference", "manifest_path",
-    "read_manifest",
+    "BUILTIN", "ENTRY_POINT_GROUP", "Backend", "BackendOption", "Capabilities", "CompileOptions", "Kind", "Prediction",
+    "Profile", "Runner", "TensorSpec", "TritonSpec", "broken", "default_profile", "get", "has_manifest", "is_checkpoint",
+    "kind_of", "manifest_path", "mask_from_logits", "names", "open_engine", "open_reference", "open_runner", "read_manifest",
+    "refresh", "resolve",
 ]  # fmt: skip
 
 
+def _load(name: str, target: str) -> type[Backend]:
+    module, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise TypeError(f"{target} is not a subclass of fcn_deploy.backends.Backend")
+    if getattr(cls, "name", None) != name:  # the entry point's name is the backend's name
+        cls = type(cls.__name__, (cls,), {"name": name, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    return cls
+
+
+@functools.cache
+def _discover() -> tuple[dict[str, type[Backend]], dict[str, str]]:
+    """``({name: class}, {name: why it is broken})`` of the built-in and the entry-point backends."""
+    found: dict[str, type[Backend]] = {}
+    failed: dict[str, str] = {}
+    targets = [(name, target, "fcn-deploy") for name, target in BUILTIN.items()]
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        package = entry.dist.name if entry.dist is not None else "?"
+        targets.append((entry.name, entry.value, package))
+    for name, target, package in targets:
+        if name in found or name in failed:
+            failed.setdefault(f"{name} ({package})", f"the name {name!r} is already taken by another backend")
+            continue
+        try:
+            found[name] = _load(name, target)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
+            failed[name] = f"{target} (from {package}) does not load: {exc.__class__.__name__}: {first_line(exc)}"
+    return found, failed
+
+
+def refresh() -> None:
+    """Forget what was discovered (after installing a plugin into a running process)."""
+    _discover.cache_clear()
+    get.cache_clear()
+
+
 def names() -> list[str]:
-    """Registered backend names, in registry order (the ``--backend`` choices besides ``auto``)."""
-    return list(REGISTRY)
+    """Registered backend names, built-ins first (the ``--backend`` choices besides ``auto``)."""
+    return list(_discover()[0])
+
+
+def broken() -> dict[str, str]:
+    """Backends whose plugin failed to load, with the reason."""
+    return dict(_discover()[1])
 
 
 @functools.cache
 def get(name: str) -> Backend:
     """The backend registered as ``name``, or a one-line error listing the known ones."""
-    if name not in REGISTRY:
-        raise FcnDeployError(f"unknown backend {name!r}; choose one of {', '.join(['auto', *REGISTRY])}")
-    module, _, cls = REGISTRY[name].partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    found, failed = _discover()
+    if name in failed:
+        raise FcnDeployError(f"backend {name!r} is installed but broken: {failed[name]}", options=("backend",))
+    if name not in found:
+        raise FcnDeployError(f"unknown backend {name!r}; choose one of {', '.join(['auto', *found])}", options=("backend",))
+    return found[name]()
 
 
-def resolve(requested: str, log=print) -> Backend:
+def resolve(requested: str, listener: Listener = SILENT) -> Backend:
     """``auto``: the first usable backend by rank (TensorRT on a GPU, then the fastest CPU engine),
     said with the reason; a named backend must be usable here."""
     if requested != "auto":
         backend = get(requested)
-        backend.require_usable(f"--backend {requested}")
+        backend.require_usable()
         return backend
     skipped = []
-    for backend in sorted((get(n) for n in REGISTRY), key=lambda b: b.auto_rank):
+    for backend in sorted((get(n) for n in names()), key=lambda b: b.auto_rank):
         usable, why = backend.status()
         if usable:
             passed = f" ({'; '.join(skipped)})" if skipped else ""
-            log(f"backend auto -> {backend.name}: {backend.auto_reason}{passed}")
+            listener.note(f"backend auto -> {backend.name}: {backend.auto_reason}{passed}")
             return backend
         skipped.append(f"{backend.name}: {why}")
     raise FcnDeployError(f"no backend is usable here ({'; '.join(skipped)}); pip install onnxruntime")
+
+
+def engine_backend(path: str | Path, manifest: dict | None = None) -> Backend:
+    """The backend an engine's manifest names (a one-line error when fcn-deploy does not know it)."""
+    manifest = manifest if manifest is not None else read_manifest(path)
+    name = manifest.get("backend")
+    if name not in names():
+        known = ", ".join(names())
+        why = f" (installed but broken: {broken()[name]})" if name in broken() else ""
+        raise FcnDeployError(
+            f"{manifest_path(path)}: names backend {name!r}, which this fcn-deploy does not know{why} (it knows {known}); "
+            "install the package that provides it, upgrade fcn-deploy, or rebuild the engine"
+        )
+    return get(name)
 
 
 def open_engine(path: str | Path, threads: int | None = None) -> Runner:
@@ -71,36 +145,26 @@ def open_engine(path: str | Path, threads: int | None = None) -> Runner:
     named there opens it."""
     path = Path(path)
     manifest = read_manifest(path)
-    name = manifest.get("backend")
-    if name not in REGISTRY:
-        raise FcnDeployError(
-            f"{manifest_path(path)}: names backend {name!r}, which this fcn-deploy does not know "
-            f"(it knows {', '.join(REGISTRY)}); upgrade fcn-deploy or rebuild the engine"
-        )
-    backend = get(name)
+    backend = engine_backend(path, manifest)
     problems = check_files(path, manifest, backend.engine_files(path))
     usable, why = backend.status()
     if not usable:
-        raise FcnDeployError(f"{path}: is a {name} engine, and {name} is not usable here: {why}; {backend.install_hint}")
+        raise FcnDeployError(f"{path}: is a {backend.name} engine, and {backend.name} is not usable here: {why}; {backend.install_hint}")
     refuse(path, manifest, problems + backend.manifest_problems(manifest))
-    return backend.open(path, manifest, threads=threads)
-
-
-def is_checkpoint(path: Path) -> bool:
-    return path.suffix in (".pt", ".pth") or zipfile.is_zipfile(path)
+    runner = backend.open(path, manifest, threads=threads)
+    runner.backend = backend.name
+    return runner
 
 
 def open_runner(path: str | Path, threads: int | None = None, device: str = "cpu") -> Runner:
     """Open a checkpoint (the PyTorch reference), a plain ONNX file, or an engine (by its manifest)."""
-    path = require_file(path, "model or engine")
-    if has_manifest(path):
+    kind = kind_of(path)
+    if kind is Kind.ENGINE:
         return open_engine(path, threads=threads)
-    if is_checkpoint(path):
+    if kind is Kind.CHECKPOINT:
         from .torch import TorchRunner
 
         return TorchRunner(path, device=device)
-    if path.suffix.lower() != ".onnx":
-        read_manifest(path)  # raises: an engine opens through its manifest, and this one has none
     from .onnxruntime import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(path, threads=threads)

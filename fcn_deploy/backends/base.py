@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import abc
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import FcnDeployError
+from ..events import SILENT, Listener
 from ..meta import ModelMeta
 
 #: The largest batch of the default profile (engines built without ``--batch``).
@@ -113,6 +114,16 @@ def upsample_bilinear(logits: np.ndarray, height: int, width: int) -> np.ndarray
     return torch.nn.functional.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False).numpy()
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend's runners can do besides ``infer``."""
+
+    #: ``Runner.infer_on_device`` runs on inputs already on the device (the benchmark times that on a GPU).
+    device_infer: bool = False
+    #: The engine takes uint8 images (preprocessing inside the graph) rather than normalised floats.
+    uint8_images: bool = False
+
+
 class Runner(abc.ABC):
     """A loaded model that segments preprocessed batches.
 
@@ -120,11 +131,13 @@ class Runner(abc.ABC):
     their I/O in ``inputs``/``outputs`` and implement ``infer_impl``; everything else is here.
     """
 
-    #: Registry name of the backend ("onnxruntime", "openvino", "tensorrt", "torch", ...).
-    backend: ClassVar[str] = "?"
-    #: Where the computation runs: "cpu" or "cuda".  The benchmark times CUDA runners on
-    #: device-resident inputs (:meth:`infer_on_device`).
+    #: Registry name of the backend ("onnxruntime", "openvino", "tensorrt", "torch", ...); the registry
+    #: sets it on each runner it opens, so a plugin's runner reports the plugin's name.
+    backend: str = "?"
+    #: Where the computation runs: "cpu" or "cuda".  The benchmark times runners whose
+    #: ``capabilities.device_infer`` is set on device-resident inputs (:meth:`infer_on_device`).
     device: str = "cpu"
+    capabilities: Capabilities = Capabilities()
     #: The dtype the raw run takes; :meth:`infer` casts the float32 batch to it.
     input_dtype: Any = np.float32
 
@@ -190,6 +203,11 @@ class Runner(abc.ABC):
             raise FcnDeployError(f"{self.path}: the engine returned a mask of shape {mask.shape}, expected {(n, h, w)}")
         return Prediction(mask=mask.astype(np.int64, copy=False), logits=logits if need_logits else None)
 
+    def infer_on_device(self, batch: Any) -> Any:
+        """Run on a batch already on the device, returning device-side outputs (no host copies).
+        Only runners whose ``capabilities.device_infer`` is set implement it."""
+        raise NotImplementedError(f"{type(self).__name__} runs on host arrays only (capabilities.device_infer is off)")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
@@ -211,19 +229,54 @@ class Runner(abc.ABC):
         self.close()
 
 
+@dataclass(frozen=True)
+class BackendOption:
+    """A build option a backend owns (TensorRT's workspace, its timing cache, ...).  The CLI shows it
+    among that backend's options as ``flag``, and the manifest's rebuild command repeats it."""
+
+    name: str  # the key in CompileOptions.backend_options (a Python identifier)
+    flag: str  # the command line flag, e.g. "--workspace"
+    type: type = str
+    default: Any = None
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class TritonSpec:
+    """How Triton serves this backend's engines natively (``export-triton``)."""
+
+    #: The config key and value that pick Triton's backend: ``("platform", "tensorrt_plan")``, ``("backend", "openvino")``.
+    key: str
+    value: str
+    #: The engine's files (``Backend.engine_files`` order) as named in the model's version folder.
+    model_files: tuple[str, ...]
+    #: Whether Triton's backend batches (Triton's OpenVINO backend pads to max_batch_size, so it does not).
+    batching: bool = True
+    #: ``gpu`` or ``cpu``: the instance group kind.
+    device: str = "cpu"
+    #: Backend parameters of the engine model's config.
+    parameters: dict[str, str] | None = None
+    #: Which Triton release runs the engine (README text).
+    release: str = ""
+    #: What a user should know before serving it there (printed by export-triton).
+    notes: tuple[str, ...] = ()
+
+
 @dataclass
 class CompileOptions:
     """What a backend's compile step may use besides the graph and the profile."""
 
     precision: str = "fp32"
-    workspace_gib: float = 4.0  # TensorRT
-    timing_cache: Path | None = None  # TensorRT
+    #: The backend's own options (its ``Backend.options``), by name.
+    backend_options: dict[str, Any] = field(default_factory=dict)
 
 
 class Backend(abc.ABC):
-    """One inference backend: one file in this package and one line in the registry.
+    """One inference backend: a subclass, registered in :data:`fcn_deploy.backends.BUILTIN` or by
+    another package through the ``fcn_deploy.backends`` entry-point group.
 
-    It declares its name and engine files, whether it is usable here, how it compiles a
+    It declares its facts (name, device, the precisions it compiles, its build options, its Triton
+    serving spec, its capabilities), whether it is usable here, how it compiles a
     precision-transformed ONNX under a profile, how it opens an engine as a :class:`Runner`, and
     what it records in (and checks against) the engine manifest.
     """
@@ -235,8 +288,10 @@ class Backend(abc.ABC):
     #: How ``auto`` ranks usable backends (lower first) and why, in words.
     auto_rank: ClassVar[int] = 100
     auto_reason: ClassVar[str] = ""
+    #: The precisions it compiles (names in :mod:`fcn_deploy.precisions`).
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
     #: Activation encoding of the INT8 Q/DQ graph it compiles (a key of
-    #: :data:`fcn_deploy.precision.INT8_ENCODINGS`).
+    #: :data:`fcn_deploy.precision.int8.INT8_ENCODINGS`).
     int8_encoding: ClassVar[str] = "int8-symmetric"
     #: The INT8 encodings it can compile (``--int8-target`` may pick another backend's).
     accepted_int8_encodings: ClassVar[tuple[str, ...]] = ("int8-symmetric", "uint8-asymmetric")
@@ -244,6 +299,9 @@ class Backend(abc.ABC):
     engine_suffix: ClassVar[str]
     #: What to install when the backend is missing (printed in errors).
     install_hint: ClassVar[str] = ""
+    #: Its own build options.
+    options: ClassVar[tuple[BackendOption, ...]] = ()
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     @abc.abstractmethod
     def status(self) -> tuple[bool, str]:
@@ -253,7 +311,25 @@ class Backend(abc.ABC):
         usable, why = self.status()
         if not usable:
             hint = f"; {self.install_hint}" if self.install_hint else ""
-            raise FcnDeployError(f"{what + ': ' if what else ''}backend {self.name} is not usable here: {why}{hint}")
+            raise FcnDeployError(f"{what + ': ' if what else ''}backend {self.name} is not usable here: {why}{hint}", options=("backend",))
+
+    def require_precision(self, precision: str) -> None:
+        """A one-line error, before any work, when this backend does not compile ``precision``."""
+        if precision not in self.precisions:
+            raise FcnDeployError(
+                f"backend {self.name} does not compile {precision} engines (it compiles {', '.join(self.precisions)}); "
+                "choose another precision or backend", options=("precision", "backend"),
+            )  # fmt: skip
+
+    def option_values(self, given: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Its options with ``given`` applied over the defaults; an option it does not own is an error."""
+        given = {k: v for k, v in (given or {}).items() if v is not None}
+        known = {option.name: option for option in self.options}
+        foreign = sorted(set(given) - set(known))
+        if foreign:
+            raise FcnDeployError(f"backend {self.name} has no option {', '.join(foreign)}"
+                                 + (f" (it has {', '.join(known)})" if known else " (it has none)"), options=tuple(foreign))  # fmt: skip
+        return {name: given.get(name, option.default) for name, option in known.items()}
 
     def engine_files(self, engine: Path) -> list[Path]:
         """Every file the engine at ``engine`` consists of (the first is ``engine`` itself)."""
@@ -264,7 +340,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def compile(self, precision_onnx: Path, engine: Path, profile: Profile, meta: ModelMeta, options: CompileOptions,
-                log=print) -> dict[str, Any]:  # fmt: skip
+                listener: Listener = SILENT) -> dict[str, Any]:  # fmt: skip
         """Compile ``precision_onnx`` into the engine files at ``engine`` (each written atomically);
         return what the manifest records under ``build`` (settings the runner must reuse)."""
 
@@ -287,3 +363,31 @@ class Backend(abc.ABC):
     def manifest_problems(self, manifest: dict[str, Any]) -> list[str]:
         """Why an engine with this manifest cannot run here (versions, device); empty when it can."""
         return []
+
+    def triton_spec(self, manifest: dict[str, Any]) -> TritonSpec | None:
+        """How Triton serves the engine natively; None when no Triton backend runs it."""
+        return None
+
+    def engine_io(self, engine: Path, manifest: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """``([(name, numpy dtype name)], [...])`` of the engine's inputs and outputs, read from its files
+        (without the runtime where possible: export-triton runs where the runtime may be missing)."""
+        from ..onnxkit import dtype_of, graph_inputs, read_onnx
+
+        graph = read_onnx(engine, load_data=False)
+        return [(v.name, dtype_of(v)) for v in graph_inputs(graph)], [(v.name, dtype_of(v)) for v in graph.graph.output]
+
+    def describe(self) -> dict[str, Any]:
+        """The backend's facts, for ``fcn-deploy backends`` and ``inspect``."""
+        usable, why = self.status()
+        return {
+            "name": self.name, "class": f"{type(self).__module__}.{type(self).__qualname__}", "usable": usable, "why": why,
+            "device": self.device, "precisions": list(self.precisions), "int8_encoding": self.int8_encoding,
+            "engine_suffix": self.engine_suffix, "auto_rank": self.auto_rank, "install_hint": self.install_hint,
+            "options": [{"name": o.name, "flag": o.flag, "default": o.default, "help": o.help} for o in self.options],
+            "capabilities": {"device_infer": self.capabilities.device_infer, "uint8_images": self.capabilities.uint8_images},
+            "triton": self.triton_spec({}) is not None,
+        }  # fmt: skip
+
+    def describe_engine(self, engine: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+        """What ``inspect`` shows of an engine's graph: ``nodes``, ``op_types``, ``parameters`` (empty when unknown)."""
+        return {}

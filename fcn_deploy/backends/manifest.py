@@ -15,21 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import FcnDeployError
+from ..artefacts import has_manifest, manifest_path
+from ..errors import FcnDeployError, first_line
 from ..fileio import atomic_write_json, sha256_file
 
 MANIFEST_FORMAT = "fcn-deploy-engine/2"
 #: Manifests of earlier releases that still open (one engine file, ``engine_sha256``).
 READABLE_FORMATS = (MANIFEST_FORMAT, "fcn-deploy-engine/1")
-
-
-def manifest_path(engine: str | Path) -> Path:
-    engine = Path(engine)
-    return engine.with_name(engine.name + ".json")
-
-
-def has_manifest(path: str | Path) -> bool:
-    return manifest_path(path).is_file()
 
 
 def common_versions() -> dict[str, str]:
@@ -77,7 +69,7 @@ def read_manifest(engine: str | Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FcnDeployError(f"{path}: manifest is not valid JSON ({exc}); rebuild the engine with `fcn-deploy build-engine`") from exc
+        raise FcnDeployError(f"{path}: manifest is not valid JSON ({first_line(exc)}); rebuild the engine with `fcn-deploy build-engine`") from exc
     if not isinstance(manifest, dict) or manifest.get("format") not in READABLE_FORMATS:
         raise FcnDeployError(f"{path}: not an fcn-deploy engine manifest; rebuild the engine with `fcn-deploy build-engine`")
     if "files" not in manifest:  # format 1: one file, its hash at the top level

@@ -13,17 +13,17 @@ from typing import Any
 
 import numpy as np
 
+from .. import dtypes
 from ..errors import FcnDeployError, require_file
+from ..events import SILENT, Listener
 from ..fileio import atomic_path
 from ..meta import ONNX_META_KEY, ModelMeta, read_onnx_meta, read_onnx_props, write_onnx_meta
-from ..onnxfile import dims_of, read_onnx
-from .base import Backend, CompileOptions, Profile, Runner, TensorSpec, default_profile, upsample_bilinear
+from ..onnxkit import create_session, dims_of, dtype_of, graph_inputs, op_histogram, parameter_count, precision_problem
+from ..onnxkit import read_onnx, relax_input
+from .base import Backend, CompileOptions, Profile, Runner, TensorSpec, TritonSpec, default_profile, upsample_bilinear
 from .manifest import major_minor
 
-_ORT_TYPES = {
-    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
-    "tensor(int32)": "int32", "tensor(uint8)": "uint8",
-}  # fmt: skip
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 def choose_providers(requested: str | list[str] = "auto") -> list[str]:
@@ -65,8 +65,6 @@ class OnnxRuntimeRunner(Runner):
         meta: ModelMeta | None = None,
         logits_output: str | None = None,
     ):
-        import onnxruntime as ort
-
         path = require_file(path, "ONNX model")
         proto = read_onnx(path, load_data=False)
         meta = meta or read_onnx_meta(proto, str(path))
@@ -74,19 +72,9 @@ class OnnxRuntimeRunner(Runner):
         precision = precision or read_onnx_props(proto).get("fcn_deploy.precision", "fp32")
         super().__init__(path, meta, profile or default_profile(meta, dims if len(dims) == 4 else None), precision)
         del proto
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(self.path, options, providers=choose_providers(providers))
-        except FcnDeployError:
-            raise
-        except Exception as exc:
-            raise FcnDeployError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from exc
+        self.session = create_session(self.path, providers=choose_providers(providers), threads=threads)
         self.providers = self.session.get_providers()
-        if any(p in self.providers for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")):
+        if set(GPU_PROVIDERS) & set(self.providers):
             self.device = "cuda"
         self._input = self.session.get_inputs()[0]
         names = [o.name for o in self.session.get_outputs()]
@@ -102,7 +90,7 @@ class OnnxRuntimeRunner(Runner):
 
     @staticmethod
     def _spec(arg) -> TensorSpec:
-        return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), tuple(arg.shape))
+        return TensorSpec(arg.name, dtypes.from_ort(arg.type), tuple(arg.shape))
 
     @property
     def arithmetic(self) -> str:
@@ -138,10 +126,6 @@ class OnnxReferenceRunner(OnnxRuntimeRunner):
     """
 
     def __init__(self, path: str | Path, engine_meta: ModelMeta, threads: int | None = None):
-        import onnxruntime as ort
-
-        from ..onnxfile import dims_of, dtype_of, graph_inputs, precision_problem, read_onnx, relax_input
-
         path = require_file(path, "reference model")
         proto = read_onnx(path, load_data=False)
         problem = precision_problem(proto)
@@ -171,14 +155,7 @@ class OnnxReferenceRunner(OnnxRuntimeRunner):
         else:
             source = str(path)
         del proto
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise FcnDeployError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from exc
+        self.session = create_session(source, where=path, threads=threads)
         self.providers = self.session.get_providers()
         self._input = self.session.get_inputs()[0]
         self._logits_name, self._mask_name = logits, None
@@ -187,8 +164,6 @@ class OnnxReferenceRunner(OnnxRuntimeRunner):
 
     @staticmethod
     def _pick_logits(proto, meta: ModelMeta, path: Path) -> str:
-        from ..onnxfile import dims_of, dtype_of
-
         outputs = list(proto.graph.output)
         names = [o.name for o in outputs]
         recorded = meta.adopted.get("output", {}).get("name")
@@ -235,20 +210,12 @@ class OnnxRuntimeBackend(Backend):
         return True, f"onnxruntime {onnxruntime.__version__} with {', '.join(choose_providers('auto'))}"
 
     def compile(self, precision_onnx: Path, engine: Path, profile: Profile, meta: ModelMeta, options: CompileOptions,
-                log=print) -> dict[str, Any]:  # fmt: skip
+                listener: Listener = SILENT) -> dict[str, Any]:  # fmt: skip
         import onnx
-        import onnxruntime as ort
 
         providers = choose_providers("auto")
         with atomic_path(engine) as tmp:
-            session_options = ort.SessionOptions()
-            session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-            session_options.optimized_model_filepath = str(tmp)
-            session_options.log_severity_level = 3
-            try:
-                ort.InferenceSession(str(precision_onnx), session_options, providers=providers)
-            except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-                raise FcnDeployError(f"{precision_onnx}: ONNX Runtime cannot compile it ({str(exc).strip().splitlines()[0]})") from exc
+            create_session(precision_onnx, providers=providers, optimization="extended", optimized_path=tmp)
             optimized = onnx.load(str(tmp))
             write_onnx_meta(optimized, meta, {"fcn_deploy.precision": options.precision, "fcn_deploy.backend": self.name})
             onnx.save(optimized, str(tmp), save_as_external_data=False)
@@ -263,7 +230,7 @@ class OnnxRuntimeBackend(Backend):
 
     def engine_device(self, manifest: dict[str, Any]) -> str:
         providers = manifest.get("build", {}).get("providers") or []
-        return "cuda" if {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(providers) else "cpu"
+        return "cuda" if set(GPU_PROVIDERS) & set(providers) else "cpu"
 
     def versions(self) -> dict[str, str]:
         import onnxruntime
@@ -281,3 +248,15 @@ class OnnxRuntimeBackend(Backend):
         if major_minor(built) != major_minor(now):
             return [f"built with ONNX Runtime {built}, this machine has {now}"]
         return []
+
+    def triton_spec(self, manifest: dict[str, Any]) -> TritonSpec:
+        version = manifest.get("versions", {}).get("onnxruntime", "1.27")
+        return TritonSpec(
+            key="platform", value="onnxruntime_onnx", model_files=("model.onnx",),
+            device="gpu" if self.engine_device(manifest) == "cuda" else "cpu",
+            release=f"a Triton release whose ONNX Runtime is {version} or newer",
+        )  # fmt: skip
+
+    def describe_engine(self, engine: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+        model = read_onnx(engine, load_data=False)
+        return {"nodes": sum(op_histogram(model).values()), "op_types": op_histogram(model), "parameters": parameter_count(model)}

@@ -34,9 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FcnDeployError, require_file
+from .. import dtypes
+from ..errors import FcnDeployError, first_line, require_file
+from ..events import SILENT, Listener
 from ..meta import ModelMeta
-from .base import Backend, CompileOptions, Profile, Runner, TensorSpec
+from .base import Backend, CompileOptions, Profile, Runner, TensorSpec, TritonSpec
 from .manifest import major_minor
 
 INSTALL_HINT = "pip install openvino (a dependency of fcn-deploy; reinstall with `pip install -e .`)"
@@ -49,10 +51,6 @@ def precision_hint(core, precision: str) -> str:
     if precision == "fp16" and "FP16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         return "f32"
     return PRECISION_HINTS[precision]
-
-
-#: OpenVINO element types as numpy dtype names.
-OV_TYPES = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32", "u8": "uint8", "i8": "int8"}
 
 
 def import_openvino():
@@ -86,7 +84,7 @@ class OpenVinoRunner(Runner):
             model = core.read_model(model=str(xml), weights=str(weights_path(xml)))
             self.compiled = core.compile_model(model, "CPU", config)
         except RuntimeError as exc:
-            raise FcnDeployError(f"{xml}: OpenVINO cannot compile it ({str(exc).strip().splitlines()[0]})") from exc
+            raise FcnDeployError(f"{xml}: OpenVINO cannot compile it ({first_line(exc)})") from exc
         self.config = config
         self.request = self.compiled.create_infer_request()
         names = [o.get_names() for o in self.compiled.outputs]  # a tensor may carry several names
@@ -109,7 +107,7 @@ class OpenVinoRunner(Runner):
     @staticmethod
     def _spec(port) -> TensorSpec:
         shape = tuple(d.get_length() if d.is_static else "?" for d in port.get_partial_shape())
-        return TensorSpec(port.get_any_name(), OV_TYPES.get(port.get_element_type().get_type_name(), "?"), shape)
+        return TensorSpec(port.get_any_name(), dtypes.from_openvino(port.get_element_type().get_type_name()), shape)
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -154,7 +152,7 @@ class OpenVinoBackend(Backend):
         return [Path(engine), weights_path(engine)]
 
     def compile(self, precision_onnx: Path, engine: Path, profile: Profile, meta: ModelMeta, options: CompileOptions,
-                log=print) -> dict[str, Any]:  # fmt: skip
+                listener: Listener = SILENT) -> dict[str, Any]:  # fmt: skip
         ov = import_openvino()
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": precision_hint(core, options.precision)}
@@ -164,7 +162,7 @@ class OpenVinoBackend(Backend):
             effective = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
             del compiled
         except RuntimeError as exc:
-            raise FcnDeployError(f"{precision_onnx}: OpenVINO cannot compile it ({str(exc).strip().splitlines()[0]})") from exc
+            raise FcnDeployError(f"{precision_onnx}: OpenVINO cannot compile it ({first_line(exc)})") from exc
         model.set_rt_info(json.dumps(meta.to_dict()), ["fcn_deploy", "meta"])
         model.set_rt_info(options.precision, ["fcn_deploy", "precision"])
         xml, weights = self.engine_files(engine)
@@ -172,13 +170,13 @@ class OpenVinoBackend(Backend):
             try:
                 ov.save_model(model, str(Path(tmp, "model.xml")), compress_to_fp16=False)
             except RuntimeError as exc:
-                raise FcnDeployError(f"{engine}: OpenVINO could not save the engine ({str(exc).strip().splitlines()[0]}); "
+                raise FcnDeployError(f"{engine}: OpenVINO could not save the engine ({first_line(exc)}); "
                                      "check the disk and the folder's permissions")  # fmt: skip
             # Each file appears under its final name only when whole; the manifest, written
             # last, hashes both, so a half-replaced pair never opens.
             shutil.move(str(Path(tmp, "model.bin")), weights)
             os.replace(Path(tmp, "model.xml"), xml)
-        log(f"openvino: {options.precision} graph compiles to {effective} arithmetic on this CPU")
+        listener.note(f"openvino: {options.precision} graph compiles to {effective} arithmetic on this CPU")
         return {"config": config, "inference_precision": effective, "format": "OpenVINO IR (xml + bin), weights uncompressed"}
 
     def open(self, engine: Path, manifest: dict[str, Any], threads: int | None = None) -> Runner:
@@ -210,3 +208,33 @@ class OpenVinoBackend(Backend):
         if built and tuple(map(int, major_minor(built).split("."))) > tuple(map(int, major_minor(now).split("."))):
             return [f"built with OpenVINO {built}, newer than this machine's {now}"]
         return []
+
+    def triton_spec(self, manifest: dict[str, Any]) -> TritonSpec:
+        version = manifest.get("versions", {}).get("openvino", "2024.0")
+        return TritonSpec(
+            key="backend", value="openvino", model_files=("model.xml", "model.bin"), batching=False,
+            parameters={"PERFORMANCE_HINT": "LATENCY"}, release=f"a Triton release whose OpenVINO is {version} or newer",
+            notes=("Triton's OpenVINO backend cannot pin the inference precision: on CPUs with bf16 arithmetic it runs FP32 "
+                   "graphs in bf16; check the served masks with `fcn-deploy validate --server`",),
+        )  # fmt: skip
+
+    def engine_io(self, engine: Path, manifest: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        ov = import_openvino()
+        model = ov.Core().read_model(str(engine), str(weights_path(engine)))
+        spec = lambda port: (port.get_any_name(), dtypes.from_openvino(port.get_element_type().get_type_name()))  # noqa: E731
+        return [spec(p) for p in model.inputs], [spec(p) for p in model.outputs]
+
+    def describe_engine(self, engine: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+        import collections
+        import math
+
+        try:
+            model = import_openvino().Core().read_model(str(engine))
+        except (FcnDeployError, RuntimeError):  # the stats are optional; opening the engine reports the real problem
+            return {}
+        ops = collections.Counter(op.get_type_name() for op in model.get_ordered_ops())
+        params = sum(
+            math.prod(op.get_output_shape(0)) for op in model.get_ordered_ops()
+            if op.get_type_name() == "Constant" and op.get_output_element_type(0).is_real()
+        )  # fmt: skip
+        return {"nodes": sum(ops.values()), "op_types": dict(ops.most_common()), "parameters": params}

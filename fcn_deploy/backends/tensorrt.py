@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from .. import dtypes
 from ..errors import FcnDeployError, require_file
+from ..events import SILENT, Listener
 from ..fileio import atomic_path, atomic_write_bytes
 from ..meta import ModelMeta
-from .base import Backend, CompileOptions, Profile, Runner, TensorSpec
+from .base import Backend, BackendOption, Capabilities, CompileOptions, Profile, Runner, TensorSpec, TritonSpec
 
 _LOGGER = None
 INSTALL_HINT = "on a machine with an NVIDIA GPU run `pip install 'fcn-deploy[tensorrt]'` (see scripts/gpu-check.sh)"
@@ -162,7 +164,7 @@ def build_plan(
     profile: Profile,
     workspace_gib: float = 4.0,
     timing_cache: str | Path | None = None,
-    log=print,
+    listener: Listener = SILENT,
 ) -> dict[str, object]:
     """Parse ``onnx_path``, build a serialised plan for ``profile`` and write it atomically."""
     trt = import_tensorrt()
@@ -193,12 +195,12 @@ def build_plan(
     cache = config.create_timing_cache(cache_bytes)
     reused = bool(cache_bytes)
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-        log(f"timing cache {timing_cache} does not match this TensorRT/GPU; starting a new one")
+        listener.note(f"timing cache {timing_cache} does not match this TensorRT/GPU; starting a new one", level="warning")
         reused = False
         cache = config.create_timing_cache(b"")
         if cache is None or not config.set_timing_cache(cache, ignore_mismatch=True):
-            raise FcnDeployError(f"TensorRT {trt.__version__} could not start a timing cache; build without --timing-cache")
-    log(f"building TensorRT {trt.__version__} engine for {shapes[0]}..{shapes[2]} (opt {shapes[1]})")
+            raise FcnDeployError(f"TensorRT {trt.__version__} could not start a timing cache; build without one", options=("timing_cache",))
+    listener.note(f"building TensorRT {trt.__version__} engine for {shapes[0]}..{shapes[2]} (opt {shapes[1]})")
     started = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -224,7 +226,7 @@ def build_plan(
 
 
 #: TensorRT I/O types this runner can bind (anything else is refused rather than mis-sized).
-_TRT_TO_TORCH = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT64": "int64", "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
+BINDABLE = ("float32", "float16", "int32", "int64", "int8", "uint8", "bool")
 
 
 class TrtRunner(Runner):
@@ -232,6 +234,7 @@ class TrtRunner(Runner):
 
     backend = "tensorrt"
     device = "cuda"
+    capabilities = Capabilities(device_infer=True)
     #: Where buffers are allocated (torch device type); only a test of the binding logic changes it.
     buffer_device = "cuda"
 
@@ -267,12 +270,13 @@ class TrtRunner(Runner):
 
     def _torch_dtype(self, name: str, path: Path):
         trt_type = self.engine.get_tensor_dtype(name).name
-        if trt_type not in _TRT_TO_TORCH:
+        numpy_name = dtypes.from_tensorrt(trt_type)
+        if numpy_name not in BINDABLE:
             raise FcnDeployError(f"{path}: tensor {name!r} has TensorRT type {trt_type}, which this runner cannot bind")
-        return getattr(self._torch, _TRT_TO_TORCH[trt_type])
+        return getattr(self._torch, numpy_name)
 
     def _spec(self, name: str) -> TensorSpec:
-        return TensorSpec(name, _TRT_TO_TORCH[self.engine.get_tensor_dtype(name).name], tuple(self.engine.get_tensor_shape(name)))
+        return TensorSpec(name, dtypes.from_tensorrt(self.engine.get_tensor_dtype(name).name) or "?", tuple(self.engine.get_tensor_shape(name)))
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -327,12 +331,18 @@ class TensorRTBackend(Backend):
     accepted_int8_encodings = ("int8-symmetric",)
     engine_suffix = "plan"
     install_hint = INSTALL_HINT
+    options = (
+        BackendOption("workspace_gib", "--workspace", float, 4.0, "TensorRT builder workspace limit (GiB)."),
+        BackendOption("timing_cache", "--timing-cache", Path, None,
+                      "TensorRT timing cache file, reused across builds (default: timing.cache next to the engine)."),
+    )  # fmt: skip
+    capabilities = Capabilities(device_infer=True)
 
     def status(self) -> tuple[bool, str]:
         return tensorrt_status()
 
     def compile(self, precision_onnx: Path, engine: Path, profile: Profile, meta: ModelMeta, options: CompileOptions,
-                log=print) -> dict[str, Any]:  # fmt: skip
+                listener: Listener = SILENT) -> dict[str, Any]:  # fmt: skip
         import onnx
 
         problems = qdq_problems(onnx.load(str(precision_onnx), load_external_data=False))
@@ -340,10 +350,12 @@ class TensorRTBackend(Backend):
             shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
             raise FcnDeployError(
                 f"{precision_onnx}: TensorRT's ONNX parser would refuse {len(problems)} Q/DQ node(s): {shown}. "
-                "Build the INT8 graph for TensorRT (`--int8-target tensorrt`: symmetric int8, zero points 0, float biases)"
+                "Build the INT8 graph for TensorRT (INT8 target tensorrt: symmetric int8, zero points 0, float biases)",
+                options=("int8_target",),
             )
-        timing_cache = options.timing_cache or engine.parent / "timing.cache"  # reused by every later build there
-        return build_plan(precision_onnx, engine, profile, options.workspace_gib, timing_cache, log=log)
+        values = self.option_values(options.backend_options)
+        timing_cache = values["timing_cache"] or engine.parent / "timing.cache"  # reused by every later build there
+        return build_plan(precision_onnx, engine, profile, values["workspace_gib"], timing_cache, listener=listener)
 
     def open(self, engine: Path, manifest: dict[str, Any], threads: int | None = None) -> Runner:
         self.require_usable(str(engine))
@@ -371,3 +383,21 @@ class TensorRTBackend(Backend):
         if want and have != want:
             problems.append(f"built for compute capability {want}, this GPU is {have or 'absent'}")
         return problems
+
+    def triton_spec(self, manifest: dict[str, Any]) -> TritonSpec:
+        version = manifest.get("versions", {}).get("tensorrt", "the one that built the plan")
+        return TritonSpec(
+            key="platform", value="tensorrt_plan", model_files=("model.plan",), device="gpu",
+            release=f"the Triton release whose TensorRT is {version} (a plan runs only on the TensorRT version and GPU it was "
+                    "built for; see NVIDIA's framework support matrix)",
+        )  # fmt: skip
+
+    def engine_io(self, engine: Path, manifest: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """A plan keeps the names and types of the ONNX it was built from: read them there."""
+        graph = Path(manifest.get("precision_onnx", ""))
+        if not graph.is_file():
+            raise FcnDeployError(
+                f"{engine}: its manifest names the graph it was built from, {graph}, which is not here; the plan's input and "
+                "output names are read from it (copy it back, or rebuild the engine)"
+            )
+        return super().engine_io(graph, manifest)

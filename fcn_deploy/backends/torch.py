@@ -15,7 +15,7 @@ import torch
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..errors import FcnDeployError
-from .base import Runner, TensorSpec, default_profile
+from .base import Capabilities, Runner, TensorSpec, default_profile
 
 
 class TorchRunner(Runner):
@@ -31,6 +31,7 @@ class TorchRunner(Runner):
         super().__init__(ckpt.path or "", ckpt.meta, default_profile(ckpt.meta, bounded=False), precision)
         self.torch_device = torch.device(device)
         self.device = self.torch_device.type
+        self.capabilities = Capabilities(device_infer=self.device == "cuda")
         self.dtype = self.DTYPES[precision]
         self.model = ckpt.build_model().to(self.torch_device, self.dtype)
 

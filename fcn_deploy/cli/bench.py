@@ -1,0 +1,63 @@
+"""benchmark: engines against the PyTorch baseline, or a Triton server under load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import EXIT_FAILED, EXIT_PARTIAL, FcnDeployError
+from .app import BACKEND_CHOICES, app, console, listener
+from .options import HtmlOption, OverwriteOption, check_html, check_report, parse_batch, parse_hw, write_html, write_report
+
+
+@app.command("benchmark")
+def benchmark_command(
+    engines: Annotated[Optional[list[Path]], typer.Argument(help="Engines / ONNX files to time.", metavar="ENGINE...")] = None,
+    reference: Annotated[Optional[Path], typer.Option("--reference", "-r", help="Checkpoint for the PyTorch eager baseline.")] = None,
+    sizes: Annotated[str, typer.Option(help="Comma-separated HxW list.")] = "512x512",
+    batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 1,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs.")] = 3,
+    iters: Annotated[int, typer.Option(min=1, help="Timed runs (median and p90 reported; with --server: per client).")] = 20,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch and ORT (default: all cores).")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
+    html: HtmlOption = None,
+    overwrite: OverwriteOption = False,
+    server: Annotated[
+        Optional[str], typer.Option("--server", help="Measure a Triton server instead: HOST:PORT of its gRPC endpoint.")
+    ] = None,
+    model: Annotated[str, typer.Option("--model", help="With --server: the served model's name.")] = "fcn",
+    concurrency: Annotated[str, typer.Option(help="With --server: concurrent clients per level, e.g. 1,4,16.")] = "1,4,16",
+) -> None:
+    """Time engines against the PyTorch eager FP32 baseline, in one run; or a Triton server under concurrency (--server)."""
+    from ..validation import parse_sizes
+
+    check_html(html, overwrite)
+    check_report(report, *(engines or []), reference)
+    if server:
+        from ..serve.benchmark import parse_concurrency, run_server_benchmark
+
+        if engines or reference:
+            raise FcnDeployError("--server measures a running server: drop the ENGINE arguments and --reference")
+        if html:
+            raise FcnDeployError("--html pages cover local engines; with --server, write --report JSON")
+        result = run_server_benchmark(
+            server, model, parse_concurrency(concurrency), parse_sizes(sizes), warmup=warmup, iters=iters, console=console
+        )
+        write_report(report, result)
+        return
+    from ..bench import run_benchmark
+
+    result = run_benchmark(
+        engines or [], reference=reference, sizes=parse_sizes(sizes), batch=batch, warmup=warmup, iters=iters,
+        threads=threads, console=console,
+    )  # fmt: skip
+    write_report(report, result)
+    if html:
+        from ..report import benchmark_page
+
+        write_html(html, benchmark_page(result))

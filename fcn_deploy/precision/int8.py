@@ -1,0 +1,195 @@
+"""INT8 as explicit quantization: Q/DQ ONNX graphs from post-training calibration.
+
+``quant_pre_process`` then ``quantize_static`` in QDQ format, per-channel symmetric int8 weights,
+float biases (TensorRT cannot parse int32 bias Q/DQ; ONNX Runtime quantizes biases itself when it
+fuses).  Quantized ops: Conv, Add, MaxPool, AveragePool, GlobalAveragePool, Mul, BatchNormalization
+(what ModelOpt quantizes for TensorRT).  Q/DQ pairs go on the **inputs** of those ops only, never on
+their outputs (ModelOpt's placement): a tensor is rounded to int8 only where an int8 kernel reads
+it, so the score maps feeding the upsampling stay float.
+
+**ConvTranspose is excluded** (stays float): quantizing the bilinear upsampling lowered pooled
+agreement in every variant measured (README, "INT8"), and it is a small share of the compute.
+
+The activation encoding is the one the compiling backend runs best (:data:`INT8_ENCODINGS`; each
+backend declares its own ``int8_encoding``):
+
+* ``int8-symmetric``: symmetric **int8** activations, zero points 0, as TensorRT requires.  The
+  input of a residual Add that comes from the conv TensorRT fuses the Add into (the longer path back
+  to the common ancestor, ModelOpt's rule) has no Q/DQ, so the conv and the Add become one kernel
+  and the sum is rounded once;
+* ``uint8-asymmetric``: asymmetric **uint8** activations, ONNX Runtime's recommendation for x86:
+  with symmetric int8 ORT cannot fold a ReLU into its quantized conv (zero point 0 cannot express
+  max(0, x)), and INT8 ran slower than FP32 (README).  Every Add input stays quantized: ORT fuses a
+  conv into QLinearConv only when a Q follows it.
+
+Nodes named in ``float_nodes`` (the INT8 repair's choice, or the user's) keep float weights and
+read float inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..data.calibration import MIN_CALIB_IMAGES, CalibrationSet
+from ..errors import FcnDeployError
+from ..events import SILENT, Listener
+from ..onnxkit.graph import name_nodes
+from . import cache
+from .context import TransformContext
+from .qdq import drop_input_qdq, quantized_inputs, residual_add_inputs
+
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+INT8_OP_TYPES = ["Conv", "Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Mul", "BatchNormalization"]
+#: INT8 activation encodings (see the module docstring for why backends differ).
+INT8_ENCODINGS = {
+    "int8-symmetric": {"activations": "int8", "symmetric": True, "residual_add_input": "float"},
+    "uint8-asymmetric": {"activations": "uint8", "symmetric": False, "residual_add_input": "quantized"},
+}
+#: Where Q/DQ pairs go (part of the calibration cache key and the manifest).
+INT8_PLACEMENT = "inputs of quantized ops only (ModelOpt)"
+#: Fewest calibration images per method: the histogram methods estimate the tails of every tensor's
+#: distribution (percentile clips the top 0.001 %, entropy fits where to clip), which a handful of
+#: images does not sample; minmax needs only the extremes (calibration/README.md).
+MIN_IMAGES_PER_METHOD = {"minmax": MIN_CALIB_IMAGES, "entropy": 32, "percentile": 32}
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over preprocessed batches."""
+
+    def __init__(self, input_name: str, batches: list[np.ndarray]):
+        self.input_name, self.batches, self.index = input_name, batches, 0
+
+    def get_next(self):
+        if self.index >= len(self.batches):
+            return None
+        self.index += 1
+        return {self.input_name: self.batches[self.index - 1]}
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def rewind(self) -> None:
+        self.index = 0
+
+
+def check_method(method: str, encoding: str) -> None:
+    if method not in CALIB_METHODS:
+        raise FcnDeployError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIB_METHODS)}", options=("calib_method",))
+    if encoding not in INT8_ENCODINGS:
+        raise FcnDeployError(f"unknown INT8 encoding {encoding!r}; choose one of {', '.join(INT8_ENCODINGS)}", options=("int8_target",))
+
+
+def calibration_cache_key(model_bytes: bytes, calibration: CalibrationSet, method: str, encoding: str = "int8-symmetric") -> str:
+    return cache.calibration_cache_key(model_bytes, calibration, method, INT8_ENCODINGS[encoding], INT8_OP_TYPES, INT8_PLACEMENT)
+
+
+def convert_int8(
+    model: onnx.ModelProto,
+    calibration: CalibrationSet,
+    method: str = "minmax",
+    cache_dir: Path | None = None,
+    encoding: str = "int8-symmetric",
+    float_nodes: tuple[str, ...] | list[str] = (),
+    listener: Listener = SILENT,
+) -> tuple[onnx.ModelProto, dict[str, object]]:
+    """Q/DQ INT8 graph with ``encoding`` activations, calibrated on ``calibration``; returns it and a report.
+    ``float_nodes`` keep float weights and read float inputs."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    check_method(method, encoding)
+    symmetric = INT8_ENCODINGS[encoding]["symmetric"]
+    model = name_nodes(model)
+    model_bytes = model.SerializeToString()
+    key = calibration_cache_key(model_bytes, calibration, method, encoding)
+    cache_path = cache.cache_file(cache_dir, encoding, method, key) if cache_dir is not None else None
+    hit, why = cache.readable_cache(cache_path)
+    if cache_path is not None and cache_path.is_file() and not hit:
+        listener.note(f"calibration cache {cache_path.name} is unusable ({why}): measuring the ranges again", level="warning")
+    calib_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method]
+    with tempfile.TemporaryDirectory(prefix="fcn-deploy-int8-") as tmp:
+        src, prep, out = Path(tmp, "src.onnx"), Path(tmp, "prep.onnx"), Path(tmp, "int8.onnx")
+        src.write_bytes(model_bytes)
+        quant_pre_process(str(src), str(prep), skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=True)
+        unknown = sorted(set(float_nodes) - {node.name for node in onnx.load(str(prep), load_external_data=False).graph.node})
+        if unknown:
+            raise FcnDeployError(f"float node(s) {', '.join(unknown)} are not in the graph; name them as `fcn-deploy debug precision` "
+                                 "lists them", options=("float_nodes",))  # fmt: skip
+        input_name = model.graph.input[0].name
+        extra = {
+            "ActivationSymmetric": symmetric,
+            "WeightSymmetric": True,
+            # TensorRT's parser rejects DequantizeLinear of an int32 bias ("only activation types
+            # allowed"); biases stay float, and ORT quantizes them itself when it fuses QLinearConv.
+            "QuantizeBias": False,
+            # ModelOpt's placement: Q/DQ on the inputs of quantized ops, none on their outputs.
+            "OpTypesToExcludeOutputQuantization": INT8_OP_TYPES,
+            "ForceQuantizeNoInputCheck": True,  # MaxPool reads int8 even when its producer is float
+        }
+        if method == "percentile":
+            extra["CalibPercentile"] = 99.999
+        tmp_cache = Path(tmp, "calib.json") if cache_path is not None else None
+        if hit:
+            tmp_cache.write_bytes(cache_path.read_bytes())  # type: ignore[union-attr]
+        with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress lines
+            quantize_static(
+                str(prep), str(out), calibration_data_reader=None if hit else _Reader(input_name, calibration.batches),
+                quant_format=QuantFormat.QDQ, op_types_to_quantize=INT8_OP_TYPES, per_channel=True, reduce_range=False,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=calib_method, extra_options=extra, nodes_to_exclude=list(float_nodes),
+                calibration_cache_path=str(tmp_cache) if tmp_cache else None,
+            )  # fmt: skip
+        if cache_path is not None and not hit and tmp_cache is not None and tmp_cache.exists():
+            cache.store(cache_path, tmp_cache.read_bytes())
+        quantized = onnx.load(str(out))
+        unquantized = []
+        if INT8_ENCODINGS[encoding]["residual_add_input"] == "float":
+            unquantized = residual_add_inputs(onnx.load(str(prep)))
+            drop_input_qdq(quantized, unquantized)
+    if float_nodes:  # an excluded node may still read a tensor another consumer quantizes: give it the float one
+        drop_input_qdq(quantized, [pair for name in float_nodes for pair in quantized_inputs(quantized, name)])
+    report = {
+        "calibration_method": method, "cache_key": key, "cache_hit": hit, "cache_file": str(cache_path or ""),
+        "encoding": encoding, "residual_add_inputs_float": [f"{name}:{index}" for name, index in unquantized],
+    }  # fmt: skip
+    return quantized, report
+
+
+def transform(model: onnx.ModelProto, context: TransformContext) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The INT8 precision's transform (see :mod:`fcn_deploy.precisions`)."""
+    calibration = context.calibration
+    assert calibration is not None, "INT8 needs calibration images"
+    check_method(context.calib_method, context.encoding)
+    need = MIN_IMAGES_PER_METHOD.get(context.calib_method, MIN_CALIB_IMAGES)
+    if len(calibration.files) < need:
+        raise FcnDeployError(
+            f"calibration folder {calibration.folder} has {len(calibration.files)} usable images, and calibration method "
+            f"{context.calib_method} needs at least {need} (it estimates each tensor's tails); add images or use minmax "
+            "(see calibration/README.md)", options=("calib_method", "calib_dir"),
+        )  # fmt: skip
+    quantized, details = convert_int8(
+        model, calibration, context.calib_method, cache_dir=context.cache_dir, encoding=context.encoding,
+        float_nodes=context.float_nodes, listener=context.listener,
+    )  # fmt: skip
+    encoding = INT8_ENCODINGS[context.encoding]
+    return quantized, {
+        "calibration": details,
+        "props": {"fcn_deploy.int8_encoding": context.encoding},
+        "int8": {
+            "format": "QDQ",
+            "encoding": context.encoding,
+            "activations": f"{encoding['activations']} {'symmetric' if encoding['symmetric'] else 'asymmetric'} per-tensor",
+            "weights": "int8 symmetric per-channel",
+            "quantized_ops": INT8_OP_TYPES,
+            "placement": INT8_PLACEMENT,
+            "residual_add_input": encoding["residual_add_input"],
+            "excluded_ops": ["ConvTranspose (kept float: quantizing the bilinear upsampling lowered agreement; README)"],
+            "float_nodes": list(context.float_nodes),
+        },
+    }
