@@ -26,6 +26,38 @@ def _requires_cuda_reason() -> str | None:
     return None
 
 
+PLUGIN_SOURCE = Path(__file__).parent / "plugins" / "fcn-deploy-myort"
+
+
+def pytest_configure(config):
+    """Install the test plugin package (a backend registered by entry point) into a folder of its own
+    on this process's path and every child's, so the whole suite runs with it registered."""
+    import subprocess
+    import sys
+    import tempfile
+
+    target = Path(tempfile.mkdtemp(prefix="fcn-deploy-test-plugin-"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-build-isolation", "--target",
+         str(target), str(PLUGIN_SOURCE)], check=True, capture_output=True,
+    )  # fmt: skip
+    sys.path.insert(0, str(target))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))
+    config._fcn_deploy_plugin_dir = target
+
+    from fcn_deploy import backends
+
+    backends.refresh()
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    target = getattr(config, "_fcn_deploy_plugin_dir", None)
+    if target is not None:
+        shutil.rmtree(target, ignore_errors=True)
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip GPU/TensorRT tests, with the reason, where the machine cannot run them."""
     cuda_reason = _requires_cuda_reason()

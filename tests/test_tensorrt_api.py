@@ -33,11 +33,12 @@ from fcn_deploy.backends import Profile
 from fcn_deploy.backends import tensorrt as trt_backend
 from fcn_deploy.backends.tensorrt import TrtRunner, build_plan
 from fcn_deploy.errors import FcnDeployError
+from fcn_deploy.events import Recorder
 from fcn_deploy.meta import ModelMeta
 
 TRT10, TRT11 = "10.16.1.11", "11.4.0.106"
 PROFILE = Profile((1, 32, 32), (2, 256, 256), (4, 1024, 768))
-NO_LOG = dict(log=lambda *a: None)
+NO_LOG: dict = {}
 
 
 def fake_tensorrt(version: str, calls: list, *, parse_ok=True, plan: bytes | None = b"PLAN", cache_ok=True) -> types.ModuleType:
@@ -215,8 +216,9 @@ def test_a_timing_cache_from_another_gpu_is_replaced(install, tmp_path):
     calls = install(TRT11)
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"other-gpu")
-    logs: list[str] = []
-    info = build_plan(tmp_path / "model.onnx", tmp_path / "model.plan", PROFILE, timing_cache=cache, log=logs.append)
+    recorder = Recorder()
+    info = build_plan(tmp_path / "model.onnx", tmp_path / "model.plan", PROFILE, timing_cache=cache, listener=recorder)
+    logs = recorder.texts()
     assert calls_named(calls, "set_timing_cache") == [(b"other-gpu", False), (b"", True)]
     assert any("does not match this TensorRT/GPU; starting a new one" in line for line in logs)
     assert info["timing_cache_reused"] is False
@@ -225,7 +227,7 @@ def test_a_timing_cache_from_another_gpu_is_replaced(install, tmp_path):
 
 def test_a_timing_cache_that_cannot_be_created_is_a_clear_error(install, tmp_path):
     install(TRT10, cache_ok=False)
-    with pytest.raises(FcnDeployError, match="could not start a timing cache; build without --timing-cache"):
+    with pytest.raises(FcnDeployError, match="could not start a timing cache; build without one"):
         build_plan(tmp_path / "model.onnx", tmp_path / "model.plan", PROFILE, timing_cache=tmp_path / "t.cache", **NO_LOG)
     assert list(tmp_path.iterdir()) == []
 
