@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import onnx
 from . import __version__, backends, precisions
 from .backends import CompileOptions, Profile, default_profile
 from .backends.manifest import MANIFEST_FORMAT, common_versions, file_entries, write_manifest
-from .errors import FcnDeployError, require_file
+from .errors import FcnDeployError, library_errors, require_file
 from .events import SILENT, Listener
 from .fileio import ensure_writable_dir, sha256_file
 from .meta import ModelMeta, read_onnx_meta, read_onnx_props
@@ -51,6 +51,11 @@ class BuildOptions:
     int8_target: str | None = None
     #: INT8 nodes kept in float (by name), chosen by hand.
     float_nodes: tuple[str, ...] = ()
+    #: INT8: ``auto`` checks the compiled engine and repairs it when it fails; ``off`` checks and records only.
+    int8_repair: str | None = None
+    #: INT8 repair: the most nodes kept in float, and the seconds the search may take.
+    repair_budget: int | None = None
+    repair_time_s: float | None = None
     #: The compiling backend's own options (its ``Backend.options``), by name.
     backend_options: dict[str, Any] = field(default_factory=dict)
 
@@ -58,7 +63,8 @@ class BuildOptions:
         """The precision-specific options set away from their defaults (each precision says which it uses).
         The calibration folder is shared by every command that builds engines, so it is never refused."""
         defaults = BuildOptions()
-        return {name for name in ("calib_method", "int8_target", "float_nodes") if getattr(self, name) != getattr(defaults, name)}
+        names = ("calib_method", "int8_target", "float_nodes", "int8_repair", "repair_budget", "repair_time_s")
+        return {name for name in names if getattr(self, name) != getattr(defaults, name)}
 
 
 def resolve_profile(model: onnx.ModelProto, meta: ModelMeta, opts: BuildOptions, listener: Listener = SILENT) -> Profile:
@@ -105,6 +111,10 @@ def check_options(opts: BuildOptions, backend: backends.Backend) -> precisions.P
         raise FcnDeployError(f"{', '.join(unused)}: used by {' and '.join(users) or 'no'} builds only, not {entry.name}",
                              options=tuple(unused))  # fmt: skip
     backend.option_values(opts.backend_options)
+    if opts.int8_repair not in (None, "auto", "off"):
+        raise FcnDeployError(f"INT8 repair {opts.int8_repair!r}: choose auto or off", options=("int8_repair",))
+    if opts.repair_budget is not None and opts.repair_budget < 1:
+        raise FcnDeployError(f"repair budget {opts.repair_budget}: must be at least 1 node", options=("repair_budget",))
     return entry
 
 
@@ -138,20 +148,21 @@ def build_engine(
         raise FcnDeployError(f"{out}: would overwrite {taken.pop().name}, an input of this build; choose another engine path",
                              options=("out",))  # fmt: skip
     ensure_writable_dir(out.parent)
-    if entry.transform is not None:
-        listener.note(f"{opts.precision}: transforming {src.name} -> {precision_onnx.name}")
-        transform = apply_precision(
-            src, precision_onnx, opts.precision, calib_dir=opts.calib_dir, calib_method=opts.calib_method,
-            max_hw=profile.max[1:], int8_encoding=encoding, float_nodes=opts.float_nodes, listener=listener,
-        )  # fmt: skip
-        if entry.quantized:
-            transform["int8"]["target"] = int8_target  # type: ignore[index]
-    else:
-        transform = {"precision": opts.precision}
-    listener.note(f"{backend.name}: compiling {precision_onnx.name} -> {out.name}")
     backend_options = backend.option_values(opts.backend_options)
-    options = CompileOptions(precision=opts.precision, backend_options=backend_options)
-    build_info = backend.compile(precision_onnx, out, profile, meta, options, listener=listener)
+    int8_check = None
+    if entry.quantized:
+        transform, build_info, int8_check = _checked_int8(src, out, precision_onnx, backend, profile, meta, opts, encoding,
+                                                          backend_options, listener)  # fmt: skip
+        transform["int8"]["target"] = int8_target  # type: ignore[index]
+    else:
+        if entry.transform is not None:
+            listener.note(f"{opts.precision}: transforming {src.name} -> {precision_onnx.name}")
+            transform = apply_precision(src, precision_onnx, opts.precision, calib_dir=opts.calib_dir, calib_method=opts.calib_method,
+                                        max_hw=profile.max[1:], listener=listener)  # fmt: skip
+        else:
+            transform = {"precision": opts.precision}
+        listener.note(f"{backend.name}: compiling {precision_onnx.name} -> {out.name}")
+        build_info = backend.compile(precision_onnx, out, profile, meta, CompileOptions(opts.precision, backend_options), listener=listener)
     calibration = transform.get("calibration") or {}
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -171,13 +182,54 @@ def build_engine(
         "transform": transform,
         "backend_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in backend_options.items()},
         "build": build_info,
+        "int8_check": int8_check,
         "meta": meta.to_dict(),
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "built_by": f"fcn-deploy {__version__}",
-        "rebuild_command": rebuild_command(src, out, opts, backend),
+        "rebuild_command": rebuild_command(src, out, _as_built(opts, int8_check), backend),
     }
     write_manifest(out, manifest)
     return manifest
+
+
+def _checked_int8(src, out, precision_onnx, backend, profile, meta, opts: BuildOptions, encoding: str, backend_options, listener):
+    """Quantize, compile, check and (when it fails) repair; the accepted graph and engine end under their names."""
+    from .int8_check import CheckedInt8Build, move_into_place
+    from .precision import load_calibration_for
+    from .precision.int8 import check_method, int8_details, require_images
+    from .precision.repair import DEFAULT_BUDGET, DEFAULT_TIME_LIMIT_S, RepairOptions
+
+    check_method(opts.calib_method, encoding)
+    model = onnx.load(str(src))
+    calibration = load_calibration_for(meta, opts.calib_dir, profile.max[1:], listener)
+    require_images(calibration, opts.calib_method)
+    repair = RepairOptions(opts.int8_repair or "auto", opts.repair_budget or DEFAULT_BUDGET, opts.repair_time_s or DEFAULT_TIME_LIMIT_S)
+    listener.note(f"int8: quantizing {src.name} for {backend.name} ({encoding} activations) and compiling -> {out.name}")
+    props = {"fcn_deploy.precision": "int8", "fcn_deploy.int8_encoding": encoding}
+    check = CheckedInt8Build(source=src, model=model, meta=meta, backend=backend, profile=profile, engine=out, calibration=calibration,
+                             calib_method=opts.calib_method, encoding=encoding, props=props, backend_options=backend_options,
+                             repair=repair, listener=listener)  # fmt: skip
+    try:
+        with library_errors(src, "the int8 transform", "build FP32 instead, or simplify the graph (onnxslim) and try again"):
+            candidate, record = check.run(tuple(opts.float_nodes))
+        move_into_place(candidate, backend, out, precision_onnx)
+        quantization = check.quantizer.report()
+    finally:
+        check.close()
+    transform = {
+        "precision": "int8",
+        "calibration": {"folder": str(calibration.folder), "images": len(calibration.files), "skipped": len(calibration.skipped),
+                        "sha256": calibration.sha256, **quantization},
+        "int8": int8_details(encoding, record["float_nodes"]),
+    }  # fmt: skip
+    return transform, candidate.build_info, record
+
+
+def _as_built(opts: BuildOptions, int8_check: dict | None) -> BuildOptions:
+    """The options that rebuild exactly this engine: a repair's float nodes, given by name, and no new search."""
+    if not int8_check or tuple(int8_check["float_nodes"]) == tuple(opts.float_nodes):
+        return opts
+    return replace(opts, float_nodes=tuple(int8_check["float_nodes"]), int8_repair="off")
 
 
 def rebuild_command(src: Path, out: Path, opts: BuildOptions, backend: backends.Backend) -> str:
@@ -192,6 +244,10 @@ def rebuild_command(src: Path, out: Path, opts: BuildOptions, backend: backends.
         parts += ["--int8-target", opts.int8_target]
     if "float_nodes" in entry.uses and opts.float_nodes:
         parts += ["--float-nodes", ",".join(opts.float_nodes)]
+    if "int8_repair" in entry.uses and opts.int8_repair:
+        parts += ["--int8-repair", opts.int8_repair]
+    if "repair_budget" in entry.uses and opts.repair_budget:
+        parts += ["--repair-budget", str(opts.repair_budget)]
     if entry.needs_calibration and opts.calib_dir:
         parts += ["--calib", str(Path(opts.calib_dir).resolve())]
     for flag, shape in (("--min-shape", opts.min_shape), ("--opt-shape", opts.opt_shape), ("--max-shape", opts.max_shape)):

@@ -388,6 +388,14 @@ class Backend(abc.ABC):
             "triton": self.triton_spec({}) is not None,
         }  # fmt: skip
 
+    def intermediate_outputs(self, model: Any, names: list[str]) -> Any:
+        """A function ``batch -> {name: array}`` running the graph ``model`` (an ONNX ModelProto, e.g. a Q/DQ
+        graph) as this backend runs it, returning its intermediate tensors ``names``: how ``debug precision``
+        and the INT8 repair see which nodes break on this backend.  The default runs ONNX Runtime."""
+        from ..onnxkit.session import onnxruntime_outputs
+
+        return onnxruntime_outputs(model, names)
+
     def describe_engine(self, engine: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         """What ``inspect`` shows of an engine's graph: ``nodes``, ``op_types``, ``parameters`` (empty when unknown)."""
         return {}

@@ -224,6 +224,28 @@ class OpenVinoBackend(Backend):
         spec = lambda port: (port.get_any_name(), dtypes.from_openvino(port.get_element_type().get_type_name()))  # noqa: E731
         return [spec(p) for p in model.inputs], [spec(p) for p in model.outputs]
 
+    def intermediate_outputs(self, model: Any, names: list[str]) -> Any:
+        """The graph compiled as INT8 engines are (f32 for the float layers), with ``names`` as extra outputs."""
+        ov = import_openvino()
+        core = ov.Core()
+        with tempfile.TemporaryDirectory(prefix="fcn-deploy-ov-") as tmp:  # read_model takes ONNX from a file
+            path = Path(tmp, "graph.onnx")
+            path.write_bytes(model.SerializeToString())
+            graph = core.read_model(str(path))
+        known = {name for op in graph.get_ordered_ops() for port in op.outputs() for name in port.get_names()}
+        wanted = [name for name in names if name in known]
+        if wanted:
+            graph.add_outputs(wanted)
+        compiled = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": PRECISION_HINTS["int8"]})
+        request = compiled.create_infer_request()
+        index = {name: i for i, port in enumerate(compiled.outputs) for name in port.get_names()}
+
+        def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+            request.infer({0: batch})
+            return {name: request.get_output_tensor(index[name]).data.copy() for name in wanted if name in index}
+
+        return run
+
     def describe_engine(self, engine: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         import collections
         import math

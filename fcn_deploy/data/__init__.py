@@ -18,7 +18,7 @@ __all__ = [
 ]  # fmt: skip
 
 #: Seeds of the synthetic splits: disjoint streams, so "val" is truly held out.
-SYNTHETIC_SEEDS = {"train": 0, "val": 1, "calib": 2, "test": 3, "bench": 4}
+SYNTHETIC_SEEDS = {"train": 0, "val": 1, "calib": 2, "test": 3, "bench": 4, "check": 6}
 
 
 @dataclass

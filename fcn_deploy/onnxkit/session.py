@@ -8,7 +8,7 @@ quiet logs) and the same one-line error when ONNX Runtime refuses the model.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,3 +69,31 @@ def create_session(
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for every refusal
         name = where if where is not None else ("the model" if isinstance(model, bytes) else model)
         raise FcnDeployError(f"{name}: ONNX Runtime cannot load it ({ort_message(exc)})") from exc
+
+
+#: Runs a graph on one batch and returns some of its tensors by name.
+TensorRunner = Callable[[Any], dict[str, Any]]
+
+
+def with_outputs(model: Any, names: Sequence[str]) -> Any:
+    """A copy of ``model`` (an ``onnx.ModelProto``) with the tensors ``names`` added as graph outputs."""
+    import onnx
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in existing:
+            probe.graph.output.add().name = name
+    return probe
+
+
+def onnxruntime_outputs(model: Any, names: Sequence[str]) -> TensorRunner:
+    """A function that runs ``model`` on a batch in ONNX Runtime (CPU) and returns the tensors ``names``
+    (those the graph has), e.g. to compare a Q/DQ graph's intermediate tensors with the FP32 graph's."""
+    session = create_session(with_outputs(model, names).SerializeToString(), where="the graph with its intermediate tensors as outputs",
+                             optimization="basic")  # fmt: skip
+    available = {o.name for o in session.get_outputs()}
+    wanted = [n for n in names if n in available]
+    input_name = session.get_inputs()[0].name
+    return lambda batch: dict(zip(wanted, session.run(wanted, {input_name: batch})))

@@ -86,8 +86,110 @@ def check_method(method: str, encoding: str) -> None:
         raise FcnDeployError(f"unknown INT8 encoding {encoding!r}; choose one of {', '.join(INT8_ENCODINGS)}", options=("int8_target",))
 
 
+def require_images(calibration: CalibrationSet, method: str) -> None:
+    """A one-line error when the calibration set is too small for ``method``."""
+    need = MIN_IMAGES_PER_METHOD.get(method, MIN_CALIB_IMAGES)
+    if len(calibration.files) < need:
+        raise FcnDeployError(
+            f"calibration folder {calibration.folder} has {len(calibration.files)} usable images, and calibration method "
+            f"{method} needs at least {need} (it estimates each tensor's tails); add images or use minmax "
+            "(see calibration/README.md)", options=("calib_method", "calib_dir"),
+        )  # fmt: skip
+
+
 def calibration_cache_key(model_bytes: bytes, calibration: CalibrationSet, method: str, encoding: str = "int8-symmetric") -> str:
     return cache.calibration_cache_key(model_bytes, calibration, method, INT8_ENCODINGS[encoding], INT8_OP_TYPES, INT8_PLACEMENT)
+
+
+class Quantizer:
+    """One model's INT8 quantization, prepared once: ``quant_pre_process`` runs once and the activation
+    ranges are measured once (or read from the cache), so each :meth:`quantize` call (one per INT8
+    repair trial) only places the Q/DQ nodes."""
+
+    def __init__(self, model: onnx.ModelProto, calibration: CalibrationSet, method: str = "minmax", cache_dir: Path | None = None,
+                 encoding: str = "int8-symmetric", listener: Listener = SILENT):  # fmt: skip
+        from onnxruntime.quantization import quant_pre_process
+
+        check_method(method, encoding)
+        self.method, self.encoding, self.listener = method, encoding, listener
+        self.calibration = calibration
+        model = name_nodes(model)
+        model_bytes = model.SerializeToString()
+        self.key = calibration_cache_key(model_bytes, calibration, method, encoding)
+        self.cache_path = cache.cache_file(cache_dir, encoding, method, self.key) if cache_dir is not None else None
+        self.cache_hit, why = cache.readable_cache(self.cache_path)
+        if self.cache_path is not None and self.cache_path.is_file() and not self.cache_hit:
+            listener.note(f"calibration cache {self.cache_path.name} is unusable ({why}): measuring the ranges again", level="warning")
+        self._tmp = tempfile.TemporaryDirectory(prefix="fcn-deploy-int8-")
+        tmp = Path(self._tmp.name)
+        src, self.prep = tmp / "src.onnx", tmp / "prep.onnx"
+        src.write_bytes(model_bytes)
+        quant_pre_process(str(src), str(self.prep), skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=True)
+        self.prepared = onnx.load(str(self.prep))
+        self.node_names = {node.name for node in self.prepared.graph.node}
+        self.ranges = tmp / "calib.json"  # ONNX Runtime's range cache, for every quantize() after the first
+        if self.cache_hit:
+            self.ranges.write_bytes(self.cache_path.read_bytes())  # type: ignore[union-attr]
+        self.residual = residual_add_inputs(self.prepared) if INT8_ENCODINGS[encoding]["residual_add_input"] == "float" else []
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def __enter__(self) -> Quantizer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def quantizable_nodes(self) -> list[str]:
+        """The nodes of the prepared graph whose op type is quantized (candidates to keep in float)."""
+        return [node.name for node in self.prepared.graph.node if node.op_type in INT8_OP_TYPES]
+
+    def quantize(self, float_nodes: tuple[str, ...] | list[str] = ()) -> onnx.ModelProto:
+        """The Q/DQ graph with ``float_nodes`` kept in float (float weights, float inputs)."""
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        unknown = sorted(set(float_nodes) - self.node_names)
+        if unknown:
+            raise FcnDeployError(f"float node(s) {', '.join(unknown)} are not in the graph; name them as `fcn-deploy debug precision` "
+                                 "lists them", options=("float_nodes",))  # fmt: skip
+        symmetric = INT8_ENCODINGS[self.encoding]["symmetric"]
+        calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
+        extra = {
+            "ActivationSymmetric": symmetric,
+            "WeightSymmetric": True,
+            # TensorRT's parser rejects DequantizeLinear of an int32 bias ("only activation types
+            # allowed"); biases stay float, and ORT quantizes them itself when it fuses QLinearConv.
+            "QuantizeBias": False,
+            # ModelOpt's placement: Q/DQ on the inputs of quantized ops, none on their outputs.
+            "OpTypesToExcludeOutputQuantization": INT8_OP_TYPES,
+            "ForceQuantizeNoInputCheck": True,  # MaxPool reads int8 even when its producer is float
+        }
+        if self.method == "percentile":
+            extra["CalibPercentile"] = 99.999
+        measured = self.ranges.is_file()
+        out = Path(self._tmp.name) / "int8.onnx"
+        with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress lines
+            quantize_static(
+                str(self.prep), str(out), calibration_data_reader=None if measured else _Reader(self.prepared.graph.input[0].name, self.calibration.batches),
+                quant_format=QuantFormat.QDQ, op_types_to_quantize=INT8_OP_TYPES, per_channel=True, reduce_range=False,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=calibrate[self.method], extra_options=extra, nodes_to_exclude=list(float_nodes),
+                calibration_cache_path=str(self.ranges),
+            )  # fmt: skip
+        if self.cache_path is not None and not self.cache_hit and self.ranges.is_file():
+            cache.store(self.cache_path, self.ranges.read_bytes())
+        quantized = onnx.load(str(out))
+        drop_input_qdq(quantized, self.residual)
+        if float_nodes:  # an excluded node may still read a tensor another consumer quantizes: give it the float one
+            drop_input_qdq(quantized, [pair for name in float_nodes for pair in quantized_inputs(quantized, name)])
+        return quantized
+
+    def report(self) -> dict[str, object]:
+        return {
+            "calibration_method": self.method, "cache_key": self.key, "cache_hit": self.cache_hit, "cache_file": str(self.cache_path or ""),
+            "encoding": self.encoding, "residual_add_inputs_float": [f"{name}:{index}" for name, index in self.residual],
+        }  # fmt: skip
 
 
 def convert_int8(
@@ -101,64 +203,8 @@ def convert_int8(
 ) -> tuple[onnx.ModelProto, dict[str, object]]:
     """Q/DQ INT8 graph with ``encoding`` activations, calibrated on ``calibration``; returns it and a report.
     ``float_nodes`` keep float weights and read float inputs."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
-
-    check_method(method, encoding)
-    symmetric = INT8_ENCODINGS[encoding]["symmetric"]
-    model = name_nodes(model)
-    model_bytes = model.SerializeToString()
-    key = calibration_cache_key(model_bytes, calibration, method, encoding)
-    cache_path = cache.cache_file(cache_dir, encoding, method, key) if cache_dir is not None else None
-    hit, why = cache.readable_cache(cache_path)
-    if cache_path is not None and cache_path.is_file() and not hit:
-        listener.note(f"calibration cache {cache_path.name} is unusable ({why}): measuring the ranges again", level="warning")
-    calib_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method]
-    with tempfile.TemporaryDirectory(prefix="fcn-deploy-int8-") as tmp:
-        src, prep, out = Path(tmp, "src.onnx"), Path(tmp, "prep.onnx"), Path(tmp, "int8.onnx")
-        src.write_bytes(model_bytes)
-        quant_pre_process(str(src), str(prep), skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=True)
-        unknown = sorted(set(float_nodes) - {node.name for node in onnx.load(str(prep), load_external_data=False).graph.node})
-        if unknown:
-            raise FcnDeployError(f"float node(s) {', '.join(unknown)} are not in the graph; name them as `fcn-deploy debug precision` "
-                                 "lists them", options=("float_nodes",))  # fmt: skip
-        input_name = model.graph.input[0].name
-        extra = {
-            "ActivationSymmetric": symmetric,
-            "WeightSymmetric": True,
-            # TensorRT's parser rejects DequantizeLinear of an int32 bias ("only activation types
-            # allowed"); biases stay float, and ORT quantizes them itself when it fuses QLinearConv.
-            "QuantizeBias": False,
-            # ModelOpt's placement: Q/DQ on the inputs of quantized ops, none on their outputs.
-            "OpTypesToExcludeOutputQuantization": INT8_OP_TYPES,
-            "ForceQuantizeNoInputCheck": True,  # MaxPool reads int8 even when its producer is float
-        }
-        if method == "percentile":
-            extra["CalibPercentile"] = 99.999
-        tmp_cache = Path(tmp, "calib.json") if cache_path is not None else None
-        if hit:
-            tmp_cache.write_bytes(cache_path.read_bytes())  # type: ignore[union-attr]
-        with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress lines
-            quantize_static(
-                str(prep), str(out), calibration_data_reader=None if hit else _Reader(input_name, calibration.batches),
-                quant_format=QuantFormat.QDQ, op_types_to_quantize=INT8_OP_TYPES, per_channel=True, reduce_range=False,
-                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method=calib_method, extra_options=extra, nodes_to_exclude=list(float_nodes),
-                calibration_cache_path=str(tmp_cache) if tmp_cache else None,
-            )  # fmt: skip
-        if cache_path is not None and not hit and tmp_cache is not None and tmp_cache.exists():
-            cache.store(cache_path, tmp_cache.read_bytes())
-        quantized = onnx.load(str(out))
-        unquantized = []
-        if INT8_ENCODINGS[encoding]["residual_add_input"] == "float":
-            unquantized = residual_add_inputs(onnx.load(str(prep)))
-            drop_input_qdq(quantized, unquantized)
-    if float_nodes:  # an excluded node may still read a tensor another consumer quantizes: give it the float one
-        drop_input_qdq(quantized, [pair for name in float_nodes for pair in quantized_inputs(quantized, name)])
-    report = {
-        "calibration_method": method, "cache_key": key, "cache_hit": hit, "cache_file": str(cache_path or ""),
-        "encoding": encoding, "residual_add_inputs_float": [f"{name}:{index}" for name, index in unquantized],
-    }  # fmt: skip
-    return quantized, report
+    with Quantizer(model, calibration, method, cache_dir, encoding, listener) as quantizer:
+        return quantizer.quantize(float_nodes), quantizer.report()
 
 
 def transform(model: onnx.ModelProto, context: TransformContext) -> tuple[onnx.ModelProto, dict[str, Any]]:
@@ -166,30 +212,26 @@ def transform(model: onnx.ModelProto, context: TransformContext) -> tuple[onnx.M
     calibration = context.calibration
     assert calibration is not None, "INT8 needs calibration images"
     check_method(context.calib_method, context.encoding)
-    need = MIN_IMAGES_PER_METHOD.get(context.calib_method, MIN_CALIB_IMAGES)
-    if len(calibration.files) < need:
-        raise FcnDeployError(
-            f"calibration folder {calibration.folder} has {len(calibration.files)} usable images, and calibration method "
-            f"{context.calib_method} needs at least {need} (it estimates each tensor's tails); add images or use minmax "
-            "(see calibration/README.md)", options=("calib_method", "calib_dir"),
-        )  # fmt: skip
+    require_images(calibration, context.calib_method)
     quantized, details = convert_int8(
         model, calibration, context.calib_method, cache_dir=context.cache_dir, encoding=context.encoding,
         float_nodes=context.float_nodes, listener=context.listener,
     )  # fmt: skip
-    encoding = INT8_ENCODINGS[context.encoding]
-    return quantized, {
-        "calibration": details,
-        "props": {"fcn_deploy.int8_encoding": context.encoding},
-        "int8": {
-            "format": "QDQ",
-            "encoding": context.encoding,
-            "activations": f"{encoding['activations']} {'symmetric' if encoding['symmetric'] else 'asymmetric'} per-tensor",
-            "weights": "int8 symmetric per-channel",
-            "quantized_ops": INT8_OP_TYPES,
-            "placement": INT8_PLACEMENT,
-            "residual_add_input": encoding["residual_add_input"],
-            "excluded_ops": ["ConvTranspose (kept float: quantizing the bilinear upsampling lowered agreement; README)"],
-            "float_nodes": list(context.float_nodes),
-        },
+    return quantized, {"calibration": details, "props": {"fcn_deploy.int8_encoding": context.encoding},
+                       "int8": int8_details(context.encoding, context.float_nodes)}
+
+
+def int8_details(encoding_name: str, float_nodes: tuple[str, ...] | list[str]) -> dict[str, object]:
+    """What the manifest records about an INT8 graph's quantization."""
+    encoding = INT8_ENCODINGS[encoding_name]
+    return {
+        "format": "QDQ",
+        "encoding": encoding_name,
+        "activations": f"{encoding['activations']} {'symmetric' if encoding['symmetric'] else 'asymmetric'} per-tensor",
+        "weights": "int8 symmetric per-channel",
+        "quantized_ops": INT8_OP_TYPES,
+        "placement": INT8_PLACEMENT,
+        "residual_add_input": encoding["residual_add_input"],
+        "excluded_ops": ["ConvTranspose (kept float: quantizing the bilinear upsampling lowered agreement; README)"],
+        "float_nodes": list(float_nodes),
     }

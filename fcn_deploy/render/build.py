@@ -20,3 +20,14 @@ def render_build(console: Console, manifest: dict[str, Any], engine: Path) -> No
         f"[green]built[/] {escape(str(engine))} ({manifest['backend']}, {manifest['precision']}{kept}; files {escape(files)}; "
         f"profile N,H,W {profile['min']} .. {profile['max']}, opt {profile['opt']}); manifest {escape(str(manifest_path(engine)))}"
     )
+    check = manifest.get("int8_check")
+    if check:
+        after = check["after"]
+        verdict = "[green]passed[/]" if after["passed"] else "[red]FAILED[/]"
+        repaired = f", {len(check['float_nodes'])} node(s) kept in float" if check["float_nodes"] else ""
+        share = check.get("int8_compute_share")
+        console.print(
+            f"INT8 check on {escape(check['runs_on'])} at {len(check['sizes'])} sizes: {verdict}{repaired}; agreement "
+            f"{after['pixel_agreement']:.4%}, lowest size {after['min_size_agreement']:.4%}, mIU vs FP32 {after['mean_iu']:.4f}"
+            + (f"; {share:.1%} of the convolution work in INT8" if share is not None else "")
+        )
