@@ -86,6 +86,7 @@ def run_demo(
     from .export import export_onnx
     from .report import demo_page, write_page
     from .train import TrainConfig, evaluate, train
+    from .render.bench import print_results
     from .render.console import ConsoleListener
     from .validation import ExampleKeeper, ValidateOptions, validate_engine
     from .video import run_infer
@@ -200,8 +201,9 @@ def run_demo(
     # 8. benchmark ---------------------------------------------------------------------------
     step("8/8 benchmark")
     report["steps"]["benchmark"] = run_benchmark(
-        list(engines.values()), reference=ckpt, sizes=[BENCH_SIZE], warmup=2, iters=BENCH_ITERS, console=console
+        list(engines.values()), reference=ckpt, sizes=[BENCH_SIZE], warmup=2, iters=BENCH_ITERS, listener=listener
     )
+    print_results(console, report["steps"]["benchmark"]["results"])
     done("8/8 benchmark")
 
     report["seconds"] = {**timings, "total": time.perf_counter() - started}

@@ -73,10 +73,30 @@ def test_benchmark_reports_baseline_and_engines(tiny_onnx, tiny_checkpoint, tmp_
 def test_benchmark_needs_a_reference_and_valid_sizes(tiny_onnx, tmp_path, capsys):
     lone = tmp_path / "lone.onnx"
     lone.write_bytes(tiny_onnx.read_bytes())
-    with pytest.raises(FcnDeployError, match="--reference"):
+    with pytest.raises(FcnDeployError, match="no PyTorch checkpoint found for the baseline") as caught:
         run_benchmark([lone], sizes=[(64, 64)], iters=1)
+    assert caught.value.options == ("reference",) and "--" not in str(caught.value)  # the CLI names the flag
+    assert main(["benchmark", str(lone), "--sizes", "64x64", "--iters", "1"]) == 2
+    assert "error: --reference: no PyTorch checkpoint found" in capsys.readouterr().err
+    with pytest.raises(FcnDeployError, match="iters must be at least 1") as caught:
+        run_benchmark([lone], sizes=[(64, 64)], iters=0)
+    assert caught.value.options == ("iters",) and "--" not in str(caught.value)
     assert main(["benchmark", str(tiny_onnx), "--sizes", "64"]) == 2
     assert "HEIGHTxWIDTH" in capsys.readouterr().err
+
+
+def test_timing_reports_progress_to_the_listener_and_prints_nothing(tiny_onnx, capsys):
+    from fcn_deploy.bench import Contender, time_contenders
+    from fcn_deploy.events import Recorder
+
+    recorder = Recorder()
+    [(info, samples)] = time_contenders([Contender("onnx", str(tiny_onnx))], [(64, 64)], warmup=0, iters=2, listener=recorder)
+    assert info["backend"] == "onnxruntime" and len(samples[(64, 64)]) == 2 and all(s > 0 for s in samples[(64, 64)])
+    assert recorder.events == [
+        ("start", "benchmark-load", 1), ("advance", "benchmark-load", 1), ("finish", "benchmark-load", None),
+        ("start", "benchmark", 2), ("advance", "benchmark", 2), ("finish", "benchmark", None),
+    ]  # fmt: skip
+    assert capsys.readouterr().out == ""
 
 
 def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, monkeypatch):

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from ..errors import EXIT_FAILED, EXIT_PARTIAL, FcnDeployError
-from .app import BACKEND_CHOICES, app, console, listener
-from .options import HtmlOption, OverwriteOption, check_html, check_report, parse_batch, parse_hw, write_html, write_report
+from ..errors import FcnDeployError
+from .app import app, console, listener
+from .options import HtmlOption, OverwriteOption, check_html, check_report, write_html, write_report
 
 
 @app.command("benchmark")
@@ -39,23 +36,28 @@ def benchmark_command(
     check_html(html, overwrite)
     check_report(report, *(engines or []), reference)
     if server:
-        from ..serve.benchmark import parse_concurrency, run_server_benchmark
+        from ..bench.server import parse_concurrency, run_server_benchmark
+        from ..render.bench import print_server_results
 
         if engines or reference:
             raise FcnDeployError("--server measures a running server: drop the ENGINE arguments and --reference")
         if html:
             raise FcnDeployError("--html pages cover local engines; with --server, write --report JSON")
+        levels = parse_concurrency(concurrency)
         result = run_server_benchmark(
-            server, model, parse_concurrency(concurrency), parse_sizes(sizes), warmup=warmup, iters=iters, console=console
+            server, model=model, concurrency=levels, sizes=parse_sizes(sizes), warmup=warmup, iters=iters, listener=listener
         )
+        print_server_results(console, result["results"], levels[0])
         write_report(report, result)
         return
     from ..bench import run_benchmark
+    from ..render.bench import print_results
 
     result = run_benchmark(
         engines or [], reference=reference, sizes=parse_sizes(sizes), batch=batch, warmup=warmup, iters=iters,
-        threads=threads, console=console,
+        threads=threads, listener=listener,
     )  # fmt: skip
+    print_results(console, result["results"])
     write_report(report, result)
     if html:
         from ..report import benchmark_page

@@ -4,7 +4,7 @@
   ONNX file or checkpoint the toolkit opens.
 * :mod:`.repository`: ``fcn-deploy export-triton``, a model repository for NVIDIA's Triton
   container: the engine served natively, Python-backend pre/post-processing and an ensemble.
-* :mod:`.benchmark`: ``fcn-deploy benchmark --server``, throughput and latency under concurrency.
+* :mod:`fcn_deploy.bench.server`: ``fcn-deploy benchmark --server``, throughput and latency under concurrency.
 
 Both servers offer the same interface (:mod:`fcn_deploy.backends.remote`): UINT8 ``image`` in,
 ``mask`` out, with the engine's facts published as model config parameters.

@@ -21,26 +21,30 @@ import time
 from typing import Any
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table
 
 from ..backends.remote import DEFAULT_MODEL, INPUT, OUTPUT, REQUEST_TIMEOUT_S, TritonModel, server_message
-from ..data import SYNTHETIC_SEEDS
 from ..data.synthetic import make_scene
 from ..errors import FcnDeployError
+from ..events import SILENT, Listener
+from .workers import BENCH_SEED, check_runs
 
 #: Distinct images each client cycles through (so no cache or identical payload flatters the server).
 IMAGES_PER_SIZE = 4
 
 
 def parse_concurrency(text: str) -> list[int]:
+    """``"1,4,16"`` -> ``[1, 4, 16]``: the concurrency levels, each a client count of at least 1."""
     try:
         levels = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise FcnDeployError(f"--concurrency {text!r}: give comma-separated client counts, e.g. 1,4,16") from None
-    if not levels or min(levels) < 1:
-        raise FcnDeployError(f"--concurrency {text!r}: give comma-separated client counts of at least 1, e.g. 1,4,16")
+        raise FcnDeployError(f"{text!r}: give comma-separated client counts, e.g. 1,4,16", options=("concurrency",)) from None
+    _check_levels(levels, text)
     return levels
+
+
+def _check_levels(levels: list[int], text: object) -> None:
+    if not levels or min(levels) < 1:
+        raise FcnDeployError(f"{text!r}: give comma-separated client counts of at least 1, e.g. 1,4,16", options=("concurrency",))
 
 
 def _client_loop(address: str, model: str, images: list[np.ndarray], warmup: int, iters: int, start: threading.Barrier,
@@ -75,7 +79,7 @@ def _client_loop(address: str, model: str, images: list[np.ndarray], warmup: int
 def measure_level(remote: TritonModel, size: tuple[int, int], concurrency: int, warmup: int, iters: int) -> dict[str, Any]:
     """One concurrency level at one size: the figures of a result row."""
     height, width = size
-    images = [make_scene(SYNTHETIC_SEEDS["bench"], i, height, width)[0] for i in range(IMAGES_PER_SIZE)]
+    images = [make_scene(BENCH_SEED, i, height, width)[0] for i in range(IMAGES_PER_SIZE)]
     latencies: list[float] = []
     errors: list[str] = []
     finished: list[float] = []
@@ -123,37 +127,41 @@ def measure_level(remote: TritonModel, size: tuple[int, int], concurrency: int, 
 
 def run_server_benchmark(
     server: str,
+    *,
     model: str = DEFAULT_MODEL,
     concurrency: list[int] | None = None,
     sizes: list[tuple[int, int]] | None = None,
     warmup: int = 3,
     iters: int = 20,
-    console: Console | None = None,
+    listener: Listener = SILENT,
 ) -> dict[str, Any]:
-    """Measure every size at every concurrency level; return the report (``results``: one row each)."""
-    console = console or Console()
-    levels = concurrency or [1, 4, 16]
-    sizes = sizes or [(512, 512)]
-    if warmup < 0 or iters < 1:
-        raise FcnDeployError("--iters must be >= 1 and --warmup >= 0")
+    """Measure every size at every concurrency level; return the report (``results``: one row
+    each).  Progress: the task ``benchmark-server``, one step per size and level."""
+    levels = list(concurrency or [1, 4, 16])
+    sizes = list(sizes or [(512, 512)])
+    check_runs(warmup, iters)
+    _check_levels(levels, ",".join(map(str, levels)))
     with TritonModel(server, model) as remote:
-        console.print(
+        listener.note(
             f"benchmark: {remote.describe()} at {', '.join(f'{h}x{w}' for h, w in sizes)}, concurrency {levels}: each client "
             f"{warmup} warm-up + {iters} timed requests of one image, back to back"
         )
         results = []
-        with console.status("measuring") as status:
+        listener.start("benchmark-server", total=len(sizes) * len(levels), description="measuring", unit="levels")
+        try:
             for size in sizes:
                 for level in levels:
-                    status.update(f"{size[0]}x{size[1]}, {level} client(s)")
+                    listener.advance("benchmark-server", 0, description=f"{size[0]}x{size[1]}, {level} client(s)")
                     row = measure_level(remote, size, level, warmup, iters)
                     label = f"triton-{remote.backend}-{remote.precision}"
                     row.update(backend=remote.backend, precision=remote.precision, label=label)
                     results.append(row)
+                    listener.advance("benchmark-server")
+        finally:
+            listener.finish("benchmark-server")
         for row in results:
             first = next(r for r in results if (r["height"], r["width"]) == (row["height"], row["width"]))
             row["throughput_vs_first_level"] = row["throughput_rps"] / first["throughput_rps"]
-        print_server_results(console, results, levels[0])
         return {
             "results": results,
             "server": {"url": remote.url, "backend": remote.backend, "precision": remote.precision, "engine": remote.engine,
@@ -162,19 +170,3 @@ def run_server_benchmark(
             "settings": {"concurrency": levels, "sizes": [list(s) for s in sizes], "warmup": warmup, "iters_per_client": iters,
                          "requests": "one image per request, sent back to back; latency measured at the client"},
         }  # fmt: skip
-
-
-def print_server_results(console: Console, results: list[dict[str, Any]], first_level: int) -> None:
-    table = Table(title="benchmark --server (client-side latency; server figures from Triton's statistics)")
-    columns = ("clients", "H x W", "req/s", f"vs {first_level}", "p50 ms", "p90 ms", "p99 ms", "images/exec", "queue ms", "compute ms")
-    for column in columns:
-        table.add_column(column, justify="right")
-    fmt = lambda value, spec: "-" if value is None else format(value, spec)  # noqa: E731
-    for r in results:
-        table.add_row(
-            str(r["concurrency"]), f"{r['height']}x{r['width']}", f"{r['throughput_rps']:.1f}",
-            f"{r['throughput_vs_first_level']:.2f}x",
-            f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}", fmt(r["server_avg_batch"], ".2f"),
-            fmt(r["server_queue_ms"], ".1f"), fmt(r["server_compute_ms"], ".1f"),
-        )  # fmt: skip
-    console.print(table)

@@ -1,0 +1,49 @@
+"""The console views of benchmark: the local engines' table and the server benchmark's table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+
+def _or_dash(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{format(value, spec)}{suffix}"
+
+
+def print_results(console: Console, results: list[dict[str, Any]]) -> None:
+    """One row per contender and size (``run_benchmark(...)["results"]``); the baseline's file is its label."""
+    table = Table(title="benchmark (median of timed runs; p10-p90 spread)")
+    for column in ("backend", "precision", "device", "N x H x W", "median ms", "p10-p90 ms", "fps", "vs torch",
+                   "peak MB", "GFLOP/s", "% of peak", "file"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("backend", "precision", "device", "file") else "right")
+    for r in results:
+        table.add_row(
+            escape(r["backend"]), escape(r["precision"]), escape(r["device"]),
+            f"{r['batch']}x{r['height']}x{r['width']}", f"{r['median_ms']:.1f}", f"{r['p10_ms']:.1f}-{r['p90_ms']:.1f}",
+            f"{r['throughput_fps']:.2f}", _or_dash(r["speedup_vs_torch"], ".2f", "x"), _or_dash(r["peak_memory_mb"], ".0f"),
+            _or_dash(r["achieved_gflops"], ".1f"),
+            _or_dash(None if r["fraction_of_peak"] is None else r["fraction_of_peak"] * 100, ".1f", "%"),
+            escape(r["engine"] if r.get("baseline") else Path(r["engine"]).name),
+        )  # fmt: skip
+    console.print(table)
+
+
+def print_server_results(console: Console, results: list[dict[str, Any]], first_level: int) -> None:
+    """One row per size and concurrency level (``run_server_benchmark(...)["results"]``); ``first_level``
+    is the level the throughput is compared with."""
+    table = Table(title="benchmark --server (client-side latency; server figures from Triton's statistics)")
+    columns = ("clients", "H x W", "req/s", f"vs {first_level}", "p50 ms", "p90 ms", "p99 ms", "images/exec", "queue ms", "compute ms")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(
+            str(r["concurrency"]), f"{r['height']}x{r['width']}", f"{r['throughput_rps']:.1f}",
+            f"{r['throughput_vs_first_level']:.2f}x",
+            f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}", _or_dash(r["server_avg_batch"], ".2f"),
+            _or_dash(r["server_queue_ms"], ".1f"), _or_dash(r["server_compute_ms"], ".1f"),
+        )  # fmt: skip
+    console.print(table)
