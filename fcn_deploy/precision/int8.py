@@ -101,6 +101,18 @@ def calibration_cache_key(model_bytes: bytes, calibration: CalibrationSet, metho
     return cache.calibration_cache_key(model_bytes, calibration, method, INT8_ENCODINGS[encoding], INT8_OP_TYPES, INT8_PLACEMENT)
 
 
+def prepare(model: onnx.ModelProto, out: Path) -> onnx.ModelProto:
+    """The FP32 graph as quantization sees it (every node named, then ONNX Runtime's ``quant_pre_process``),
+    written to ``out``: the INT8 graph's node and tensor names are this graph's."""
+    from onnxruntime.quantization import quant_pre_process
+
+    source = out.with_name(out.stem + ".src.onnx")
+    source.write_bytes(name_nodes(model).SerializeToString())
+    quant_pre_process(str(source), str(out), skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=True)
+    source.unlink()
+    return onnx.load(str(out))
+
+
 class Quantizer:
     """One model's INT8 quantization, prepared once: ``quant_pre_process`` runs once and the activation
     ranges are measured once (or read from the cache), so each :meth:`quantize` call (one per INT8
@@ -108,8 +120,6 @@ class Quantizer:
 
     def __init__(self, model: onnx.ModelProto, calibration: CalibrationSet, method: str = "minmax", cache_dir: Path | None = None,
                  encoding: str = "int8-symmetric", listener: Listener = SILENT):  # fmt: skip
-        from onnxruntime.quantization import quant_pre_process
-
         check_method(method, encoding)
         self.method, self.encoding, self.listener = method, encoding, listener
         self.calibration = calibration
@@ -122,10 +132,8 @@ class Quantizer:
             listener.note(f"calibration cache {self.cache_path.name} is unusable ({why}): measuring the ranges again", level="warning")
         self._tmp = tempfile.TemporaryDirectory(prefix="fcn-deploy-int8-")
         tmp = Path(self._tmp.name)
-        src, self.prep = tmp / "src.onnx", tmp / "prep.onnx"
-        src.write_bytes(model_bytes)
-        quant_pre_process(str(src), str(self.prep), skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=True)
-        self.prepared = onnx.load(str(self.prep))
+        self.prep = tmp / "prep.onnx"
+        self.prepared = prepare(model, self.prep)
         self.node_names = {node.name for node in self.prepared.graph.node}
         self.ranges = tmp / "calib.json"  # ONNX Runtime's range cache, for every quantize() after the first
         if self.cache_hit:
