@@ -88,7 +88,8 @@ def run_demo(
     from .train import TrainConfig, evaluate, train
     from .render.console import ConsoleListener
     from .validation import ExampleKeeper, ValidateOptions, validate_engine
-    from .video import run_infer
+    from .inference import run_infer
+    from .render.infer import print_summary as print_infer_summary
 
     console = console or Console()
     listener = ConsoleListener(console)
@@ -193,7 +194,8 @@ def run_demo(
     step("7/8 infer on video")
     overlay = out / "sample.overlay.mp4"
     video_engine = engines[f"{chosen[0].name}-int8"]
-    report["steps"]["infer"] = run_infer(video, video_engine, out=overlay, overwrite=True, console=console)
+    report["steps"]["infer"] = run_infer(video, video_engine, out=overlay, overwrite=True, listener=listener)
+    print_infer_summary(console, report["steps"]["infer"])
     report["steps"]["infer"]["standalone_engine_fps"] = _standalone_fps(video_engine, VIDEO_SIZE)
     done("7/8 infer on video")
 

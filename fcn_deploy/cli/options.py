@@ -27,6 +27,7 @@ FLAGS = {
     "output": "--output", "input_name": "--input-name", "min_size": "--min-size", "name": "--name", "instances": "--instances",
     "queue_delay_us": "--queue-delay-us", "max_batch": "--max-batch", "repo": "--repo", "report": "--report", "html": "--html",
     "tile": "--tile", "tile_overlap": "--tile-overlap", "ray": "--ray",
+    "engine": "--engine",
 }  # fmt: skip
 
 
