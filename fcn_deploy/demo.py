@@ -89,7 +89,8 @@ def run_demo(
     from .render.bench import print_results
     from .render.console import ConsoleListener
     from .validation import ExampleKeeper, ValidateOptions, validate_engine
-    from .video import run_infer
+    from .inference import run_infer
+    from .render.infer import print_summary as print_infer_summary
 
     console = console or Console()
     listener = ConsoleListener(console)
@@ -194,7 +195,8 @@ def run_demo(
     step("7/8 infer on video")
     overlay = out / "sample.overlay.mp4"
     video_engine = engines[f"{chosen[0].name}-int8"]
-    report["steps"]["infer"] = run_infer(video, video_engine, out=overlay, overwrite=True, console=console)
+    report["steps"]["infer"] = run_infer(video, video_engine, out=overlay, overwrite=True, listener=listener)
+    print_infer_summary(console, report["steps"]["infer"])
     report["steps"]["infer"]["standalone_engine_fps"] = _standalone_fps(video_engine, VIDEO_SIZE)
     done("7/8 infer on video")
 

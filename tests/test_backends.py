@@ -25,7 +25,7 @@ from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.meta import ModelMeta
 from fcn_deploy.events import Recorder
 from fcn_deploy.validation import DEFAULT_THRESHOLDS, ValidateOptions, validate, validate_engine
-from fcn_deploy.video import Segmenter
+from fcn_deploy.inference import Segmenter
 
 SIZES = [(32, 32), (97, 129), (45, 160), (131, 67), (200, 200)]
 
@@ -269,7 +269,7 @@ def test_validate_cli_on_an_openvino_engine(openvino_engines, tiny_checkpoint, t
 def test_the_data_layer_imports_none_of_the_build_stack():
     code = "import sys, fcn_deploy.data, fcn_deploy.data.calibration; print(sorted(m for m in sys.modules if m.startswith('fcn_deploy')))"
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.replace("'", '"'))
-    for high in ("fcn_deploy.engines", "fcn_deploy.precision", "fcn_deploy.video", "fcn_deploy.backends", "fcn_deploy.validate"):
+    for high in ("fcn_deploy.engines", "fcn_deploy.precision", "fcn_deploy.inference", "fcn_deploy.backends", "fcn_deploy.validate"):
         assert high not in loaded, loaded
 
 

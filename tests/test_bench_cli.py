@@ -140,7 +140,7 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, monkeypatch):
     import fcn_deploy.export
     import fcn_deploy.train
     import fcn_deploy.validate
-    import fcn_deploy.video
+    import fcn_deploy.inference
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the second demo run must reuse this step's output")
@@ -157,7 +157,7 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, monkeypatch):
             return saved["steps"]["validate"][label_of[self.engine]]
 
     monkeypatch.setattr(fcn_deploy.validate, "validate_engine", SavedValidation)
-    monkeypatch.setattr(fcn_deploy.video, "run_infer", lambda *a, **k: dict(saved["steps"]["infer"]))
+    monkeypatch.setattr(fcn_deploy.inference, "run_infer", lambda *a, **k: dict(saved["steps"]["infer"]))
     monkeypatch.setattr(demo, "_standalone_fps", lambda *a: saved["steps"]["infer"]["standalone_engine_fps"])
     monkeypatch.setattr(fcn_deploy.bench, "run_benchmark", lambda *a, **k: saved["steps"]["benchmark"])
     again = demo.run_demo(out, train_steps=30, console=Console(quiet=True))

@@ -17,7 +17,6 @@ import pytest
 from PIL import Image
 
 from browser import Browser, find_chromium
-from conftest import QUIET
 
 from fcn_deploy.data.synthetic import make_scene
 from fcn_deploy.media import write_video
@@ -56,7 +55,7 @@ def pages(tiny_onnx, tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
     """A validation page from one real run (an engine with a perturbed score layer, so it disagrees),
     a benchmark page, a demo-like page with a real overlay video, and an empty validation."""
     from fcn_deploy.demo import _summary
-    from fcn_deploy.video import run_infer
+    from fcn_deploy.inference import run_infer
 
     out = tmp_path_factory.mktemp("pages")
     broken = perturbed_copy(
@@ -72,7 +71,7 @@ def pages(tiny_onnx, tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
     video = out / "sample.mp4"
     write_video(video, (make_scene(5, i, 72, 128)[0] for i in range(6)))
     overlay = out / "sample.overlay.mp4"
-    infer = run_infer(video, tiny_onnx, out=overlay, console=QUIET) | {"standalone_engine_fps": 100.0}
+    infer = run_infer(video, tiny_onnx, out=overlay) | {"standalone_engine_fps": 100.0}
     benchmark = synthetic_benchmark(batches=(1,))
     class_names = validations["onnxruntime-fp32"]["class_names"]
     demo = {"out": str(out), "passed": False, "seconds": {"total": 12.0}, "steps": {

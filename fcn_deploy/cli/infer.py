@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from ..errors import EXIT_FAILED, EXIT_PARTIAL, FcnDeployError
-from .app import BACKEND_CHOICES, app, console, listener
-from .options import HtmlOption, OverwriteOption, check_html, check_report, parse_batch, parse_hw, write_html, write_report
+from ..errors import EXIT_PARTIAL, FcnDeployError
+from .app import app, console, listener
+from .options import check_report, write_report
 
 
 @app.command("infer")
@@ -40,16 +37,18 @@ def infer_command(
     """Segment a video (overlay video out) or images (mask PNGs + overlays), locally or on a Triton server;
     exit 3 when images were skipped."""
     from ..backends.remote import DEFAULT_IN_FLIGHT
-    from ..video import run_infer
+    from ..inference import InferOptions, run_infer
+    from ..render.infer import print_summary
 
     if (engine is None) == (server is None):
         raise FcnDeployError("give --engine ENGINE to run locally, or --server HOST:PORT to run on a Triton server")
     check_report(report, engine, source)
-    summary = run_infer(
-        source, engine, out=out, alpha=alpha, save_masks=save_masks, batch=batch or (DEFAULT_IN_FLIGHT if server else 1),
-        max_frames=max_frames, overwrite=overwrite, convert_rgb=convert_rgb, console=console, strict=strict,
-        server=server, model=model,
+    options = InferOptions(
+        out=out, alpha=alpha, save_masks=save_masks, batch=batch or (DEFAULT_IN_FLIGHT if server else 1), max_frames=max_frames,
+        overwrite=overwrite, convert_rgb=convert_rgb, strict=strict, server=server, model=model,
     )  # fmt: skip
+    summary = run_infer(source, engine, options, listener=listener)
+    print_summary(console, summary)
     write_report(report, summary)
     if summary.get("skipped"):
         raise typer.Exit(EXIT_PARTIAL)

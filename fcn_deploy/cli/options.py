@@ -26,7 +26,7 @@ FLAGS = {
     "num_classes": "--num-classes", "classes": "--classes", "mean": "--mean", "std": "--std", "palette": "--palette",
     "output": "--output", "input_name": "--input-name", "min_size": "--min-size", "name": "--name", "instances": "--instances",
     "queue_delay_us": "--queue-delay-us", "max_batch": "--max-batch", "repo": "--repo", "report": "--report", "html": "--html",
-    "tile": "--tile", "tile_overlap": "--tile-overlap", "ray": "--ray", "reference": "--reference",
+    "tile": "--tile", "tile_overlap": "--tile-overlap", "ray": "--ray", "reference": "--reference", "engine": "--engine",
 }  # fmt: skip
 
 

@@ -4,7 +4,7 @@
 repository it writes; the ``fcn_deploy.role`` parameter of each model's config picks the role.  It
 runs inside NVIDIA's Triton container, where fcn-deploy is not installed, so it is self-contained
 (numpy; Pillow when installed) and mirrors what ``fcn-deploy serve`` does through
-:class:`fcn_deploy.video.Segmenter` (tests/test_serve.py checks the two agree):
+:class:`fcn_deploy.inference.Segmenter` (tests/test_serve.py checks the two agree):
 
 * ``preprocess``: ``image`` UINT8 ``[n, H, W, 3]`` -> ``preprocessed`` ``[n, 3, h, w]`` for the engine,
   where ``h x w`` is ``H x W`` fitted into the engine's profile (``fit_inside``) and the pixels are
@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - exercised by the numpy path in tests
 
 
 def fit_inside(profile_min, profile_max, height: int, width: int) -> tuple[int, int]:
-    """The size closest to ``height x width`` that the profile accepts (fcn_deploy.video.fit_inside)."""
+    """The size closest to ``height x width`` that the profile accepts (fcn_deploy.inference.fit_inside)."""
     (_, min_h, min_w), (_, max_h, max_w) = profile_min, profile_max
     scale = max(min(1.0, max_h / height, max_w / width), min_h / height, min_w / width)
     return min(max(round(height * scale), min_h), max_h), min(max(round(width * scale), min_w), max_w)

@@ -5,7 +5,7 @@ binds a Python function to a model: Triton owns the HTTP/gRPC endpoints, health 
 (``/v2/models/NAME/ready``; ``/v2/health/ready`` answers before the model has loaded), the dynamic
 batcher, the Prometheus metrics and the statistics API; this
 process owns the engine (one runner per ``--instances``) and runs the batches Triton forms through
-the same :class:`~fcn_deploy.video.Segmenter` as ``infer``, so out-of-profile sizes are fitted
+the same :class:`~fcn_deploy.inference.Segmenter` as ``infer``, so out-of-profile sizes are fitted
 exactly as ``infer`` fits them.  The interface is :mod:`fcn_deploy.backends.remote`'s.
 
 Three traps, each met here:
@@ -52,7 +52,7 @@ from ..backends.base import DEFAULT_MAX_BATCH, UNBOUNDED_MAX
 from ..backends.remote import INPUT, INSTALL_HINT, OUTPUT, largest_request, mask_dtype, published_parameters, request_problem
 from ..errors import FcnDeployError
 from ..fileio import sha256_file
-from ..video import Segmenter
+from ..inference.segmenter import Segmenter
 
 #: Triton's restricted endpoints, less ``statistics``: the server benchmark reads it, and it only
 #: reads counts.  The repository (load/unload), shared-memory, trace and logging APIs stay behind

@@ -1,0 +1,20 @@
+"""Inference: images and videos through an engine, with nothing printed.
+
+* :mod:`.segmenter`: :class:`Segmenter` (images in, masks out, for any runner), :class:`RemoteSegmenter`
+  (a model on a Triton server), :func:`fit_inside`, :class:`StageTimes`.
+* :mod:`.overlay`: the coloured mask and legend drawn onto a picture.
+* :mod:`.video`: one video file -> its overlay video (:func:`run_video`); :mod:`.threads` its plumbing.
+* :mod:`.images`: images -> mask and overlay PNGs (:func:`run_images`, :func:`save_outputs`).
+* :mod:`.run`: the infer stage (:func:`run_infer`): outputs, options, the summary.
+"""
+
+from .images import run_images, save_outputs
+from .overlay import blend_mask, legend_patch, render_overlay
+from .run import InferOptions, run_infer
+from .segmenter import STAGES, RemoteSegmenter, Segmenter, StageTimes, fit_inside
+from .video import run_video
+
+__all__ = [
+    "STAGES", "InferOptions", "RemoteSegmenter", "Segmenter", "StageTimes", "blend_mask", "fit_inside", "legend_patch",
+    "render_overlay", "run_images", "run_infer", "run_video", "save_outputs",
+]  # fmt: skip

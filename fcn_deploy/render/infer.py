@@ -1,0 +1,27 @@
+"""The console view of infer: time per stage, the FPS, and how many images were skipped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+
+def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    """The stage table, then, for a folder of images, how many were processed and skipped."""
+    unit = "frames" if summary["kind"] == "video" else "images"
+    table = Table(title=escape(f"infer: {summary['frames']} {unit} -> {summary['output']}"))
+    table.add_column("stage")
+    table.add_column("ms / frame", justify="right")
+    for stage, ms in summary["ms_per_frame"].items():
+        table.add_row(stage, f"{ms:.2f}")
+    table.add_row("end-to-end FPS", f"{summary['end_to_end_fps']:.1f}", style="bold")
+    if summary["engine_fps"]:
+        table.add_row("engine-only FPS", f"{summary['engine_fps']:.1f}")
+    console.print(table)
+    if summary.get("images_found", 0) > 1:
+        skipped = len(summary.get("skipped") or [])
+        line = f"processed {summary['frames']} of {summary['images_found']} images"
+        console.print(f"{line}; [yellow]skipped {skipped} unreadable[/] (listed in --report)" if skipped else line)
