@@ -84,7 +84,7 @@ def run_demo(
     from .bench import run_benchmark
     from .engines import BuildOptions, build_engine
     from .export import export_onnx
-    from .report import demo_page, write_page
+    from .render.html import demo_page, write_page
     from .train import TrainConfig, evaluate, train
     from .render.bench import print_results
     from .render.console import ConsoleListener

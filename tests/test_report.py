@@ -4,25 +4,29 @@ example capture stays bounded, and empty reports give a page that says so."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
-from fcn_deploy import report as report_module
+from helpers import THRESHOLDS
+
+from fcn_deploy import __version__
 from fcn_deploy.backends import Prediction
 from fcn_deploy.cli import main
 from fcn_deploy.errors import FcnDeployError
-from fcn_deploy.report import benchmark_page, check_page_path, demo_page, disagreement_picture, validation_page
+from fcn_deploy.render.html import benchmark_page, check_page_path, demo_page, disagreement_picture, validation_page
 from fcn_deploy.validation import (
     MARGIN_BIN_EDGES,
+    METRICS,
     ExampleKeeper,
-    Thresholds,
+    Metric,
     ValidationReport,
     compare,
     near_edge,
 )
+from fcn_deploy.validation.metrics import register, unregister
 
-THRESHOLDS = Thresholds(pixel_agreement=0.99, size_floor=0.95, confident_agreement=None, confidence_margin=0.5)
 PALETTE = [[0, 0, 0], [200, 30, 60], [40, 180, 80]]
 
 
@@ -80,6 +84,15 @@ def test_validation_page_answers_edges_or_regions(engine, answer, share):
     assert answer in first_screen and f"{share * 100:.1f}%</b> of the {int((square() != engine).sum())} disagreeing pixels" in first_screen
     assert page.count('<img class="px"') == 4  # input, reference mask, engine mask, disagreement map
     assert "<script" not in page and "http://" not in page and "https://" not in page
+    # both fail: the flipped centre (91 %) at its size too, the shifted outline (97.5 %) only over all sizes
+    assert data["passed"] is False and '<div class="verdict fail"><b>FAILED</b>' in first_screen and "PASSED" not in page
+    if share:  # 97.5 % clears the 95 % per-size floor: the size passes, the pooled 99 % gate fails it
+        assert data["cases"][0]["passed"] is True and data["failing_sizes"] == []
+        assert data["failures"] == ["pixel agreement over all sizes 0.97500 < 0.99"]
+        assert "<li>all sizes: pixel agreement over all sizes 0.97500 &lt; 0.99</li>" in first_screen
+    else:
+        assert data["cases"][0]["passed"] is False and data["failing_sizes"] == ["40x40"]
+        assert "<b>FAILED</b> at 1 of 1 sizes" in first_screen
 
 
 def test_keeper_bounds_its_examples_and_histograms_every_disagreeing_pixel():
@@ -92,7 +105,8 @@ def test_keeper_bounds_its_examples_and_histograms_every_disagreeing_pixel():
         engine[1].flat[: index + 1] = 1  # the batch's second image is the worse one
         ref, eng = prediction(reference, margin=0.02), prediction(engine)
         case = compare(ref, eng, 3, THRESHOLDS)
-        case.passed = index % 2 == 1
+        case.failures = [] if index % 2 == 1 else ["forced to fail"]
+        assert case.passed == (index % 2 == 1)
         keeper.offer(case, np.zeros((2, 16, 16, 3), np.uint8), ref, eng)
         total += index + 1
     kept = [(e.disagreeing, e.passed) for e in keeper.examples]
@@ -128,14 +142,16 @@ def test_empty_reports_give_pages_that_say_so():
 
 
 def test_page_path_checks(tmp_path):
-    with pytest.raises(FcnDeployError, match=r"folder .*nope does not exist; create it"):
+    with pytest.raises(FcnDeployError, match=r"folder .*nope does not exist; create it") as missing:
         check_page_path(tmp_path / "nope" / "page.html")
-    with pytest.raises(FcnDeployError, match=r"is a folder; give a file name such as .*report\.html"):
+    with pytest.raises(FcnDeployError, match=r"is a folder; give a file name such as .*report\.html") as folder:
         check_page_path(tmp_path)
     existing = tmp_path / "page.html"
     existing.write_text("keep me")
-    with pytest.raises(FcnDeployError, match=r"page\.html already exists; pass --overwrite"):
+    with pytest.raises(FcnDeployError, match=r"page\.html already exists; overwrite it or choose another path") as exists:
         check_page_path(existing)
+    assert missing.value.options == folder.value.options == ("html",) and exists.value.options == ("html", "overwrite")
+    assert not any("--" in str(e.value) for e in (missing, folder, exists))  # the library names options, the CLI flags
     assert check_page_path(existing, overwrite=True) == existing
 
 
@@ -146,19 +162,20 @@ def test_bad_html_path_fails_before_any_work(command, tmp_path, monkeypatch, cap
 
     import fcn_deploy.bench
     import fcn_deploy.demo
-    import fcn_deploy.validate
+    import fcn_deploy.validation
 
-    monkeypatch.setattr(fcn_deploy.validate, "validate_engine", no_work)
+    monkeypatch.setattr(fcn_deploy.validation, "validate_engine", no_work)
     monkeypatch.setattr(fcn_deploy.bench, "run_benchmark", no_work)
     monkeypatch.setattr(fcn_deploy.demo, "run_demo", no_work)
     args = {"validate": ["validate", "e.onnx", "-r", "c.pt"], "benchmark": ["benchmark", "e.onnx"],
             "demo": ["demo", "--out", str(tmp_path / "demo")]}[command]  # fmt: skip
     existing = tmp_path / "page.html"
     existing.write_text("keep me")
-    for html, message in ((tmp_path / "missing" / "p.html", "does not exist"), (existing, "already exists; pass --overwrite")):
+    for html, flags, message in ((tmp_path / "missing" / "p.html", "--html", "does not exist"),
+                                 (existing, "--html/--overwrite", "already exists; overwrite it or choose another path")):  # fmt: skip
         assert main([*args, "--html", str(html)]) == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
+        assert err.startswith(f"error: {flags}: {html}") and message in err and len(err.splitlines()) == 1
     assert existing.read_text() == "keep me" and not (tmp_path / "demo").exists()
 
 
@@ -172,7 +189,58 @@ def test_validate_html_page(tiny_onnx, tiny_checkpoint, tmp_path, capsys):
     assert "PASSED" in text and "1x32x32" in text and "1x64x96" in text and "Edges or regions?" in text
     if data["summary"]["disagreeing_pixels"] == 0:  # ORT FP32 vs torch: usually identical masks
         assert "No disagreement." in text
-    assert "<script" not in text and report_module.__version__ in text
+    assert "<script" not in text and __version__ in text
     # --overwrite replaces it
     assert main(["validate", str(tiny_onnx), "-r", str(tiny_checkpoint), "--sizes", "32x32", "--html", str(page), "--overwrite"]) == 0
     assert "1x64x96" not in page.read_text()
+
+
+# --- a metric is one place -------------------------------------------------------------------
+
+
+class EngineOnes(Metric):
+    """A toy metric: the share of pixels the engine labels class 1."""
+
+    key, label = "toy_engine_ones", "engine ones"
+    description = "share of pixels the engine labels class 1 (a test metric)"
+    percent, digits = True, 2
+
+    def measure(self, c):
+        return {"ones": int((c.engine.mask == 1).sum()), "pixels": int(c.engine.mask.size)}
+
+    def value(self, stats):
+        return stats["ones"] / stats["pixels"] if stats.get("pixels") else None
+
+
+def per_size_table(page: str) -> tuple[list[str], list[list[str]]]:
+    """The per-size table's headers and cells, as text."""
+    found = page[page.index("<table>") : page.index("</table>")]
+    headers = [re.sub(r"<[^>]+>", "", h) for h in re.findall(r"<th>(.*?)</th>", found)]
+    rows = [[re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", found)[1:]]  # fmt: skip
+    return headers, rows
+
+
+def test_a_registered_metric_is_a_column_of_the_json_report_and_the_page():
+    register(EngineOnes())
+    try:
+        data = report_of(square(), square(shift=1)).to_dict()  # the engine's square: 400 of 1600 pixels
+        registered_page = validation_page(data)
+    finally:
+        unregister(EngineOnes.key)
+    assert EngineOnes.key not in METRICS
+    assert data["metrics"][EngineOnes.key] == {"label": "engine ones", "description": EngineOnes.description, "percent": True,
+                                              "column": True, "digits": 2}  # fmt: skip
+    assert data["cases"][0][EngineOnes.key] == 0.25 and data["summary"][EngineOnes.key] == 0.25
+    standard = ["", "N x H x W", "agreement", "confident", "max disagree margin", "mIU vs ref", "max |Δlogit|"]
+    where = ["disagreeing px", "on edges", "why it failed"]
+    # the page drawn then, and later from the saved JSON (the metric no longer registered), show its column
+    for page in (registered_page, validation_page(json.loads(json.dumps(data)))):
+        headers, rows = per_size_table(page)
+        assert headers == [*standard, "engine ones", *where]
+        assert rows[0][1:3] == ["1x40x40", "97.5000%"] and rows[0][headers.index("engine ones")] == "25.00%"
+        assert rows[0][-3:-1] == ["40", "100.0%"]
+        assert f'title="{EngineOnes.description}"' in page
+    # a report without a metrics entry gets the registered metrics' columns: now without the toy
+    headers, _ = per_size_table(validation_page({k: v for k, v in data.items() if k != "metrics"}))
+    assert headers == [*standard, *where]

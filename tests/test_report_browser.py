@@ -17,13 +17,12 @@ import pytest
 from PIL import Image
 
 from browser import Browser, find_chromium
+from helpers import THRESHOLDS, perturbed_copy
 
 from fcn_deploy.data.synthetic import make_scene
 from fcn_deploy.media import write_video
-from fcn_deploy.report import benchmark_page, demo_page, validation_page, write_page
+from fcn_deploy.render.html import benchmark_page, demo_page, validation_page, write_page
 from fcn_deploy.validation import ExampleKeeper, ValidateOptions, ValidationReport, validate_engine
-from test_report import THRESHOLDS
-from test_validate import perturbed_copy
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
 from conftest import QUIET
+from helpers import perturbed_copy
 
 from fcn_deploy.cli import main
 from fcn_deploy.errors import FcnDeployError
@@ -28,14 +28,6 @@ from fcn_deploy.validation import (
 )
 
 SIZES = "32x32,97x129,64x200,131x67"
-
-
-def perturbed_copy(src: Path, dst: Path, pick, edit) -> Path:
-    model = onnx.load(str(src))
-    init = next(i for i in model.graph.initializer if pick(i))
-    init.CopyFrom(onnx.numpy_helper.from_array(edit(onnx.numpy_helper.to_array(init)), init.name))
-    onnx.save(model, str(dst))
-    return dst
 
 
 def test_correct_engine_passes_and_report_is_parseable(tiny_onnx, tiny_checkpoint, tmp_path, capsys):

@@ -60,6 +60,6 @@ def benchmark_command(
     print_results(console, result["results"])
     write_report(report, result)
     if html:
-        from ..report import benchmark_page
+        from ..render.html import benchmark_page
 
         write_html(html, benchmark_page(result))

@@ -74,7 +74,7 @@ def validate_command(
     print_validation(console, result)
     write_report(report, result.to_dict())
     if html:
-        from ..report import validation_page
+        from ..render.html import validation_page
 
         write_html(html, validation_page(result.to_dict(), keeper))
     if not result.passed:

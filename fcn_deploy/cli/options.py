@@ -111,7 +111,7 @@ OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace an e
 def check_html(path: Path | None, overwrite: bool) -> None:
     """Refuse a bad --html path before the run starts, so no work is wasted."""
     if path is not None:
-        from ..report import check_page_path
+        from ..render.html import check_page_path
 
         check_page_path(path, overwrite)
 
@@ -119,7 +119,7 @@ def check_html(path: Path | None, overwrite: bool) -> None:
 def write_html(path: Path | None, page: str) -> None:
     if path is None:
         return
-    from ..report import write_page
+    from ..render.html import write_page
 
     write_page(path, page)
     console.print(f"page: {path}")

@@ -148,9 +148,19 @@ class Metric:
         return found
 
     def format(self, value: float | None) -> str:
-        if value is None:
-            return "-"
-        return f"{value * 100:.{self.digits}f}%" if self.percent else f"{value:.{self.digits}g}"
+        return format_value(value, percent=self.percent, digits=self.digits)
+
+    def describe(self) -> dict[str, Any]:
+        """What a report records about this metric, so that a page drawn from it later needs no registry."""
+        return {"label": self.label, "description": self.description, "percent": self.percent, "column": self.column,
+                "digits": self.digits}  # fmt: skip
+
+
+def format_value(value: float | None, *, percent: bool, digits: int) -> str:
+    """A metric's value as its columns show it (``-`` for none)."""
+    if value is None:
+        return "-"
+    return f"{value * 100:.{digits}f}%" if percent else f"{value:.{digits}g}"
 
 
 def stats_text(stats: Stats) -> dict[str, Any]:

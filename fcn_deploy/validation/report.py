@@ -149,7 +149,7 @@ class ValidationReport:
             "arithmetic": self.arithmetic or self.precision,
             "reference": self.reference,
             "thresholds": self.thresholds.to_dict(),
-            "metrics": {key: {"label": m.label, "description": m.description, "percent": m.percent} for key, m in METRICS.items()},
+            "metrics": {key: m.describe() for key, m in METRICS.items()},
             "summary": self.summary(),
             "failures": self.failures if not self.passed else [],
             "failing_sizes": self.failing_sizes,
