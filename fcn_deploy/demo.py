@@ -10,20 +10,20 @@
 7. infer on the sample video with the first backend's INT8 engine (overlay video out);
 8. benchmark every engine against PyTorch eager at 512x512, each in its own process.
 
-Every step reuses its output when that output is newer than its input, unless ``--force``; the
-summary table and ``DIR/report.json`` gather the reports of every step, and ``DIR/report.html``
-shows them (:mod:`fcn_deploy.report`): the summary, per-class IU, each engine's validation with
-pictures of its disagreements, the benchmark plots and frames of the overlay video.
+Every step reuses its output when that output is newer than its input, unless forced; ``DIR/report.json``
+gathers the reports of every step, and every engine is also scored on the held-out ground truth, so
+the summary shows what each precision costs in task accuracy.  Nothing is printed: each step and
+each step's report reach the listener (``demo_step``, ``validation``, ``infer_summary``,
+``benchmark``, ``demo_summary`` results), and the CLI draws them and writes ``DIR/report.html``
+from :class:`DemoResult` (:mod:`fcn_deploy.render.html`).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from rich.console import Console
-from rich.table import Table
 
 from . import __version__, backends
 from .checkpoint import load_checkpoint
@@ -31,6 +31,7 @@ from .data import open_dataset
 from .data.calibration import DEFAULT_CALIB_COUNT, generate_default_calibration
 from .data.synthetic import panning_frames
 from .errors import FcnDeployError
+from .events import SILENT, Listener
 from .fileio import atomic_write_json, ensure_writable_dir
 from .media import write_video
 
@@ -57,11 +58,8 @@ def _fresh(output: Path, *inputs: Path, force: bool = False) -> bool:
     return all(output.stat().st_mtime >= i.stat().st_mtime for i in inputs if i.exists())
 
 
-def demo_backends(requested: str, listener=None) -> list[backends.Backend]:
+def demo_backends(requested: str, listener: Listener = SILENT) -> list[backends.Backend]:
     """``auto``: every usable backend, best first (and why the others are left out); else the named one."""
-    from .events import SILENT
-
-    listener = listener or SILENT
     if requested != "auto":
         return [backends.resolve(requested, listener)]
     chosen, skipped = [], []
@@ -76,24 +74,37 @@ def demo_backends(requested: str, listener=None) -> list[backends.Backend]:
     return chosen
 
 
-def run_demo(
-    out: Path, force: bool = False, train_steps: int | None = None, backend: str = "auto", console: Console | None = None,
-    html: Path | None = None,
-) -> dict[str, Any]:
-    """Run every step; write ``out/report.json`` and ``out/report.html`` (and the page to ``html`` too, if given)."""
+@dataclass
+class DemoResult:
+    """What the demo made: the report (also in ``out/report.json``) and what its page shows."""
+
+    report: dict[str, Any]
+    out: Path
+    video: Path
+    overlay: Path
+    palette: list[list[int]]
+    #: A few pictures per engine (validation disagreements) for the page.
+    keepers: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report.get("passed"))
+
+
+STEPS = ("synthetic data", "train", "eval", "export", "build engines", "validate", "infer on video", "benchmark")
+
+
+def run_demo(out: Path, *, force: bool = False, train_steps: int | None = None, backend: str = "auto",
+             listener: Listener = SILENT) -> DemoResult:  # fmt: skip
+    """Run every step; write ``out/report.json`` and return the result (the CLI writes the page)."""
     from .bench import run_benchmark
     from .engines import BuildOptions, build_engine
+    from .evaluate import evaluate_model
     from .export import export_onnx
-    from .render.html import demo_page, write_page
-    from .train import TrainConfig, evaluate, train
-    from .render.bench import print_results
-    from .render.console import ConsoleListener
-    from .validation import ExampleKeeper, ValidateOptions, validate_engine
     from .inference import run_infer
-    from .render.infer import print_summary as print_infer_summary
+    from .train import TrainConfig, evaluate, train
+    from .validation import ExampleKeeper, ValidateOptions, validate_engine
 
-    console = console or Console()
-    listener = ConsoleListener(console)
     out = ensure_writable_dir(out)
     models_dir = ensure_writable_dir(out / "models")
     calib_dir = out / "calibration"
@@ -102,58 +113,50 @@ def run_demo(
     report: dict[str, Any] = {"fcn_deploy_version": __version__, "out": str(out), "steps": {}}
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    current: list[str] = []
 
-    def step(name: str):
-        console.rule(f"[bold]{name}")
+    def step(index: int) -> None:
+        if current:
+            timings[current[0]] = time.perf_counter() - timings[current[0]]
+        name = f"{index}/{len(STEPS)} {STEPS[index - 1]}"
+        current[:] = [name]
         timings[name] = time.perf_counter()
+        listener.result("demo_step", name)
 
-    def done(name: str) -> None:
-        timings[name] = time.perf_counter() - timings[name]
-
-    # 1. data --------------------------------------------------------------------------------
-    step("1/8 synthetic data")
+    step(1)
     if force or len(list(calib_dir.glob("*.png"))) < DEFAULT_CALIB_COUNT:
         generate_default_calibration(calib_dir)
     video = out / "sample.mp4"
     if force or not video.exists():
         write_video(video, (f for f, _ in panning_frames(5, VIDEO_FRAMES, *VIDEO_SIZE)))
-    console.print(f"calibration set {calib_dir} ({DEFAULT_CALIB_COUNT} scenes), sample video {video} ({VIDEO_FRAMES} frames)")
-    done("1/8 synthetic data")
+    listener.note(f"calibration set {calib_dir} ({DEFAULT_CALIB_COUNT} scenes), sample video {video} ({VIDEO_FRAMES} frames)")
 
-    # 2. train -------------------------------------------------------------------------------
-    step("2/8 train")
+    step(2)
     if _fresh(ckpt, force=force) and load_checkpoint(ckpt).meta.arch == DEFAULT_ARCH:
-        console.print(f"reusing {ckpt}")
+        listener.note(f"reusing {ckpt}")
         report["steps"]["train"] = {"reused": True, "checkpoint": str(ckpt)}
     else:
-        result = train(
+        report["steps"]["train"] = train(
             TrainConfig(out=ckpt, arch=DEFAULT_ARCH, arch_kwargs=dict(DEFAULT_ARCH_KWARGS), epochs=TRAIN_EPOCHS, steps=steps,
                         batch_size=16, lr=3e-3, img_size=128),
             listener=listener,
         )  # fmt: skip
-        report["steps"]["train"] = result
-    done("2/8 train")
 
-    # 3. eval --------------------------------------------------------------------------------
-    step("3/8 eval")
+    step(3)
     checkpoint = load_checkpoint(ckpt)
     held_out = open_dataset("synthetic", "val", size=192, length=96)
     scores = evaluate(checkpoint.build_model(), held_out, checkpoint.meta.mean, checkpoint.meta.std, checkpoint.meta.num_classes)
     report["steps"]["eval"] = {"split": held_out.name, "class_names": checkpoint.meta.class_names, **scores.to_dict()}
-    console.print(f"held-out mean IU {scores.mean_iu:.4f}, pixel acc {scores.pixel_accuracy:.4f}")
-    done("3/8 eval")
+    listener.note(f"held-out mean IU {scores.mean_iu:.4f}, pixel acc {scores.pixel_accuracy:.4f}")
 
-    # 4. export ------------------------------------------------------------------------------
-    step("4/8 export")
+    step(4)
     if _fresh(onnx_path, ckpt, force=force):
-        console.print(f"reusing {onnx_path}")
+        listener.note(f"reusing {onnx_path}")
         report["steps"]["export"] = {"reused": True, "onnx": str(onnx_path)}
     else:
         report["steps"]["export"] = export_onnx(ckpt, onnx_path, listener=listener)
-    done("4/8 export")
 
-    # 5. engines -----------------------------------------------------------------------------
-    step("5/8 build engines")
+    step(5)
     engines: dict[str, Path] = {}  # "<backend>-<precision>" -> engine
     report["steps"]["build"] = {}
     chosen = demo_backends(backend, listener=listener)
@@ -161,62 +164,53 @@ def run_demo(
         for precision in PRECISIONS:
             label = f"{engine_backend.name}-{precision}"
             engine = engine_backend.default_engine_path(onnx_path, precision)
-            manifest_file = backends.manifest_path(engine)
-            if _fresh(engine, onnx_path, force=force) and _fresh(manifest_file, onnx_path):
-                console.print(f"reusing {engine}")
+            if _fresh(engine, onnx_path, force=force) and _fresh(backends.manifest_path(engine), onnx_path):
+                listener.note(f"reusing {engine}")
                 manifest = backends.read_manifest(engine)
             else:
-                manifest = build_engine(
-                    onnx_path, engine, BuildOptions(precision=precision, backend=engine_backend.name, calib_dir=calib_dir),
-                    listener=listener,
-                )  # fmt: skip
+                options = BuildOptions(precision=precision, backend=engine_backend.name, calib_dir=calib_dir, opt_shape=BENCH_SIZE)
+                manifest = build_engine(onnx_path, engine, options, listener=listener)
             engines[label] = engine
             report["steps"]["build"][label] = {
                 "engine": str(engine), "backend": manifest["backend"], "precision": precision, "profile": manifest["profile"],
                 "files": manifest["files"], "transform": manifest.get("transform"), "build": manifest.get("build"),
+                "int8_check": manifest.get("int8_check"),
             }  # fmt: skip
-    done("5/8 build engines")
+    report["steps"]["eval"]["engines"] = {
+        label: evaluate_model(engine, held_out, listener=listener) for label, engine in engines.items()
+    }
 
-    # 6. validate ----------------------------------------------------------------------------
-    step("6/8 validate")
+    step(6)
     report["steps"]["validate"] = {}
-    keepers: dict[str, ExampleKeeper] = {}  # a few pictures per engine for the page
+    keepers: dict[str, ExampleKeeper] = {}
     for label, engine in engines.items():
         keepers[label] = ExampleKeeper(worst=PAGE_EXAMPLES, max_failing=PAGE_EXAMPLES)
-        from .render.validation import print_validation
-
-        result = validate_engine(engine, ckpt, ValidateOptions(max_side=VALIDATE_CAP, random_sizes=VALIDATE_RANDOM_SIZES,
-                                                               keep_examples=keepers[label]), listener=listener)  # fmt: skip
-        print_validation(console, result)
+        options = ValidateOptions(max_side=VALIDATE_CAP, random_sizes=VALIDATE_RANDOM_SIZES, keep_examples=keepers[label])
+        result = validate_engine(engine, ckpt, options, listener=listener)
+        listener.result("validation", result)
         report["steps"]["validate"][label] = result.to_dict()
-    done("6/8 validate")
 
-    # 7. video -------------------------------------------------------------------------------
-    step("7/8 infer on video")
+    step(7)
     overlay = out / "sample.overlay.mp4"
     video_engine = engines[f"{chosen[0].name}-int8"]
     report["steps"]["infer"] = run_infer(video, video_engine, out=overlay, overwrite=True, listener=listener)
-    print_infer_summary(console, report["steps"]["infer"])
+    listener.result("infer_summary", report["steps"]["infer"])
     report["steps"]["infer"]["standalone_engine_fps"] = _standalone_fps(video_engine, VIDEO_SIZE)
-    done("7/8 infer on video")
 
-    # 8. benchmark ---------------------------------------------------------------------------
-    step("8/8 benchmark")
+    step(8)
     report["steps"]["benchmark"] = run_benchmark(
         list(engines.values()), reference=ckpt, sizes=[BENCH_SIZE], warmup=2, iters=BENCH_ITERS, listener=listener
     )
-    print_results(console, report["steps"]["benchmark"]["results"])
-    done("8/8 benchmark")
+    listener.result("benchmark", report["steps"]["benchmark"])
+    timings[current[0]] = time.perf_counter() - timings[current[0]]
 
     report["seconds"] = {**timings, "total": time.perf_counter() - started}
     report["passed"] = all(v["passed"] for v in report["steps"]["validate"].values())
     report["summary"] = _summary(report)
     atomic_write_json(out / "report.json", report)
-    page = demo_page(report, keepers, video=video, overlay=overlay, palette=checkpoint.meta.palette)
-    for path in (out / "report.html", *([html] if html else [])):
-        write_page(path, page)
-    _print_summary(console, report, out, overlay)
-    return report
+    result = DemoResult(report, out, video, overlay, list(checkpoint.meta.palette), keepers)
+    listener.result("demo_summary", result)
+    return result
 
 
 def _standalone_fps(engine: Path, size: tuple[int, int]) -> float:
@@ -235,14 +229,16 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 
     results = report["steps"]["benchmark"]["results"]
     infer = report["steps"]["infer"]
-    engines = [r for r in results if r["backend"] != "torch"]
+    engines = [r for r in results if not r.get("baseline")]
+    baselines = [r for r in results if r.get("baseline")]
+    held_out = report["steps"]["eval"].get("engines", {})
     return {
         "held_out_mean_iu": report["steps"]["eval"]["mean_iu"],
+        "held_out_mean_iu_by_engine": {label: scores["mean_iu"] for label, scores in held_out.items()},
         "backends": sorted({r["backend"] for r in engines}),
         "validation": {label: v["summary"] | {"passed": v["passed"]} for label, v in report["steps"]["validate"].items()},
         "bench_size": list(BENCH_SIZE),
-        "median_ms": {r["label"]: r["median_ms"] for r in results if r["backend"] != "torch"}
-        | {f"torch-eager-{r['device']}": r["median_ms"] for r in results if r["backend"] == "torch"},
+        "median_ms": {r["label"]: r["median_ms"] for r in engines} | {f"torch-eager-{r['device']}": r["median_ms"] for r in baselines},
         "speedup_vs_torch": {r["label"]: r["speedup_vs_torch"] for r in engines},
         "vs_onnxruntime_fp32": {r["label"]: ratio(results, r["label"], "onnxruntime-fp32") for r in engines},
         "vs_onnxruntime_int8": {r["label"]: ratio(results, r["label"], "onnxruntime-int8") for r in engines},
@@ -253,34 +249,3 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         "video_standalone_engine_fps": infer.get("standalone_engine_fps"),
         "video_vs_standalone_engine": infer["end_to_end_fps"] / infer["standalone_engine_fps"],
     }
-
-
-def _print_summary(console: Console, report: dict[str, Any], out: Path, overlay: Path) -> None:
-    summary = report["summary"]
-    results = report["steps"]["benchmark"]["results"]
-    h, w = BENCH_SIZE
-    table = Table(title="fcn-deploy demo summary")
-    for column in ("engine", "device", "validation", "min agreement", "mIU vs ref", f"median ms @{h}x{w}", "vs torch",
-                   "vs ORT fp32"):  # fmt: skip
-        table.add_column(column, justify="left" if column in ("engine", "device", "validation") else "right")
-    for r in results:
-        if r["backend"] == "torch":
-            table.add_row("torch eager fp32 (reference)", r["device"], "-", "-", "-", f"{r['median_ms']:.1f}", "1.00x", "-")
-            continue
-        val = summary["validation"][r["label"]]
-        vs_ort = summary["vs_onnxruntime_fp32"].get(r["label"])
-        table.add_row(
-            f"{r['backend']} {r['precision']}", r["device"], "[green]passed[/]" if val["passed"] else "[red]FAILED[/]",
-            f"{val['min_pixel_agreement'] * 100:.3f}%", f"{val.get('mean_iu_vs_reference', val['min_mean_iu']):.4f}",
-            f"{r['median_ms']:.1f}", f"{r['speedup_vs_torch']:.2f}x", "-" if vs_ort is None else f"{vs_ort:.2f}x",
-        )  # fmt: skip
-    console.print(table)
-    console.print(
-        f"held-out mean IU {summary['held_out_mean_iu']:.4f}; video ({summary['video_engine']}) {summary['video_fps']:.1f} fps "
-        f"end to end ({summary['video_fps_ratio'] or float('nan'):.2f}x the engine's FPS inside the pipeline, "
-        f"{summary['video_vs_standalone_engine']:.2f}x the engine alone at {VIDEO_SIZE[0]}x{VIDEO_SIZE[1]})"
-    )
-    console.print(
-        f"overlay video: {overlay}\nreport: {out / 'report.json'}, page: {out / 'report.html'}  "
-        f"(total {report['seconds']['total']:.0f} s)"
-    )

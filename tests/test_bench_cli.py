@@ -99,10 +99,11 @@ def test_timing_reports_progress_to_the_listener_and_prints_nothing(tiny_onnx, c
     assert capsys.readouterr().out == ""
 
 
-def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, monkeypatch):
-    """The main job with a very short training run: every stage and the report; then a second run
-    reuses the checkpoint, the export and every engine (the checks after them are stubbed there:
-    the first run already ran them for real)."""
+def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, monkeypatch, capsys):
+    """The main job with a very short training run, through the CLI: every stage, the report and the
+    page; then a second run reuses the checkpoint, the export and every engine (the checks after them
+    are stubbed there: the first run already ran them for real), and a demo whose engine fails
+    validation exits 1."""
     import fcn_deploy.demo as demo
 
     monkeypatch.setattr(demo, "VIDEO_FRAMES", 12)
@@ -111,17 +112,17 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "VALIDATE_RANDOM_SIZES", 0)
     monkeypatch.setattr(demo, "BENCH_ITERS", 3)
     monkeypatch.setattr(demo, "TRAIN_EPOCHS", 1)
-    from rich.console import Console
-
     from fcn_deploy.backends.tensorrt import TensorRTBackend
 
     # auto on a CPU machine: every usable CPU backend, the fastest first (TensorRT patched out, so a
     # GPU machine runs the same test).
     monkeypatch.setattr(TensorRTBackend, "status", lambda self: (False, "patched out"))
+    monkeypatch.setattr(demo.backends, "names", lambda: ["tensorrt", "openvino", "onnxruntime"])  # the built-ins, not the test plugin
     out = tmp_path / "demo"
-    report = demo.run_demo(out, train_steps=30, console=Console(quiet=True))
+    assert main(["demo", "--out", str(out), "--train-steps", "30"]) == 0
+    printed = capsys.readouterr().out
+    assert "fcn-deploy demo summary" in printed and "8/8 benchmark" in printed
     saved = json.loads((out / "report.json").read_text())
-    assert saved["summary"] == json.loads(json.dumps(report["summary"]))
     page = (out / "report.html").read_text()  # the page, always written
     for heading in ("Summary", "Held-out accuracy", "Validation", "openvino-int8", "Benchmark", "Video"):
         assert f">{heading}</h" in page, heading
@@ -134,13 +135,18 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, monkeypatch):
     assert saved["steps"]["infer"]["frames"] == 12 and (out / "sample.overlay.mp4").is_file()
     assert saved["steps"]["infer"]["backend"] == "openvino-int8"  # the first backend's INT8 engine
     assert {r["label"] for r in saved["steps"]["benchmark"]["results"]} == labels | {"torch-fp32"}
+    by_engine = saved["summary"]["held_out_mean_iu_by_engine"]  # every engine scored on the held-out ground truth
+    assert set(by_engine) == labels and all(0.0 <= v <= 1.0 for v in by_engine.values())
+    assert abs(by_engine["onnxruntime-fp32"] - saved["steps"]["eval"]["mean_iu"]) < 1e-3  # FP32 scores as PyTorch does
+    assert saved["steps"]["build"]["openvino-int8"]["int8_check"]["after"]["passed"] in (True, False)
 
     import fcn_deploy.bench
     import fcn_deploy.engines
+    import fcn_deploy.evaluate
     import fcn_deploy.export
-    import fcn_deploy.train
-    import fcn_deploy.validate
     import fcn_deploy.inference
+    import fcn_deploy.train
+    import fcn_deploy.validation
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the second demo run must reuse this step's output")
@@ -149,17 +155,32 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, monkeypatch):
     for name in ("train", "export_onnx", "build_engine"):
         module = {"train": fcn_deploy.train, "export_onnx": fcn_deploy.export, "build_engine": fcn_deploy.engines}[name]
         monkeypatch.setattr(module, name, must_not_run)
-    class SavedValidation:
-        def __init__(self, engine, *args, **kwargs):
-            self.engine = Path(engine)
 
-        def to_dict(self):
-            return saved["steps"]["validate"][label_of[self.engine]]
+    def saved_validation(failing: set[str]):
+        class SavedValidation:
+            def __init__(self, engine, *args, **kwargs):
+                self.engine = Path(engine)
 
-    monkeypatch.setattr(fcn_deploy.validate, "validate_engine", SavedValidation)
+            @property
+            def passed(self):
+                return label_of[self.engine] not in failing
+
+            def to_dict(self):
+                return {**saved["steps"]["validate"][label_of[self.engine]], "passed": self.passed}
+
+        return SavedValidation
+
+    monkeypatch.setattr(fcn_deploy.validation, "validate_engine", saved_validation(set()))
+    monkeypatch.setattr(fcn_deploy.evaluate, "evaluate_model", lambda path, *a, **k: saved["steps"]["eval"]["engines"][label_of[Path(path)]])
     monkeypatch.setattr(fcn_deploy.inference, "run_infer", lambda *a, **k: dict(saved["steps"]["infer"]))
     monkeypatch.setattr(demo, "_standalone_fps", lambda *a: saved["steps"]["infer"]["standalone_engine_fps"])
     monkeypatch.setattr(fcn_deploy.bench, "run_benchmark", lambda *a, **k: saved["steps"]["benchmark"])
-    again = demo.run_demo(out, train_steps=30, console=Console(quiet=True))
-    assert again["steps"]["train"]["reused"] and again["steps"]["export"]["reused"]
-    assert set(again["steps"]["build"]) == labels and again["passed"] == saved["passed"]
+    monkeypatch.setattr("fcn_deploy.render.demo.print_validation", lambda *a, **k: None)  # stubs have no cases to draw
+    again = demo.run_demo(out, train_steps=30)
+    assert again.report["steps"]["train"]["reused"] and again.report["steps"]["export"]["reused"]
+    assert set(again.report["steps"]["build"]) == labels and again.passed == all(v["passed"] for v in saved["steps"]["validate"].values())
+    monkeypatch.setattr(fcn_deploy.validation, "validate_engine", saved_validation({"onnxruntime-int8"}))
+    capsys.readouterr()
+    assert main(["demo", "--out", str(out), "--train-steps", "30"]) == 1  # an engine failed validation: the main job fails
+    assert "FAILED: an engine failed validation" in capsys.readouterr().out
+    assert json.loads((out / "report.json").read_text())["passed"] is False

@@ -4,7 +4,7 @@ Commands parse flags into the library's options, pass the console listener, and 
 library returns (:mod:`fcn_deploy.render`); the library never prints.
 """
 
-from . import bench, build, check, data, infer, serve, system  # noqa: F401 - each module registers its commands
+from . import bench, build, check, data, debug, infer, serve, system  # noqa: F401 - each module registers its commands
 from .app import app, main
 
 __all__ = ["app", "main"]

@@ -41,15 +41,9 @@ def models_command(
     if as_json:
         console.print_json(json.dumps(rows))
         return
-    table = Table(title="fcn-deploy architectures (21 classes)")
-    for column in ("name", "parameters", "min input", "stride", "description"):
-        table.add_column(column, justify="right" if column in ("parameters", "min input", "stride") else "left")
-    for row in rows:
-        table.add_row(
-            row["name"], f"{row['parameters'] / 1e6:.1f}M", f"{row['min_size']}x{row['min_size']}",
-            str(row["output_stride"]), row["description"],
-        )  # fmt: skip
-    console.print(table)
+    from ..render.data import print_models
+
+    print_models(console, rows)
 
 
 @app.command("synth-data")
@@ -126,36 +120,22 @@ def train_command(
 
 @app.command("eval")
 def eval_command(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.pt).")],
+    model: Annotated[Path, typer.Argument(help="A checkpoint (.pt), an ONNX graph or any engine.", metavar="MODEL_OR_ENGINE")],
     data: Annotated[str, typer.Option(help="'synthetic' or a VOC-layout folder.")] = "synthetic",
     split: Annotated[str, typer.Option(help="Split to score.")] = "val",
     size: Annotated[int, typer.Option(help="Synthetic scene side.")] = 192,
     count: Annotated[int, typer.Option(help="Synthetic scenes.")] = 96,
     report: Annotated[Optional[Path], typer.Option(help="Write the scores as JSON.")] = None,
 ) -> None:
-    """Score a checkpoint with the paper's metrics (pixel acc, mean acc, mean IU, f.w. IU)."""
-    from ..checkpoint import load_checkpoint
+    """Score a model or engine on ground truth with the paper's metrics (pixel acc, mean acc, mean IU, f.w. IU)."""
     from ..data import open_dataset
-    from ..train import evaluate
+    from ..evaluate import evaluate_model
+    from ..render.data import print_scores
 
-    ckpt = load_checkpoint(checkpoint)
-    source = open_dataset(data, split, size=size, length=count)
-    if len(source.class_names) != ckpt.meta.num_classes:
-        raise FcnDeployError(
-            f"{checkpoint}: has {ckpt.meta.num_classes} classes, dataset {data} has {len(source.class_names)}"
-        )
-    scores = evaluate(ckpt.build_model(), source, ckpt.meta.mean, ckpt.meta.std, ckpt.meta.num_classes)
-    table = Table(title=f"{checkpoint.name} on {source.name}")
-    table.add_column("class")
-    table.add_column("IU", justify="right")
-    for name, iu in zip(ckpt.meta.class_names, scores.per_class_iu):
-        table.add_row(name, "n/a" if iu != iu else f"{iu:.4f}")
-    console.print(table)
-    console.print(
-        f"pixel acc {scores.pixel_accuracy:.4f}  mean acc {scores.mean_accuracy:.4f}  "
-        f"mean IU {scores.mean_iu:.4f}  f.w. IU {scores.fw_iu:.4f}"
-    )
-    write_report(report, {"checkpoint": str(checkpoint), "data": source.name, **scores.to_dict()})
+    check_report(report, model)
+    result = evaluate_model(model, open_dataset(data, split, size=size, length=count), listener=listener)
+    print_scores(console, result, title=f"{model.name} ({result['backend']}, {result['precision']}) on {result['data']}")
+    write_report(report, {"checkpoint": str(model), **result})
 
 
 @app.command("import")

@@ -28,10 +28,16 @@ def demo_command(
 ) -> None:
     """The main job: data, train, eval, export, FP32/FP16/INT8 engines, validate, video, benchmark; OUT/report.html."""
     from ..demo import run_demo
+    from ..render.demo import DemoConsole
+    from ..render.html import demo_page, write_page
 
     check_html(html, overwrite)
-    result = run_demo(out, force=force, train_steps=train_steps or None, backend=backend, console=console, html=html)
-    if not result.get("passed", False):
+    result = run_demo(out, force=force, train_steps=train_steps or None, backend=backend, listener=DemoConsole(console))
+    page = demo_page(result.report, result.keepers, video=result.video, overlay=result.overlay, palette=result.palette)
+    for path in (out / "report.html", *([html] if html else [])):
+        write_page(path, page)
+    if not result.passed:
+        console.print("[red]FAILED[/]: an engine failed validation (see its table above)")
         raise typer.Exit(EXIT_FAILED)
 
 
