@@ -59,15 +59,44 @@ def test_benchmark_reports_baseline_and_engines(tiny_onnx, tiny_checkpoint, tmp_
             assert key in r, key
         assert r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] * 0.999
         assert r["throughput_fps"] == pytest.approx(1000.0 / r["median_ms"])
-        assert r["gflop"] > 0 and r["fraction_of_peak"] > 0
+        assert r["gflop"] > 0 and 0 < r["fraction_of_peak"] <= 1.0 and not r["above_peak"], r  # held against its own arithmetic's peak
+        assert r["peak_kind"] == "fp32" and r["peak_source"]
     engine = [r for r in results if r["backend"] == "onnxruntime"]
     assert all(r["speedup_vs_torch"] is not None for r in engine)
     # Every engine was timed in its own worker process, none in this one.
     pids = {r["backend"]: r["worker_pid"] for r in results}
     assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
     assert all(r["p10_ms"] <= r["median_ms"] <= r["p90_ms"] and len(r["samples_ms"]) == 3 for r in results)
-    assert report["baseline"]["mode"] == "eager" and report["machine"]["peak_gflops"]["cpu"] > 0
+    peaks = report["machine"]["peaks"]["cpu"]
+    assert report["baseline"]["mode"] == "eager" and peaks["fp32"]["gops"] > 0 and peaks["int8"]["gops"] > 0
+    assert set(peaks["fp32"]["candidates"]) >= {"onnxruntime MatMul", "openvino MatMul", "torch.mm"}  # the best of every runtime's kernel
+    assert "direct-convolution" in report["machine"]["flop_count"]
     assert "vs torch" in capsys.readouterr().out
+
+
+def test_engines_are_held_against_the_peak_of_their_own_arithmetic(tiny_onnx, tiny_checkpoint, tmp_path, monkeypatch):
+    """An INT8 engine that outruns the FP32 peak is held against the int8 peak; a row above 100 % of its
+    peak is flagged as the bug it is (here: a stand-in FP32 peak far below what the engines reach)."""
+    import fcn_deploy.bench.local as local
+    from fcn_deploy.bench.peaks import Peak
+    from fcn_deploy.engines import BuildOptions, build_engine
+    from fcn_deploy.events import Recorder
+
+    source = tmp_path / "tiny.onnx"
+    source.write_bytes(tiny_onnx.read_bytes())
+    int8 = build_engine(source, None, BuildOptions(precision="int8", backend="onnxruntime", max_shape=(128, 128), int8_repair="off"))
+    stand_in = {"fp32": Peak("fp32", 1e-3, "a stand-in far below any engine"), "int8": Peak("int8", 1e6, "a stand-in above any engine")}
+    monkeypatch.setattr(local, "measure_peaks", lambda device, threads: stand_in)
+    recorder = Recorder()
+    report = run_benchmark([source, tmp_path / int8["engine"]], reference=tiny_checkpoint, sizes=[(64, 64)], warmup=1, iters=2,
+                           listener=recorder)  # fmt: skip
+    rows = {r["label"]: r for r in report["results"]}
+    assert rows["onnxruntime-int8"]["arithmetic"] == "int8" and rows["onnxruntime-int8"]["peak_kind"] == "int8"
+    assert not rows["onnxruntime-int8"]["above_peak"] and rows["onnxruntime-int8"]["fraction_of_peak"] < 1e-3
+    assert rows["onnxruntime-fp32"]["peak_kind"] == "fp32" and rows["onnxruntime-fp32"]["above_peak"]
+    flagged = [text for level, text in recorder.notes if level == "error"]
+    assert any("onnxruntime-fp32" in text and "of its fp32 peak" in text and "is wrong" in text for text in flagged), flagged
+    assert not any("onnxruntime-int8" in text for text in flagged)
 
 
 def test_benchmark_needs_a_reference_and_valid_sizes(tiny_onnx, tmp_path, capsys):

@@ -4,12 +4,12 @@ Functions return reports and print nothing; the CLI renders them (:mod:`fcn_depl
 
 from .flops import count_flops
 from .local import find_reference, ratio, run_benchmark, summarise
-from .peaks import PEAK_KIND, measured_peak_gflops
+from .peaks import FLOP_COUNT, Peak, measure_peaks, peak_kind
 from .server import parse_concurrency, run_server_benchmark
 from .workers import BENCH_SEED, BLOCK, SETTLE_S, Contender, check_runs, infer_call, scene_batch, time_contenders
 
 __all__ = [
-    "BENCH_SEED", "BLOCK", "PEAK_KIND", "SETTLE_S", "Contender", "check_runs", "count_flops", "find_reference", "infer_call",
-    "measured_peak_gflops", "parse_concurrency", "ratio", "run_benchmark", "run_server_benchmark", "scene_batch", "summarise",
+    "BENCH_SEED", "BLOCK", "FLOP_COUNT", "Peak", "SETTLE_S", "Contender", "check_runs", "count_flops", "find_reference", "infer_call",
+    "measure_peaks", "peak_kind", "parse_concurrency", "ratio", "run_benchmark", "run_server_benchmark", "scene_batch", "summarise",
     "time_contenders",
 ]  # fmt: skip

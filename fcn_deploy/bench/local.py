@@ -27,7 +27,7 @@ from ..errors import FcnDeployError, require_file
 from ..events import SILENT, Listener
 from ..fileio import sha256_file
 from .flops import count_flops
-from .peaks import PEAK_KIND, measured_peak_gflops
+from .peaks import FLOP_COUNT, measure_peaks, peak_kind
 from .workers import BLOCK, SETTLE_S, Contender, check_runs, time_contenders
 
 
@@ -139,11 +139,13 @@ def run_benchmark(
         f"threads: {threads or 'each runtime default'}"
     )
     timed = time_contenders(contenders, sizes, batch=batch, warmup=warmup, iters=iters, threads=threads, listener=listener)
+    listener.note("measuring the attainable peaks (each runtime's own matrix multiply, FP32 and int8) in a process of their own")
+    peaks = {dev: measure_peaks(dev, threads) for dev in devices}
     machine = {
         "cpu_count": os.cpu_count(),
         "threads": threads or torch.get_num_threads(),
-        "peak_gflops": {dev: measured_peak_gflops(dev) for dev in devices},
-        "peak_kind": PEAK_KIND,
+        "peaks": {dev: {kind: peak.to_dict() for kind, peak in found.items()} for dev, found in peaks.items()},
+        "flop_count": FLOP_COUNT,
     }
     baselines = {
         (info["device"], size): float(np.median(samples[size]))
@@ -156,6 +158,9 @@ def run_benchmark(
             base = baselines.get((info["device"], (h, w)))
             flops = flops_at[(h, w)]
             gflops = flops / (stats["median_ms"] / 1000) / 1e9 if flops else None
+            kind = peak_kind(info.get("arithmetic", info["precision"]), peaks[info["device"]])
+            peak = peaks[info["device"]].get(kind)
+            fraction = gflops / peak.gops if gflops and peak else None
             results.append({
                 "engine": contender.label, "label": f"{info['backend']}-{info['precision']}", "backend": info["backend"],
                 "precision": info["precision"], "device": info["device"], "baseline": contender.baseline,
@@ -164,9 +169,15 @@ def run_benchmark(
                 "speedup_vs_torch": (base / stats["median_ms"]) if base else None,
                 "peak_memory_mb": info["peak_memory_mb"], "memory_kind": info["memory_kind"],
                 "gflop": flops / 1e9 if flops else None, "achieved_gflops": gflops,
-                "fraction_of_peak": gflops / machine["peak_gflops"][info["device"]] if gflops else None, "samples_ms": samples[(h, w)],
+                "arithmetic": info.get("arithmetic"), "peak_kind": kind, "peak_gops": peak.gops if peak else None,
+                "peak_source": peak.source if peak else None, "fraction_of_peak": fraction,
+                "above_peak": bool(fraction and fraction > 1.0), "samples_ms": samples[(h, w)],
                 "worker_pid": info["pid"],
             })  # fmt: skip
+    for row in results:
+        if row["above_peak"]:  # a measurement or labelling bug: no engine outruns the kernel its arithmetic runs on
+            listener.note(f"{row['label']} at {row['height']}x{row['width']} ran at {row['fraction_of_peak']:.0%} of its {row['peak_kind']} "
+                          f"peak ({row['peak_source']}): the peak or the FLOP count is wrong", level="error")  # fmt: skip
     base_info = next((info for contender, (info, _) in zip(contenders, timed) if contender.baseline), None)
     return {
         "results": results,

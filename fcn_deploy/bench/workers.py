@@ -136,7 +136,8 @@ def _worker_main(conn, contender: Contender, threads: int | None, sizes: list[tu
                 calls[(h, w)]()
                 peak = max(peak, used())
         grown = max(peak, (_peak_rss_bytes() or 0) if peak_tracked else 0) - before
-        conn.send(("ready", {"backend": runner.backend, "precision": runner.precision, "device": runner.device, "pid": os.getpid(),
+        conn.send(("ready", {"backend": runner.backend, "precision": runner.precision, "arithmetic": runner.arithmetic,
+                             "device": runner.device, "pid": os.getpid(),
                              "peak_memory_mb": grown / 1e6, "memory_kind": "cuda_device_memory" if cuda else "peak_rss_growth"}))  # fmt: skip
         while True:
             message = conn.recv()

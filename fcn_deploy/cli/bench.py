@@ -51,13 +51,14 @@ def benchmark_command(
         write_report(report, result)
         return
     from ..bench import run_benchmark
-    from ..render.bench import print_results
+    from ..render.bench import print_peaks, print_results
 
     result = run_benchmark(
         engines or [], reference=reference, sizes=parse_sizes(sizes), batch=batch, warmup=warmup, iters=iters,
         threads=threads, listener=listener,
     )  # fmt: skip
     print_results(console, result["results"])
+    print_peaks(console, result)
     write_report(report, result)
     if html:
         from ..render.html import benchmark_page

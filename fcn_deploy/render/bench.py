@@ -14,11 +14,28 @@ def _or_dash(value: float | None, spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{format(value, spec)}{suffix}"
 
 
+def _peak_cell(r: dict[str, Any]) -> str:
+    """``46.2% int8``: the share of the peak of the engine's own arithmetic (red above 100 %: a bug)."""
+    if r.get("fraction_of_peak") is None:
+        return "-"
+    text = f"{r['fraction_of_peak'] * 100:.1f}% {r.get('peak_kind', '')}".strip()
+    return f"[red]{text}[/]" if r.get("above_peak") else text
+
+
+def print_peaks(console: Console, report: dict[str, Any]) -> None:
+    """The peaks the rows are held against, with the kernel that reached each."""
+    for device, peaks in (report.get("machine", {}).get("peaks") or {}).items():
+        parts = [f"{kind} {p['gops']:.0f} GOP/s ({escape(p['source'])})" for kind, p in peaks.items()]
+        console.print(f"peaks on {device}: " + "; ".join(parts))
+    if report.get("machine", {}).get("flop_count"):
+        console.print(f"operations counted: {escape(report['machine']['flop_count'])}")
+
+
 def print_results(console: Console, results: list[dict[str, Any]]) -> None:
     """One row per contender and size (``run_benchmark(...)["results"]``); the baseline's file is its label."""
     table = Table(title="benchmark (median of timed runs; p10-p90 spread)")
     for column in ("backend", "precision", "device", "N x H x W", "median ms", "p10-p90 ms", "fps", "vs torch",
-                   "peak MB", "GFLOP/s", "% of peak", "file"):  # fmt: skip
+                   "peak MB", "GOP/s", "% of peak", "file"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("backend", "precision", "device", "file") else "right")
     for r in results:
         table.add_row(
@@ -26,7 +43,7 @@ def print_results(console: Console, results: list[dict[str, Any]]) -> None:
             f"{r['batch']}x{r['height']}x{r['width']}", f"{r['median_ms']:.1f}", f"{r['p10_ms']:.1f}-{r['p90_ms']:.1f}",
             f"{r['throughput_fps']:.2f}", _or_dash(r["speedup_vs_torch"], ".2f", "x"), _or_dash(r["peak_memory_mb"], ".0f"),
             _or_dash(r["achieved_gflops"], ".1f"),
-            _or_dash(None if r["fraction_of_peak"] is None else r["fraction_of_peak"] * 100, ".1f", "%"),
+            _peak_cell(r),
             escape(r["engine"] if r.get("baseline") else Path(r["engine"]).name),
         )  # fmt: skip
     console.print(table)

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .bench import print_results
+from .bench import print_peaks, print_results
 from .console import ConsoleListener
 from .infer import print_summary as print_infer_summary
 from .validation import print_validation
@@ -26,6 +26,7 @@ class DemoConsole(ConsoleListener):
             print_infer_summary(self.console, value)
         elif kind == "benchmark":
             print_results(self.console, value["results"])
+            print_peaks(self.console, value)
         elif kind == "demo_summary":
             print_demo_summary(self.console, value.report, value.out, value.overlay)
 
