@@ -2,16 +2,23 @@
 
 Artefacts (checkpoints, ONNX files, engines, reports, videos) are written under a temporary name in
 the destination directory and renamed into place, so an interrupted run never leaves a half-written
-file under its final name.
+file under its final name.  Folders (a Triton model repository) are written the same way by
+:func:`atomic_dir`, and replace an existing folder in one step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import secrets
+import shutil
+import signal
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,3 +100,116 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------- folders
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Yield an empty folder to fill; when the block succeeds, it becomes ``final`` in one step,
+    replacing the folder there (the caller decides whether one may be replaced).
+
+    Interrupted at any point (an exception, Ctrl-C, SIGTERM), ``final`` is the old folder or the new
+    one, whole, and nothing else is left behind: the new folder is built inside a hidden staging
+    folder next to ``final``, the two are swapped by :func:`exchange_paths` (one ``renameat2``
+    call on Linux; elsewhere two renames that put the old folder back if the second does not
+    happen), the old folder lands in the staging folder, and the staging folder is removed.
+    SIGINT and SIGTERM wait while the swap and the clean-up run, and take effect right after.
+    """
+    final = Path(final)
+    ensure_writable_dir(final.parent)
+    staging: Path | None = None
+    try:
+        while True:  # named before it exists, so that an interrupt right after the mkdir still removes it
+            staging = final.parent / f".{final.name}.{secrets.token_hex(4)}.tmp"
+            try:
+                staging.mkdir()
+                break
+            except FileExistsError:  # another writer's: not ours to remove
+                staging = None
+        new = staging / final.name
+        new.mkdir()
+        yield new
+        with signals_deferred():
+            _install(new, final, staging)
+    finally:
+        if staging is not None:
+            with signals_deferred():
+                _discard(staging)
+
+
+def _install(new: Path, final: Path, staging: Path) -> None:
+    """Put ``new`` at ``final``; an existing ``final`` ends up in ``staging``."""
+    if not os.path.lexists(final):
+        os.replace(new, final)
+        return
+    if exchange_paths(new, final):
+        return
+    aside = staging / ".old"
+    try:
+        os.replace(final, aside)
+        os.replace(new, final)
+    finally:
+        if not os.path.lexists(final) and os.path.lexists(aside):  # the new one did not arrive: the old one goes back
+            os.replace(aside, final)
+
+
+def _discard(path: Path) -> None:
+    """Remove the folder ``path``; an interrupt raised meanwhile is raised again once it is gone."""
+    interrupted: BaseException | None = None
+    for _ in range(3):
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            break
+        except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt and the like: finish first, then raise
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+#: What renameat2 answers where the kernel, the C library, a sandbox or the file system lacks RENAME_EXCHANGE.
+_NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM}
+
+
+def exchange_paths(a: str | Path, b: str | Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False,
+    changing nothing, where the system or the file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2  # glibc 2.28+, musl 1.2.2+
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _NO_EXCHANGE:
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+@contextlib.contextmanager
+def signals_deferred(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the block (in the main thread, where Python runs signal
+    handlers), then deliver each one that arrived to the handler that was there before."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {}
+    try:
+        for sig in signals:
+            handler = signal.getsignal(sig)
+            if handler is not None:  # None: a handler installed outside Python, which cannot be put back
+                previous[sig] = signal.signal(sig, lambda signum, frame: arrived.append(signum))
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(arrived):
+            signal.raise_signal(signum)

@@ -2,15 +2,17 @@
 the model repositories export-triton writes.
 
 One `fcn-deploy serve` subprocess serves the tiny model's ONNX Runtime engine for most tests (free
-ports chosen at run time, readiness polled, always torn down); the SIGTERM test stops it, so it
-comes last.  The repository's ensemble runs on the same bundled tritonserver, its engine stood in by
+ports chosen at run time, readiness polled, always torn down); the SIGTERM test stops a server of
+its own, so the tests run in any order.  The repository's ensemble runs on the same bundled tritonserver, its engine stood in by
 a Python model running the same ONNX (the wheel has no ONNX Runtime or OpenVINO backend).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +39,7 @@ from fcn_deploy.data.images import preprocess, resize_mask  # noqa: E402
 from fcn_deploy.data.synthetic import make_scene  # noqa: E402
 from fcn_deploy.engines import BuildOptions, build_engine  # noqa: E402
 from fcn_deploy.errors import FcnDeployError  # noqa: E402
+from fcn_deploy.events import Recorder  # noqa: E402
 from fcn_deploy.fileio import sha256_file  # noqa: E402
 from fcn_deploy.meta import ModelMeta  # noqa: E402
 from fcn_deploy.serve import prepost_model  # noqa: E402
@@ -126,14 +129,25 @@ class ServerProcess:
         self.out.close()
 
 
-@pytest.fixture(scope="module")
-def server(engines, tmp_path_factory):
-    process = ServerProcess(engines["onnxruntime"], tmp_path_factory.mktemp("serve"))
+def started_server(engine: Path, workdir: Path):
+    process = ServerProcess(engine, workdir)
     try:
         process.wait_ready()
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="module")
+def server(engines, tmp_path_factory):
+    """The server most tests share; no test stops it."""
+    yield from started_server(engines["onnxruntime"], tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture
+def own_server(engines, tmp_path):
+    """A server for one test alone (the SIGTERM test stops it)."""
+    yield from started_server(engines["onnxruntime"], tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -315,9 +329,10 @@ def test_port_in_use_is_a_one_line_error(engines, capsys):
     assert f"port {port} on 127.0.0.1 is in use" in err and "--grpc-port" in err
 
 
-def test_sigterm_drains_in_flight_requests_and_exits_0(server):
-    """Last in the file: it stops the module's server.  SIGTERM goes once the first response is back
-    (so every request has reached the server), with most of them still queued or running."""
+def test_sigterm_drains_in_flight_requests_and_exits_0(own_server):
+    """SIGTERM goes once the first response is back (so every request has reached the server), with
+    most of them still queued or running.  It stops a server of its own, not the shared one."""
+    server = own_server
     images = [scene(200 + i, MAX_SIDE, MAX_SIDE) for i in range(48)]
     client = grpcclient.InferenceServerClient(server.address)
     answers: list[tuple[float, object]] = []
@@ -368,7 +383,8 @@ class _ManyClassRunner(Runner):
 def test_masks_are_int32_beyond_256_classes_and_uint8_up_to_256():
     assert mask_dtype(256) is np.uint8 and mask_dtype(257) is np.int32
     runner = _ManyClassRunner()
-    served = ServedModel([Segmenter(runner, mask_dtype=np.int32)], log=lambda message: None)
+    recorder = Recorder()
+    served = ServedModel([Segmenter(runner, mask_dtype=np.int32)], listener=recorder)
 
     class Request(dict):
         pass
@@ -381,6 +397,8 @@ def test_masks_are_int32_beyond_256_classes_and_uint8_up_to_256():
     with pytest.raises(FcnDeployError, match="larger than this server accepts"):
         served.infer(served.segmenters[0], [Request(image=big)])
     assert served.counts["refused"] == 1 and served.counts["images"] == 1
+    (refusal,) = recorder.texts("warning")
+    assert refusal.startswith("refused 1 request(s): the image is 257x20, larger than this server accepts")
     with pytest.raises(FcnDeployError, match="do not fit 8-bit masks"):
         Segmenter(runner)
 
@@ -441,7 +459,7 @@ def check_ensemble(configs, name: str, engine_input: str, engine_output: str, nu
     assert post.parameters["fcn_deploy.role"].string_value == "postprocess"
 
 
-def test_export_triton_onnxruntime_and_openvino_configs_parse_into_model_config(engines, tmp_path):
+def test_export_triton_onnxruntime_and_openvino_configs_parse_into_model_config(engines, tmp_path, capsys):
     for backend, platform_field, platform, files in [
         ("onnxruntime", "platform", "onnxruntime_onnx", ["model.onnx"]),
         ("openvino", "backend", "openvino", ["model.xml", "model.bin"]),
@@ -450,6 +468,9 @@ def test_export_triton_onnxruntime_and_openvino_configs_parse_into_model_config(
         manifest = read_manifest(engine)
         repo = tmp_path / f"repo-{backend}"
         assert main(["export-triton", str(engine), "--repo", str(repo), "--instances", "2", "--queue-delay-us", "500"]) == 0
+        out = capsys.readouterr().out
+        assert f"wrote {repo}: model fcn = fcn_preprocess -> fcn_engine ({platform}, fp32) -> fcn_postprocess" in out
+        assert ("note: Triton's OpenVINO backend cannot pin the inference precision" in out) == (backend == "openvino")
         configs = parse_repo(repo)
         assert set(configs) == {"fcn", "fcn_preprocess", "fcn_engine", "fcn_postprocess"}
         check_ensemble(configs, "fcn", "image", "logits", manifest["meta"]["num_classes"], 8)
@@ -507,11 +528,13 @@ def test_export_triton_is_atomic_and_refuses_what_it_cannot_serve(engines, tmp_p
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "keep.txt").write_text("mine")
-    with pytest.raises(FcnDeployError, match="already exists; pass --overwrite"):
+    with pytest.raises(FcnDeployError, match="already exists; allow overwriting it, or choose another repository folder") as info:
         export_triton(engines["onnxruntime"], repo)
+    assert info.value.options == ("overwrite", "repo")
     assert [p.name for p in repo.iterdir()] == ["keep.txt"]
-    with pytest.raises(FcnDeployError, match="--max-batch 9"):
+    with pytest.raises(FcnDeployError, match=re.escape("max batch 9: the engine's profile runs batches of 1 to 8")) as info:
         export_triton(engines["onnxruntime"], tmp_path / "other", max_batch=9)
+    assert info.value.options == ("max_batch",)
     tampered = tmp_path / "tampered.ort.onnx"
     tampered.write_bytes(engines["onnxruntime"].read_bytes() + b"x")
     manifest = read_manifest(engines["onnxruntime"])
@@ -521,18 +544,154 @@ def test_export_triton_is_atomic_and_refuses_what_it_cannot_serve(engines, tmp_p
         export_triton(tampered, tmp_path / "never")
     assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".*.tmp"))
     # --overwrite replaces only a repository export-triton wrote, never a folder of the user's ...
-    with pytest.raises(FcnDeployError, match="is not a repository export-triton wrote .*choose another --repo"):
+    with pytest.raises(FcnDeployError, match="is not a repository export-triton wrote .*choose another repository folder") as info:
         export_triton(engines["onnxruntime"], repo, overwrite=True)
+    assert info.value.options == ("repo",)
     assert [p.name for p in repo.iterdir()] == ["keep.txt"]
     # ... nor the folder that holds the engine itself.
-    with pytest.raises(FcnDeployError, match="holds the engine .* itself"):
+    with pytest.raises(FcnDeployError, match="holds the engine .* itself") as info:
         export_triton(engines["onnxruntime"], engines["onnxruntime"].parent, overwrite=True)
+    assert info.value.options == ("repo",)
     ours = tmp_path / "ours"
     export_triton(engines["onnxruntime"], ours)
     (ours / "fcn" / "stale.txt").write_text("from an older export")
     export_triton(engines["onnxruntime"], ours, overwrite=True)
     assert not (ours / "fcn" / "stale.txt").exists() and (ours / "fcn" / "config.pbtxt").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_export_triton_serves_a_plain_onnx_and_refuses_what_triton_cannot_run(tiny_onnx, engines, tmp_path, monkeypatch, capsys):
+    from fcn_deploy.backends.onnxruntime import OnnxRuntimeBackend
+
+    repo = tmp_path / "plain"
+    result = export_triton(tiny_onnx, repo, name="plain")  # no manifest: the backend that runs plain ONNX files serves it
+    assert (result["backend"], result["platform"]) == ("onnxruntime", "onnxruntime_onnx")
+    configs = parse_repo(repo)
+    num_classes = read_manifest(engines["onnxruntime"])["meta"]["num_classes"]
+    check_ensemble(configs, "plain", "image", "logits", num_classes, 8)
+    (group,) = configs["plain_engine"].instance_group
+    assert model_config_pb2.ModelInstanceGroup.Kind.Name(group.kind) == "KIND_CPU"
+    assert (repo / "plain_engine" / "1" / "model.onnx").read_bytes() == tiny_onnx.read_bytes()
+    assert not (repo / "plain_engine" / "fcn-deploy-manifest.json").exists()
+    assert "a Triton release whose ONNX Runtime is 1.27 or newer" in result["readme"] == (repo / "README.txt").read_text()
+    # a backend without a Triton backend of its own is refused in one line, naming it
+    monkeypatch.setattr(OnnxRuntimeBackend, "triton_spec", lambda self, manifest: None)
+    with pytest.raises(FcnDeployError, match=r"onnxruntime has no Triton backend; serve it with `fcn-deploy serve` instead"):
+        export_triton(engines["onnxruntime"], tmp_path / "none")
+    assert not (tmp_path / "none").exists()
+    # the CLI names its flags for the options a library error is about
+    assert main(["export-triton", str(tiny_onnx), "--repo", str(tmp_path / "x"), "--name", "x y"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --name: model name 'x y': use letters, digits, dots, dashes and underscores"
+
+
+def tree(folder: Path) -> dict[str, bytes] | None:
+    """Every file under ``folder`` with its bytes (None when there is no folder)."""
+    if not folder.exists():
+        return None
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class Interrupter:
+    """Counts the file-system steps export-triton takes, and raises KeyboardInterrupt at one of them
+    (before it, or after it took effect), as a Ctrl-C arriving there would."""
+
+    STEPS = [(os, "replace"), (shutil, "rmtree"), (shutil, "copyfile"), (Path, "mkdir"), (Path, "write_text")]
+
+    def __init__(self, monkeypatch, fileio):
+        self.calls, self.at, self.after, self.armed, self.names = 0, 0, False, False, []
+        for owner, attr in [*self.STEPS, (fileio, "exchange_paths")]:
+            monkeypatch.setattr(owner, attr, self._wrap(getattr(owner, attr), attr))
+
+    def _wrap(self, real, name):
+        def step(*args, **kwargs):
+            if not self.armed:
+                return real(*args, **kwargs)
+            self.calls += 1
+            self.names.append(name)
+            index = self.calls  # steps may nest (Path.mkdir with parents)
+            if index == self.at and not self.after:
+                raise KeyboardInterrupt
+            result = real(*args, **kwargs)
+            if index == self.at and self.after:
+                raise KeyboardInterrupt
+            return result
+
+        return step
+
+    def run(self, call, at: int = 0, after: bool = False) -> bool:
+        """Run ``call`` armed; whether it was interrupted."""
+        self.calls, self.at, self.after, self.armed, self.names = 0, at, after, True, []
+        try:
+            call()
+        except KeyboardInterrupt:
+            return True
+        finally:
+            self.armed = False
+        return False
+
+
+@pytest.mark.parametrize("swap", ["renameat2", "two renames"])
+def test_export_triton_interrupted_at_any_step_leaves_the_old_or_the_new_repository_whole(engines, tmp_path, monkeypatch, swap):
+    from fcn_deploy import fileio
+
+    if swap == "two renames":  # where RENAME_EXCHANGE is missing
+        monkeypatch.setattr(fileio, "exchange_paths", lambda a, b: False)
+    else:
+        for folder in ("a", "b"):
+            (tmp_path / folder).mkdir()
+        if not fileio.exchange_paths(tmp_path / "a", tmp_path / "b"):
+            pytest.skip("renameat2(RENAME_EXCHANGE) is not available here")
+        for folder in ("a", "b"):
+            shutil.rmtree(tmp_path / folder)
+    engine = engines["onnxruntime"]
+    parent = tmp_path / "out"
+    repo = parent / "repo"
+    write_old = lambda: export_triton(engine, repo, instances=1, overwrite=True)  # noqa: E731
+    write_new = lambda: export_triton(engine, repo, instances=2, overwrite=True)  # noqa: E731
+    interrupter = Interrupter(monkeypatch, fileio)
+    assert not interrupter.run(write_new)  # into an absent folder
+    fresh_steps = interrupter.calls
+    new = tree(repo)
+    write_old()
+    old = tree(repo)
+    assert old != new and not interrupter.run(write_new)
+    steps = interrupter.calls
+    assert interrupter.names.count("replace") == (0 if swap == "renameat2" else 2) and tree(repo) == new
+    for existing, count in [(True, steps), (False, fresh_steps)]:
+        seen = set()
+        for at in range(1, count + 1):
+            for after in (False, True):
+                shutil.rmtree(repo, ignore_errors=True)
+                if existing:
+                    write_old()
+                assert interrupter.run(write_new, at, after), (at, after)
+                state = tree(repo)
+                where = f"interrupted {'after' if after else 'before'} step {at} ({interrupter.names[at - 1]})"
+                assert state in ((old, new) if existing else (None, new)), where
+                assert [p.name for p in parent.iterdir()] == (["repo"] if state is not None else []), where
+                seen.add(state == new)
+        assert seen == {False, True}  # interrupted early, the old state stays; late, the new one is whole
+
+
+def test_a_ctrl_c_during_the_swap_takes_effect_once_the_new_repository_is_in_place(engines, tmp_path, monkeypatch):
+    from fcn_deploy import fileio
+
+    engine, repo = engines["onnxruntime"], tmp_path / "repo"
+    export_triton(engine, repo, instances=2)
+    new = tree(repo)
+    export_triton(engine, repo, instances=1, overwrite=True)
+    real = fileio.exchange_paths
+
+    def exchange_after_ctrl_c(a, b):
+        os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C, while the swap runs
+        return real(a, b)
+
+    monkeypatch.setattr(fileio, "exchange_paths", exchange_after_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        export_triton(engine, repo, instances=2, overwrite=True)
+    assert tree(repo) == new and [p.name for p in tmp_path.iterdir()] == ["repo"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 STAND_IN_ENGINE = '''

@@ -40,14 +40,16 @@ BUILTIN: dict[str, str] = {
     "openvino": "fcn_deploy.backends.openvino:OpenVinoBackend",
     "onnxruntime": "fcn_deploy.backends.onnxruntime:OnnxRuntimeBackend",
 }
+#: The backend that runs plain ONNX files (no manifest) as they are.
+PLAIN_ONNX = "onnxruntime"
 #: The entry-point group other packages register backends in.
 ENTRY_POINT_GROUP = "fcn_deploy.backends"
 
 __all__ = [
     "BUILTIN", "ENTRY_POINT_GROUP", "Backend", "BackendOption", "Capabilities", "CompileOptions", "Kind", "Prediction",
     "Profile", "Runner", "TensorSpec", "TritonSpec", "broken", "default_profile", "get", "has_manifest", "is_checkpoint",
-    "kind_of", "manifest_path", "mask_from_logits", "names", "open_engine", "open_reference", "open_runner", "read_manifest",
-    "refresh", "resolve",
+    "kind_of", "manifest_path", "mask_from_logits", "names", "open_engine", "open_reference", "open_runner", "plain_onnx_backend",
+    "read_manifest", "refresh", "resolve",
 ]  # fmt: skip
 
 
@@ -138,6 +140,12 @@ def engine_backend(path: str | Path, manifest: dict | None = None) -> Backend:
             "install the package that provides it, upgrade fcn-deploy, or rebuild the engine"
         )
     return get(name)
+
+
+def plain_onnx_backend() -> Backend:
+    """The backend that runs a plain ONNX file (an export or an adoption, no manifest) as it is:
+    :func:`open_runner` opens such files with it, and ``export-triton`` serves them on its Triton backend."""
+    return get(PLAIN_ONNX)
 
 
 def open_engine(path: str | Path, threads: int | None = None) -> Runner:

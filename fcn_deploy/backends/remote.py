@@ -54,12 +54,6 @@ def mask_dtype(num_classes: int) -> type[np.integer]:
     return np.uint8 if num_classes <= 256 else np.int32
 
 
-def triton_type(dtype: Any) -> str:
-    """numpy dtype -> the ``data_type`` of a Triton model config (``TYPE_UINT8``, ``TYPE_FP32``, ...)."""
-    names = {"uint8": "UINT8", "int8": "INT8", "int32": "INT32", "int64": "INT64", "float16": "FP16", "float32": "FP32"}
-    return "TYPE_" + names[np.dtype(dtype).name]
-
-
 def largest_request(profile: Profile) -> tuple[int, int]:
     """The largest image side by side the server accepts (:data:`MAX_DOWNSCALE` x the profile's maximum)."""
     return MAX_DOWNSCALE * profile.max[1], MAX_DOWNSCALE * profile.max[2]

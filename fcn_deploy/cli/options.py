@@ -19,6 +19,8 @@ FLAGS = {
     "int8_target": "--int8-target", "float_nodes": "--float-nodes", "int8_repair": "--int8-repair", "repair_budget": "--repair-budget", "repair_time_s": "--repair-time",
     "min_shape": "--min-shape", "opt_shape": "--opt-shape", "max_shape": "--max-shape", "batch": "--batch",
     "sizes": "--sizes", "images": "--images", "emulate_fp16": "--emulate-fp16", "server": "--server", "model": "--model",
+    "host": "--host", "http_port": "--http-port", "grpc_port": "--grpc-port", "metrics_port": "--metrics-port",
+    "triton_log": "--triton-log",
     "pixel_agreement": "--min-agreement", "size_floor": "--min-size-agreement", "confident_agreement": "--min-confident",
     "min_mean_iu": "--min-miou", "confidence_margin": "--margin", "thresholds": "--threshold",
     "alpha": "--alpha", "max_frames": "--max-frames", "strict": "--strict", "overwrite": "--overwrite", "save_masks": "--save-masks",

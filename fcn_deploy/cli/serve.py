@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from ..errors import EXIT_FAILED, EXIT_PARTIAL, FcnDeployError
-from .app import BACKEND_CHOICES, app, console, listener
-from .options import HtmlOption, OverwriteOption, check_html, check_report, parse_batch, parse_hw, write_html, write_report
+from .app import app, console, listener
 
 
 @app.command("serve")
@@ -32,13 +27,15 @@ def serve_command(
     triton_log: Annotated[Optional[Path], typer.Option("--triton-log", help="Keep Triton's own log in this file.")] = None,
 ) -> None:
     """Serve an engine with NVIDIA's Triton Inference Server (UINT8 image in, mask out) until Ctrl-C / SIGTERM."""
+    from ..render.serve import render_served
     from ..serve.triton import serve
 
-    serve(
+    result = serve(
         engine, name=name, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
         max_batch=max_batch, queue_delay_us=queue_delay_us, instances=instances, threads=threads, triton_log=triton_log,
-        console=console,
+        listener=listener,
     )  # fmt: skip
+    render_served(console, result)
 
 
 @app.command("export-triton")
@@ -52,10 +49,11 @@ def export_triton_command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing repository.")] = False,
 ) -> None:
     """Write a Triton model repository (engine served natively + pre/post-processing + ensemble) for NVIDIA's container."""
+    from ..render.serve import render_repository
     from ..serve.repository import export_triton
 
     result = export_triton(
         engine, repo, name=name, max_batch=max_batch, queue_delay_us=queue_delay_us, instances=instances, overwrite=overwrite,
-        log=console.print,
+        listener=listener,
     )  # fmt: skip
-    console.print(escape(result["readme"]))
+    render_repository(console, result)

@@ -20,7 +20,7 @@ Three traps, each met here:
   installs its own handlers).  On SIGINT or SIGTERM this process stops Triton, which refuses new
   requests, waits for the ones in flight (its ``exit_timeout``, 30 s) and exits; then this exits 0.
 
-Triton's own log goes to a file (``--triton-log``; by default a temporary one, shown when the
+Triton's own log goes to a file (``triton_log``; by default a temporary one, shown when the
 server fails to start), because at its default level it fills a terminal with tables and CUDA
 warnings that mean nothing on a CPU-only machine.
 """
@@ -44,15 +44,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.console import Console
-from rich.markup import escape
 
-from ..backends import Runner, manifest_path, open_runner, read_manifest
+from ..artefacts import has_manifest
+from ..backends import Runner, open_runner, read_manifest
 from ..backends.base import DEFAULT_MAX_BATCH, UNBOUNDED_MAX
 from ..backends.remote import INPUT, INSTALL_HINT, OUTPUT, largest_request, mask_dtype, published_parameters, request_problem
 from ..errors import FcnDeployError
+from ..events import SILENT, Listener
 from ..fileio import sha256_file
 from ..inference.segmenter import Segmenter
+from .repository import check_model_name
 
 #: Triton's restricted endpoints, less ``statistics``: the server benchmark reads it, and it only
 #: reads counts.  The repository (load/unload), shared-memory, trace and logging APIs stay behind
@@ -81,19 +82,22 @@ def python_libdir_first() -> None:
 
 
 def check_ports(host: str, ports: dict[str, int]) -> None:
-    """Each endpoint's port is valid, distinct and free on ``host``, or a one-line error naming the flag."""
+    """Each endpoint's port (``{"http": 8000, ...}``) is valid, distinct and free on ``host``, or a
+    one-line error naming the option (``http_port``, ...)."""
     seen: dict[int, str] = {}
     for label, port in ports.items():
         if not 0 < port < 65536:
-            raise FcnDeployError(f"--{label}-port {port}: give a port between 1 and 65535")
+            raise FcnDeployError(f"{label} port {port}: give a port between 1 and 65535", options=(f"{label}_port",))
         if port in seen:
-            raise FcnDeployError(f"--{label}-port {port} is also the --{seen[port]}-port; give each endpoint its own port")
+            raise FcnDeployError(f"{label} port {port} is also the {seen[port]} port; give each endpoint its own port",
+                                 options=(f"{label}_port", f"{seen[port]}_port"))  # fmt: skip
         seen[port] = label
     for label, port in ports.items():
         try:
             family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         except socket.gaierror as exc:
-            raise FcnDeployError(f"--host {host}: cannot resolve it ({exc.strerror}); give an address such as 127.0.0.1") from None
+            raise FcnDeployError(f"host {host}: cannot resolve it ({exc.strerror}); give an address such as 127.0.0.1",
+                                 options=("host",)) from None  # fmt: skip
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no conflict
             try:
@@ -101,14 +105,16 @@ def check_ports(host: str, ports: dict[str, int]) -> None:
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
                     raise FcnDeployError(
-                        f"port {port} on {host} is in use (the {label} endpoint's); stop what listens there or pass --{label}-port"
-                    ) from None
-                raise FcnDeployError(f"cannot listen on {host}:{port} ({exc.strerror}); check --host and --{label}-port") from None
+                        f"port {port} on {host} is in use (the {label} endpoint's); stop what listens there or choose another "
+                        f"{label} port", options=(f"{label}_port",),
+                    ) from None  # fmt: skip
+                raise FcnDeployError(f"cannot listen on {host}:{port} ({exc.strerror}); check the host and the {label} port",
+                                     options=("host", f"{label}_port")) from None  # fmt: skip
 
 
 def engine_facts(engine: Path, runner: Runner) -> tuple[str, str]:
     """The engine's file name and sha256: the manifest's record for an engine, else the file's own hash."""
-    if manifest_path(engine).is_file():
+    if has_manifest(engine):
         manifest = read_manifest(engine)
         listed = {entry["name"]: entry.get("sha256") for entry in manifest["files"]}
         return engine.name, listed.get(engine.name) or sha256_file(engine)
@@ -130,10 +136,10 @@ class ServedModel:
     refused with it are refused for the same reason.
     """
 
-    def __init__(self, segmenters: list[Segmenter], log: Callable[[str], None]):
+    def __init__(self, segmenters: list[Segmenter], *, listener: Listener = SILENT):
         self.segmenters = segmenters
         self.profile = segmenters[0].profile
-        self.log = log
+        self.listener = listener
         self._lock = threading.Lock()
         self.counts = {"requests": 0, "images": 0, "executions": 0, "largest_batch": 0, "refused": 0, "failed": 0}
 
@@ -161,7 +167,7 @@ class ServedModel:
             problem = request_problem(batch.shape, self.profile)
             if problem:
                 self._count(refused=len(requests))
-                self.log(f"[yellow]refused {len(requests)} request(s): {escape(problem)}[/]")
+                self.listener.note(f"refused {len(requests)} request(s): {problem}", level="warning")
                 raise FcnDeployError(problem)
             images.extend(batch)
             sizes.append(len(batch))
@@ -169,7 +175,7 @@ class ServedModel:
             masks = segmenter.predict_batch(images)
         except Exception as exc:
             self._count(failed=len(requests))
-            self.log(f"[red]failed {len(requests)} request(s): {escape(str(exc))}[/]")
+            self.listener.note(f"failed {len(requests)} request(s): {exc}", level="error")
             raise
         responses, start = [], 0
         for size in sizes:
@@ -227,6 +233,7 @@ def _log_errors(log_file: Path) -> str:
 
 def serve(
     engine: str | Path,
+    *,
     name: str = "fcn",
     host: str = "127.0.0.1",
     http_port: int = 8000,
@@ -237,19 +244,20 @@ def serve(
     instances: int = 1,
     threads: int | None = None,
     triton_log: Path | None = None,
-    console: Console | None = None,
+    listener: Listener = SILENT,
 ) -> dict[str, Any]:
-    """Serve ``engine`` until SIGINT or SIGTERM, then drain and return what was served."""
-    console = console or Console()
+    """Serve ``engine`` until SIGINT or SIGTERM, then drain and return what was served.
+
+    The listener hears where it serves once the model is up, each refused or failed batch (a
+    warning, an error) and when it starts draining."""
     engine = Path(engine)
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise FcnDeployError(f"--name {name!r}: use letters, digits, dots, dashes and underscores")
+    check_model_name(name)
     if instances < 1:
-        raise FcnDeployError(f"--instances {instances}: must be at least 1")
+        raise FcnDeployError(f"{instances} instances: give at least 1", options=("instances",))
     if queue_delay_us < 0:
-        raise FcnDeployError(f"--queue-delay-us {queue_delay_us}: must be 0 or more")
+        raise FcnDeployError(f"queue delay {queue_delay_us} us: give 0 or more", options=("queue_delay_us",))
     if max_batch is not None and max_batch < 1:
-        raise FcnDeployError(f"--max-batch {max_batch}: must be at least 1")
+        raise FcnDeployError(f"max batch {max_batch}: give at least 1", options=("max_batch",))
     check_ports(host, {"http": http_port, "grpc": grpc_port, "metrics": metrics_port})
     import_pytriton()
     if threads is None and instances > 1:
@@ -264,10 +272,10 @@ def serve(
         def note_resize(message: str) -> None:
             if not warned.is_set():
                 warned.set()
-                console.print(f"[yellow]note: {escape(message)}[/]")
+                listener.note(message, level="note")
 
         segmenters = [Segmenter(r, on_resize=note_resize, mask_dtype=dtype) for r in runners]
-        served = ServedModel(segmenters, console.print)
+        served = ServedModel(segmenters, listener=listener)
         batch = max_batch or default_max_batch(runner)
         engine_name, sha256 = engine_facts(engine, runner)
         parameters = published_parameters(runner.meta, runner.profile, runner.precision, runner.backend, engine_name, sha256)
@@ -279,7 +287,7 @@ def serve(
         log_file.parent.mkdir(parents=True, exist_ok=True)
 
         python_libdir_first()
-        logging.getLogger("pytriton").setLevel(logging.ERROR)  # refusals are logged here, in one line each
+        logging.getLogger("pytriton").setLevel(logging.ERROR)  # refusals reach the listener, in one line each
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
         from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
@@ -305,46 +313,53 @@ def serve(
         previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in handled} if main_thread else {}
         stack.callback(lambda: [signal.signal(sig, handler) for sig, handler in previous.items()])
         stack.callback(_stop_quietly, triton)
-        with console.status(f"starting Triton for {engine.name}"):
-            try:
-                triton.run()  # its children inherit the ignored signals (see the module docstring)
-            except Exception as exc:  # noqa: BLE001 - PyTriton raises several kinds; the log says why
-                _stop_quietly(triton)  # the server has written its last words once it is gone
-                why = _log_errors(log_file) or f"{exc.__class__.__name__}: {exc}"
-                kept = triton_log or "pass --triton-log FILE to keep it"
-                raise FcnDeployError(f"Triton failed to start for {engine}: {why} (its log: {kept})") from None
+        listener.note(f"starting Triton for {engine.name}")
+        try:
+            triton.run()  # its children inherit the ignored signals (see the module docstring)
+        except Exception as exc:  # noqa: BLE001 - PyTriton raises several kinds; the log says why
+            _stop_quietly(triton)  # the server has written its last words once it is gone
+            why = _log_errors(log_file) or f"{exc.__class__.__name__}: {exc}"
+            if triton_log:
+                raise FcnDeployError(f"Triton failed to start for {engine}: {why} (its log: {triton_log})") from None
+            raise FcnDeployError(f"Triton failed to start for {engine}: {why} (its log was temporary: give a log file to keep it)",
+                                 options=("triton_log",)) from None  # fmt: skip
         for sig in previous:
             signal.signal(sig, lambda signum, frame: stop.set())
 
-        address = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        console.print(f"[green]serving[/] {engine} as model [bold]{name}[/] ({runner.backend}-{runner.precision}, sha256 {sha256})")
-        console.print(f"  gRPC {address}:{grpc_port}   HTTP {address}:{http_port}   metrics http://{address}:{metrics_port}/metrics")
-        (_, min_h, min_w), (_, max_h, max_w) = runner.profile.min, runner.profile.max
-        big_h, big_w = largest_request(runner.profile)
-        console.print(
-            f"  {INPUT} UINT8 \\[n, H, W, 3] -> {OUTPUT} {np.dtype(dtype).name.upper()} \\[n, H, W]; engine profile {min_h}x{min_w} to "
-            f"{max_h}x{max_w} (other sizes are fitted, up to {big_h}x{big_w}); dynamic batching up to {batch}, queue delay "
-            f"{queue_delay_us} us; {instances} instance(s)"
-        )
-        classes = ", ".join(f"{n} {tuple(c)}" for n, c in zip(runner.meta.class_names, runner.meta.palette))
-        console.print(f"  {runner.meta.num_classes} classes: {escape(classes)}")
-        # Triton answers /v2/health/ready before PyTriton has loaded the model: probe the model itself
-        console.print(f"  ready: curl -sf http://{address}:{http_port}/v2/models/{name}/ready; Ctrl-C or SIGTERM drains and stops")
+        listener.note(f"serving {engine} as model {name} ({runner.backend}-{runner.precision}, sha256 {sha256})", level="success")
+        for line in _serving_lines(runner, name, host, (http_port, grpc_port, metrics_port), batch, queue_delay_us, instances):
+            listener.note(line)
         if triton_log:
-            console.print(f"  Triton's log: {triton_log}")
+            listener.note(f"  Triton's log: {triton_log}")
         while not stop.wait(_POLL_S):
             if not triton.is_alive():
                 why = _log_errors(log_file)
                 raise FcnDeployError(f"the Triton server stopped unexpectedly{': ' + why if why else ''}")
-        console.print("stopping: draining in-flight requests")
+        listener.note("stopping: draining in-flight requests")
         start = time.perf_counter()
         _stop(triton)
+        drain_s = time.perf_counter() - start
         counts = dict(served.counts)
         executions = counts["executions"]
-        console.print(
-            f"stopped in {time.perf_counter() - start:.1f} s: served {counts['requests']} request(s), {counts['images']} image(s) "
-            f"in {executions} execution(s) (largest batch {counts['largest_batch']}); "
-            f"refused {counts['refused']}, failed {counts['failed']}"
-        )
-        return {"model": name, "engine": str(engine), "engine_sha256": sha256, **counts,
+        return {"model": name, "engine": str(engine), "engine_sha256": sha256, **counts, "drain_s": drain_s,
                 "average_batch": counts["images"] / executions if executions else None}  # fmt: skip
+
+
+def _serving_lines(runner: Runner, name: str, host: str, ports: tuple[int, int, int], batch: int, queue_delay_us: int,
+                   instances: int) -> list[str]:  # fmt: skip
+    """What a person needs once the model is up: where it listens, its interface, its classes, how to probe it."""
+    http_port, grpc_port, metrics_port = ports
+    address = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    (_, min_h, min_w), (_, max_h, max_w) = runner.profile.min, runner.profile.max
+    big_h, big_w = largest_request(runner.profile)
+    dtype = np.dtype(mask_dtype(runner.meta.num_classes)).name.upper()
+    classes = ", ".join(f"{n} {tuple(c)}" for n, c in zip(runner.meta.class_names, runner.meta.palette))
+    return [
+        f"  gRPC {address}:{grpc_port}   HTTP {address}:{http_port}   metrics http://{address}:{metrics_port}/metrics",
+        f"  {INPUT} UINT8 [n, H, W, 3] -> {OUTPUT} {dtype} [n, H, W]; engine profile {min_h}x{min_w} to {max_h}x{max_w} "
+        f"(other sizes are fitted, up to {big_h}x{big_w}); dynamic batching up to {batch}, queue delay {queue_delay_us} us; "
+        f"{instances} instance(s)",
+        f"  {runner.meta.num_classes} classes: {classes}",
+        # Triton answers /v2/health/ready before PyTriton has loaded the model: probe the model itself
+        f"  ready: curl -sf http://{address}:{http_port}/v2/models/{name}/ready; Ctrl-C or SIGTERM drains and stops",
+    ]
