@@ -85,6 +85,8 @@ class ValidationReport:
     class_names: list[str] = field(default_factory=list)
     #: The arithmetic the engine computed in (see ``Runner.arithmetic``); may differ from ``precision``.
     arithmetic: str = ""
+    #: What the INT8 build's own check recorded in the engine's manifest (the float nodes, the worst nodes), if any.
+    int8_check: dict[str, Any] | None = None
 
     def pooled_stats(self, key: str) -> Stats:
         return METRICS[key].pool(c.stats[key] for c in self.cases if key in c.stats)
@@ -156,4 +158,5 @@ class ValidationReport:
             "class_names": list(self.class_names),
             "confusion": self.confusion.tolist() if self.cases else [],
             "cases": [c.to_dict() for c in self.cases],
+            **({"int8_check": self.int8_check} if self.int8_check else {}),
         }

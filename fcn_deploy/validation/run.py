@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artefacts import is_checkpoint
-from ..backends import Runner
+from ..artefacts import has_manifest, is_checkpoint
+from ..backends import Runner, read_manifest
 from ..data.images import preprocess
 from ..errors import FcnDeployError
 from ..events import SILENT, Listener
@@ -135,7 +135,10 @@ def validate_engine(
         else:
             size_list = spread_sizes(engine.profile, options.random_sizes, options.seed, cap=options.max_side)
         listener.result("validation_plan", {"sizes": size_list, "thresholds": thresholds})
-        return validate(
+        report = validate(
             engine, reference, size_list, thresholds, inputs=InputSource(options.images), batch=options.batch,
             keep_examples=options.keep_examples, listener=listener,
         )  # fmt: skip
+        if engine_path is not None and not options.server and has_manifest(engine_path):
+            report.int8_check = read_manifest(engine_path).get("int8_check")
+        return report

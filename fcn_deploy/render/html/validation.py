@@ -317,6 +317,7 @@ def validation_section(report: dict, keeper: ExampleKeeper | None = None, level:
             parts += [_example_row(e, keeper.palette, threshold) for e in examples]
         else:
             parts.append("<p>No size has a disagreeing pixel: nothing to show.</p>")
+    parts += _int8_nodes(report.get("int8_check"), h)
     case_table = _case_table(cases, metric_columns(report))
     if collapse_table:
         parts.append(f"<details><summary>Per size ({len(cases)} sizes)</summary>{case_table}</details>")
@@ -324,6 +325,28 @@ def validation_section(report: dict, keeper: ExampleKeeper | None = None, level:
         parts += [f"<{h}>Per size</{h}>", case_table]
     parts.append(f'<p class="muted">Thresholds: {esc(_describe(thresholds))}</p>')
     return "\n".join(parts)
+
+
+def _int8_nodes(check: dict | None, h: str) -> list[str]:
+    """What the INT8 build's check found: the nodes it kept in float, and the worst quantized nodes on this backend."""
+    if not check:
+        return []
+    before, after = check.get("before") or {}, check.get("after") or {}
+    kept = check.get("float_nodes") or []
+    summary = (
+        f"The build checked the compiled engine at {len(check.get('sizes') or [])} sizes of its own on {esc(check.get('inputs', ''))}: "
+        f"agreement {pct(before.get('pixel_agreement'), 3)} as quantized"
+        + (f", {pct(after.get('pixel_agreement'), 3)} with {len(kept)} node(s) kept in float ({esc(', '.join(kept))})" if kept else "")
+        + (f"; {pct(check.get('int8_compute_share'), 1)} of the convolution work stays in INT8." if check.get("int8_compute_share") else ".")
+    )
+    rows = [[n["name"], n["op_type"], num(n["introduced"], ".4f"), num(n["rel_l2"], ".4f"), num(n["cosine"], ".5f"),
+             mark(n["name"] in kept)] for n in check.get("worst_nodes") or []]  # fmt: skip
+    parts = [f"<{h}>Which nodes break</{h}>", f"<p>{summary}</p>"]
+    if rows:
+        parts.append("<p class=\"muted\">Worst quantized nodes on this backend, by the error each introduces (its output's relative L2 error "
+                     "against FP32 minus the largest error of what it reads):</p>")
+        parts.append(table(["node", "op", "introduced", "rel L2", "cosine", "kept in float"], rows, numeric={2, 3, 4}))
+    return parts
 
 
 def validation_page(report: dict, keeper: ExampleKeeper | None = None) -> str:
