@@ -18,8 +18,7 @@ from ..errors import FcnDeployError, require_file
 from ..events import SILENT, Listener
 from ..fileio import atomic_path
 from ..meta import ONNX_META_KEY, ModelMeta, read_onnx_meta, read_onnx_props, write_onnx_meta
-from ..adopt.contract import OUTPUT_NAMES, image_input
-from ..onnxkit import create_session, dims_of, dtype_of, op_histogram, parameter_count, precision_problem
+from ..onnxkit import create_session, dims_of, dtype_of, graph_inputs, op_histogram, parameter_count, precision_problem
 from ..onnxkit import read_onnx, relax_input
 from .base import Backend, CompileOptions, Profile, Runner, TensorSpec, TritonSpec, default_profile, upsample_bilinear
 from .manifest import major_minor
@@ -79,9 +78,8 @@ class OnnxRuntimeRunner(Runner):
             self.device = "cuda"
         self._input = self.session.get_inputs()[0]
         names = [o.name for o in self.session.get_outputs()]
-        logits, mask = OUTPUT_NAMES["logits"], OUTPUT_NAMES["mask"]
-        self._logits_name = logits_output or (logits if logits in names else None)
-        self._mask_name = mask if mask in names else None
+        self._logits_name = logits_output or ("logits" if "logits" in names else None)
+        self._mask_name = "mask" if "mask" in names else None
         if self._logits_name is not None and self._logits_name not in names:
             raise FcnDeployError(f"{path}: has no output {self._logits_name!r} (outputs: {', '.join(names)})")
         if self._logits_name is None and self._mask_name is None:
@@ -139,17 +137,19 @@ class OnnxReferenceRunner(OnnxRuntimeRunner):
         #: Whether the metadata is the reference's own (else the engine's, lent to a foreign ONNX).
         self.has_own_meta = ONNX_META_KEY in read_onnx_props(proto)
         meta = read_onnx_meta(proto, str(path)) if self.has_own_meta else engine_meta
-        image, problems = image_input(proto)
-        if problems:
+        fed = graph_inputs(proto)
+        if len(fed) != 1 or dtype_of(fed[0]) != "float32" or len(dims_of(fed[0])) != 4:
+            listed = ", ".join(f"{i.name} ({dtype_of(i)}, rank {len(dims_of(i))})" for i in fed) or "none"
             raise FcnDeployError(
-                f"{path}: {problems[0]}; a reference takes one float32 image N x 3 x H x W: pass the model the engine came from"
+                f"{path}: a reference takes one float32 image N x 3 x H x W, and its inputs are {listed}; "
+                "pass the model the engine came from"
             )
         logits = self._pick_logits(proto, meta, path)
         super(OnnxRuntimeRunner, self).__init__(path, meta, default_profile(meta, bounded=False), "fp32")
-        dims = dims_of(image)
+        dims = dims_of(fed[0])
         if any(isinstance(d, int) for d in (dims[0], dims[2], dims[3])):  # accept every size the engine accepts
             full = read_onnx(path)
-            relax_input(full, image.name)
+            relax_input(full, fed[0].name)
             source: str | bytes = full.SerializeToString()
             del full
         else:
@@ -167,7 +167,7 @@ class OnnxReferenceRunner(OnnxRuntimeRunner):
         outputs = list(proto.graph.output)
         names = [o.name for o in outputs]
         recorded = meta.adopted.get("output", {}).get("name")
-        for name in (OUTPUT_NAMES["logits"], recorded):
+        for name in ("logits", recorded):
             if name in names:
                 return name
         floats = [o for o in outputs if dtype_of(o) == "float32" and len(dims_of(o)) in (0, 4)]
