@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
+import torch
 
+from fcn_deploy import models
+from fcn_deploy.checkpoint import save_checkpoint
+from fcn_deploy.meta import ModelMeta
 from fcn_deploy.validation import Thresholds
 
 #: The report tests' thresholds: 99 % pooled agreement, a 95 % floor per size, no confident-pixel gate.
@@ -19,3 +23,19 @@ def perturbed_copy(src: Path, dst: Path, pick, edit) -> Path:
     init.CopyFrom(onnx.numpy_helper.from_array(edit(onnx.numpy_helper.to_array(init)), init.name))
     onnx.save(model, str(dst))
     return dst
+
+
+def random_checkpoint(path: Path, arch: str, arch_kwargs: dict, num_classes: int = 4) -> Path:
+    """A randomly initialised model with non-zero score layers (the paper zero-initialises them,
+    which would make every logit 0 and every comparison trivially pass)."""
+    torch.manual_seed(0)
+    model = models.build(arch, num_classes, **arch_kwargs)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "score" in name or name.startswith("classifier.4"):
+                param.normal_(0, 0.5)
+    meta = ModelMeta(
+        arch=arch, num_classes=num_classes, class_names=[f"c{i}" for i in range(num_classes)],
+        palette=[[i * 60, 0, 0] for i in range(num_classes)], min_size=32, train_size=64, arch_kwargs=arch_kwargs,
+    )  # fmt: skip
+    return save_checkpoint(path, model.eval(), meta)

@@ -16,6 +16,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from helpers import random_checkpoint
+
 from fcn_deploy.backends import open_reference, open_runner
 from fcn_deploy.backends.base import upsample_bilinear
 from fcn_deploy.cli import main
@@ -23,6 +25,7 @@ from fcn_deploy.data.calibration import generate_default_calibration
 from fcn_deploy.data.images import preprocess
 from fcn_deploy.data.synthetic import make_scene, panning_frames
 from fcn_deploy.errors import FcnDeployError
+from fcn_deploy.events import Recorder
 from fcn_deploy.media import write_video
 from fcn_deploy.meta import IMAGENET_MEAN, IMAGENET_STD, read_onnx_meta
 from fcn_deploy.validation import DEFAULT_THRESHOLDS
@@ -141,6 +144,8 @@ class Zoo:
             out = out.with_suffix(".xml") if backend == "openvino" else out.with_name(out.name + ".onnx")
             args = ["build-engine", str(adopted), "-o", str(out), "--backend", backend, "--calib", str(self.calib)]
             args += [] if precision == "fp32" else [f"--{precision}"]
+            if precision == "int8":  # these tests judge the plain INT8 engine of random weights (see below), not a repaired one
+                args += ["--int8-repair", "off"]
             assert main(args) == 0
             return out
 
@@ -287,8 +292,6 @@ def test_infer_on_a_short_video(zoo, name, tmp_path):
 
 
 def test_inspect_engines_and_checkpoints(zoo, tmp_path, capsys):
-    from test_export import random_checkpoint
-
     for backend in BACKENDS:
         engine = zoo.engine("lraspp_mobilenet_v3_large", backend, "fp32")
         assert main(["inspect", str(engine), "--report", str(tmp_path / "engine.json")]) == 0
@@ -297,6 +300,8 @@ def test_inspect_engines_and_checkpoints(zoo, tmp_path, capsys):
         assert [(r["name"], r["role"]) for r in report["outputs"]] == [("logits", "logits")]
         assert report["inputs"][0]["role"] == "image" and report["op_types"] and report["parameters"] > 1e6
         assert report["metadata"]["adopted"]["source"] == "lraspp_mobilenet_v3_large.onnx"
+        assert report["backend_facts"]["name"] == backend and report["backend_facts"]["usable"]
+        assert report["fit"]["next"].startswith(f"fcn-deploy validate {engine} --reference ")
     checkpoint = random_checkpoint(tmp_path / "r18.pt", "fcn8s-resnet18", {"width": 0.25})
     assert main(["inspect", str(checkpoint), "--report", str(tmp_path / "ckpt.json")]) == 0
     report = json.loads((tmp_path / "ckpt.json").read_text())
@@ -414,7 +419,8 @@ def test_mask_output_is_adopted_with_the_number_of_classes(tmp_path, capsys):
     source = conv_model(tmp_path / "mask.onnx", tail=argmax)
     adopted = tmp_path / "adopted.onnx"
     assert main(["adopt", str(source), "-o", str(adopted)]) == 2
-    assert "--num-classes N" in capsys.readouterr().err and not adopted.exists()
+    err = capsys.readouterr().err
+    assert "error: --num-classes/--classes: " in err and "does not say how many classes" in err and not adopted.exists()
     assert main(["adopt", str(source), "-o", str(adopted), "--num-classes", "5"]) == 0
     with open_runner(adopted) as runner:
         assert [o.name for o in runner.outputs] == ["mask"]
@@ -490,7 +496,7 @@ BAD = {
     "a text file named .onnx": (text_file, [], "is a text file, not an ONNX model"),
     "a truncated ONNX": (truncated, [], "truncated or corrupt"),
     "external data that is missing": (missing_data, [], "'weights.bin', which is missing"),
-    "a --num-classes that disagrees": (conv_model, ["--num-classes", "21"], "--num-classes 21 disagrees with output 'scores', which has 5 channels"),
+    "a --num-classes that disagrees": (conv_model, ["--num-classes", "21"], "21 classes given, and output 'scores' has 5 channels"),
 }
 
 
@@ -503,6 +509,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(case, tmp_path, capsys
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert str(source) in err and expected in err, err
+    if flags:  # the error names the flag it is about
+        assert err.startswith(f"error: {flags[0]}: "), err
     assert not out.exists() and not (out.parent.exists() and list(out.parent.iterdir()))
     if case != "a --num-classes that disagrees":  # inspect says what is wrong too (exit 2 where it cannot read the file)
         code = main(["inspect", str(source), "--report", str(tmp_path / "inspect.json")])
@@ -520,18 +528,48 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
         (["--mean", "123.7,116.3,103.5"], "0..1 units"),
         (["--std", "0.2,0.2"], "three numbers"),
         (["--palette", "1,2"], "one r,g,b colour"),
+        (["--output", "nope"], "--output: "),
         (["--output", "nope"], "has no output 'nope'"),
+        (["--input-name", "nope"], "--input-name: "),
         (["--input-name", "nope"], "has no input 'nope'"),
+        (["--classes", "a,b", "--num-classes", "3"], "--num-classes/--classes: "),
         (["--classes", "a,b", "--num-classes", "3"], "disagree"),
     ):
         assert main(["adopt", str(source), "-o", str(tmp_path / "x.onnx"), *flags]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and expected in err, (flags, err)
     assert not (tmp_path / "x.onnx").exists()
-    with pytest.raises(FcnDeployError, match="overwrite the source"):
-        from fcn_deploy.adopt import adopt
+    from fcn_deploy.adopt import AdoptOptions, adopt
 
+    with pytest.raises(FcnDeployError, match="overwrite the source") as raised:
         adopt(source, source)
+    assert raised.value.options == ("out",)
+    assert main(["adopt", str(source), "-o", str(source)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --out: {source}: would overwrite the source model")
+    with pytest.raises(FcnDeployError, match="at least 2 pixels") as raised:
+        adopt(source, tmp_path / "x.onnx", AdoptOptions(min_size=1))
+    assert raised.value.options == ("min_size",)
+
+
+def test_the_python_api_tells_its_listener_and_prints_nothing(tmp_path, capsys):
+    """adopt and inspect_model print nothing: notes and progress go to the listener; inspect's next
+    step is data (option names), which the CLI writes as a command line."""
+    from fcn_deploy.adopt import adopt, inspect_model
+
+    source = conv_model(tmp_path / "stride4.onnx", stride=4)
+    step = inspect_model(source)["fit"]["next"]
+    assert step == {"command": "adopt", "args": [str(source)], "options": {"out": str(source.with_name("stride4.adopted.onnx")),
+                                                                           "num_classes": 5}}  # fmt: skip
+    recorder = Recorder()
+    result = adopt(source, tmp_path / "adopted.onnx", listener=recorder)
+    assert capsys.readouterr() == ("", "")
+    assert result["adopted"]["resize"]["input_stride"] == 4
+    notes = recorder.texts()
+    assert any("1/4 of the input size" in n and "bilinear Resize" in n for n in notes), notes
+    assert any(n.startswith("class names: class_0 .. class_4") for n in notes) and not any("--" in n for n in notes), notes
+    runs = [e for e in recorder.events if e[:2] == ("advance", "adopt")]
+    assert recorder.events[0][:2] == ("start", "adopt") and recorder.events[-1][:2] == ("finish", "adopt")
+    assert len(runs) > len(result["adopted"]["verified_shapes"])  # the source's run, then at least one per shape verified
 
 
 def test_weights_listed_as_inputs_go_with_the_dropped_output(tmp_path):

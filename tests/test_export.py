@@ -7,18 +7,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from conftest import QUIET
+from helpers import random_checkpoint
 
-from fcn_deploy import models
-from fcn_deploy.checkpoint import load_checkpoint, save_checkpoint
+from fcn_deploy.checkpoint import load_checkpoint
 from fcn_deploy.cli import main
 from fcn_deploy.data.synthetic import make_scene
 from fcn_deploy.data.images import preprocess
 from fcn_deploy.errors import CheckFailed, FcnDeployError
 from fcn_deploy.export import ExportOptions, export_onnx
-from fcn_deploy.meta import ModelMeta, read_onnx_meta
+from fcn_deploy.meta import read_onnx_meta
 
 #: Nine sizes: the minimum, odd, prime, extreme aspect ratios, non-multiples of 32 (batch 2 on one).
 CHECK_SIZES = [(32, 32), (97, 129), (127, 131), (32, 261), (199, 32), (64, 64), (211, 173), (45, 300), (160, 96)]
@@ -28,22 +27,6 @@ FAMILIES = {
     "fcn32s-vgg16": {"width": 1 / 16},
     "fcn-resnet50": {"width": 0.125},
 }
-
-
-def random_checkpoint(path: Path, arch: str, arch_kwargs: dict, num_classes: int = 4) -> Path:
-    """A randomly initialised model with non-zero score layers (the paper zero-initialises them,
-    which would make every logit 0 and every comparison trivially pass)."""
-    torch.manual_seed(0)
-    model = models.build(arch, num_classes, **arch_kwargs)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "score" in name or name.startswith("classifier.4"):
-                param.normal_(0, 0.5)
-    meta = ModelMeta(
-        arch=arch, num_classes=num_classes, class_names=[f"c{i}" for i in range(num_classes)],
-        palette=[[i * 60, 0, 0] for i in range(num_classes)], min_size=32, train_size=64, arch_kwargs=arch_kwargs,
-    )  # fmt: skip
-    return save_checkpoint(path, model.eval(), meta)
 
 
 @pytest.mark.parametrize("arch", sorted(FAMILIES))

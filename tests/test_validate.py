@@ -67,7 +67,7 @@ def test_perturbed_weight_fails_and_names_the_sizes(tiny_onnx, tiny_checkpoint, 
 
 def test_wrong_resize_mode_fails(tmp_path):
     """The torchvision-style FCN ends in a bilinear Resize; nearest instead must be caught."""
-    from test_export import random_checkpoint
+    from helpers import random_checkpoint
 
     ckpt = random_checkpoint(tmp_path / "r50.pt", "fcn-resnet50", {"width": 0.125})
     good = tmp_path / "r50.onnx"

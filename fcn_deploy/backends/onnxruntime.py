@@ -178,7 +178,8 @@ class OnnxReferenceRunner(OnnxRuntimeRunner):
         listed = ", ".join(f"{o.name} ({dtype_of(o)} {dims_of(o)})" for o in outputs)
         raise FcnDeployError(
             f"{path}: cannot tell which output holds the {meta.num_classes}-class logits (outputs: {listed}); "
-            "adopt it (`fcn-deploy adopt --output NAME`) and pass the adopted ONNX as the reference"
+            "adopt it with `fcn-deploy adopt`, naming the output to keep, and pass the adopted ONNX as the reference",
+            options=("reference",),
         )
 
     def infer_impl(self, batch: np.ndarray, need_logits: bool) -> dict[str, np.ndarray | None]:

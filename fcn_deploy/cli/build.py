@@ -52,10 +52,13 @@ def inspect_command(
     report: Annotated[Optional[Path], typer.Option(help="Write everything shown as JSON.")] = None,
 ) -> None:
     """Show a model's inputs/outputs, opset, ops, parameters and metadata, and whether it fits the toolkit."""
-    from ..adopt import inspect_model, print_inspection
+    from ..adopt import inspect_model
+    from ..render.inspect import print_inspection
+    from .options import command_line
 
     check_report(report, model)
     result = inspect_model(model, run=run)
+    result["fit"]["next"] = command_line(result["fit"]["next"])
     print_inspection(console, result)
     write_report(report, result)
 
@@ -77,7 +80,8 @@ def adopt_command(
     report: Annotated[Optional[Path], typer.Option(help="Write what adopt did as JSON.")] = None,
 ) -> None:
     """Bring a foreign segmentation ONNX in: verify it runs at many sizes, write a copy every command takes."""
-    from ..adopt import AdoptOptions, adopt, parse_class_names, parse_palette, parse_rgb_floats
+    from ..adopt import AdoptOptions, adopt
+    from .adopt_options import parse_class_names, parse_palette, parse_rgb_floats
 
     check_report(report, out, model)
     names, file_palette = parse_class_names(classes) if classes is not None else (None, None)
@@ -86,9 +90,9 @@ def adopt_command(
         mean=parse_rgb_floats(mean, "--mean") if mean is not None else None,
         std=parse_rgb_floats(std, "--std") if std is not None else None, output=output, input_name=input_name, min_size=min_size,
     )  # fmt: skip
-    with console.status(f"adopting {model.name}"):
-        result = adopt(model, out, options, log=lambda line: console.print(escape(line)))
-    console.print(f"[green]wrote[/] {out} ({out.stat().st_size / 1e6:.1f} MB); next: fcn-deploy build-engine {out}")
+    result = adopt(model, out, options, listener=listener)
+    where = escape(str(out))
+    console.print(f"[green]wrote[/] {where} ({out.stat().st_size / 1e6:.1f} MB); next: fcn-deploy build-engine {where}")
     write_report(report, result)
 
 

@@ -4,6 +4,7 @@ library's option names mapped to this CLI's flags (library errors name options, 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -40,6 +41,17 @@ def flags_for(options: tuple[str, ...]) -> str:
     for name in backends.names():
         table.update({option.name: option.flag for option in backends.get(name).options})
     return "/".join(dict.fromkeys(table[o] for o in options if o in table))
+
+
+def command_line(step: dict | None) -> str | None:
+    """A next step from the library (``{"command", "args", "options"}``, options by their library
+    names) as the command line a person types: ``fcn-deploy adopt m.onnx --out a.onnx``."""
+    if step is None:
+        return None
+    parts = ["fcn-deploy", step["command"], *map(str, step.get("args", []))]
+    for name, value in step.get("options", {}).items():
+        parts += [flags_for((name,)) or "--" + name.replace("_", "-"), str(value)]
+    return " ".join(shlex.quote(part) for part in parts)
 
 
 def parse_hw(text: str | None, flag: str) -> tuple[int, int] | None:
