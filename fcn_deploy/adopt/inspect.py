@@ -154,6 +154,18 @@ def _probe(path: Path, model, image, meta: dict, report: dict, problems: list[st
     return chosen, kind
 
 
+def _check_summary(check: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What an INT8 build's own check recorded: the nodes kept in float with their sensitivity, and the figures before and after."""
+    if not check:
+        return None
+    keys = ("pixel_agreement", "min_size_agreement", "mean_iu", "passed")
+    return {
+        "float_nodes": check.get("float_nodes", []), "sensitivity": check.get("sensitivity", {}),
+        "before": {k: check["before"].get(k) for k in keys}, "after": {k: check["after"].get(k) for k in keys},
+        "int8_compute_share": check.get("int8_compute_share"), "runs_on": check.get("runs_on"), "sizes": check.get("sizes"),
+    }  # fmt: skip
+
+
 def _inspect_engine(path: Path) -> dict[str, Any]:
     from ..backends import engine_backend, open_engine, read_manifest
 
@@ -163,6 +175,7 @@ def _inspect_engine(path: Path) -> dict[str, Any]:
         "profile": manifest.get("profile"), "files": manifest.get("files"), "versions": manifest.get("versions"),
         "built_at": manifest.get("built_at"), "source_onnx": manifest.get("source_onnx"), "metadata": manifest.get("meta"),
         "rebuild_command": manifest.get("rebuild_command"), "inputs": [], "outputs": [], "backend_facts": None,
+        "int8_check": _check_summary(manifest.get("int8_check")),
     }  # fmt: skip
     problems: list[str] = []
     try:

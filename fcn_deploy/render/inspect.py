@@ -58,6 +58,19 @@ def print_inspection(console: Console, report: dict[str, Any]) -> None:
     if facts:
         state = "usable here" if facts.get("usable") else "[yellow]not usable here[/]"
         console.print(f"backend {escape(facts['name'])}: {state} ({escape(str(facts.get('why', '')))})")
+    check = report.get("int8_check")
+    if check:
+        before, after = check["before"], check["after"]
+        kept = check["float_nodes"]
+        console.print(
+            f"INT8 check ({escape(str(check['runs_on']))}, {len(check['sizes'] or [])} sizes): agreement {before['pixel_agreement']:.4%} as "
+            f"quantized" + (f", {after['pixel_agreement']:.4%} with {len(kept)} node(s) kept in float" if kept else "")
+            + (f"; {check['int8_compute_share']:.1%} of the convolution work in INT8" if check.get("int8_compute_share") else "")
+        )
+        for name in kept:
+            facts = check["sensitivity"].get(name) or {}
+            detail = f" ({facts.get('op_type')}, introduced {facts['introduced']:.4f}, rel L2 {facts['rel_l2']:.4f})" if facts else ""
+            console.print(f"  kept in float: {escape(name)}{detail}")
     if "parameters" in report:
         units = "layers" if kind == "checkpoint" else "nodes"
         console.print(f"{report['parameters'] / 1e6:.2f}M parameters, {report.get('nodes', '?')} {units}")
