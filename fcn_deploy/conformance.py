@@ -148,3 +148,19 @@ def check_backend(
 
         check(precision, "describe engine", described)
     return results
+
+
+def tiny_model(workdir: Path, *, listener: Listener = SILENT) -> tuple[Path, Path, Path]:
+    """A small FCN trained for a few seconds on the synthetic scenes (image-like masks, not near-ties),
+    exported, with a calibration set: what the suite checks a backend with.  Returns (checkpoint, onnx, calibration)."""
+    from .data.calibration import generate_default_calibration
+    from .export import export_onnx
+    from .train import TrainConfig, train
+
+    checkpoint, onnx_path, calibration = workdir / "tiny.pt", workdir / "tiny.onnx", workdir / "calibration"
+    listener.note("training a small FCN on the synthetic scenes for the conformance suite")
+    train(TrainConfig(out=checkpoint, arch="fcn8s-resnet18", arch_kwargs={"width": 0.25}, epochs=2, steps=120, batch_size=8, lr=5e-3,
+                      img_size=96, train_count=480, val_count=8, val_size=96), listener=listener)  # fmt: skip
+    export_onnx(checkpoint, onnx_path, check_sizes=[(64, 64), (97, 129)])
+    generate_default_calibration(calibration, count=10, size=96)
+    return checkpoint, onnx_path, calibration

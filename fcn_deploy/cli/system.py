@@ -44,10 +44,17 @@ def demo_command(
 @app.command("backends")
 def backends_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    check: Annotated[
+        Optional[str], typer.Option("--check", help="Run the conformance suite on this backend (a plugin's author's check).", metavar="NAME")
+    ] = None,
 ) -> None:
     """List the registered backends (plugins included): usable here or not (and why), and what `auto` picks."""
     from .. import backends
     from ..render.backends import print_backends
+
+    if check is not None:
+        _check_backend(check)
+        return
 
     rows = [backends.get(name).describe() for name in backends.names()]
     rows += [{"name": name, "usable": False, "broken": True, "why": why} for name, why in backends.broken().items()]
@@ -75,3 +82,20 @@ def gpu_check_command() -> None:
     console.print(f"versions: {library_versions(tensorrt)}")
     if not usable:
         raise FcnDeployError(f"TensorRT is not usable here: {why}; {tensorrt.install_hint}")
+
+
+def _check_backend(name: str) -> None:
+    """``backends --check NAME``: the conformance suite on a small model trained here (about a minute)."""
+    import tempfile
+
+    from .. import backends
+    from ..conformance import check_backend, tiny_model
+    from ..render.backends import print_checks
+
+    backends.get(name).require_usable()
+    with tempfile.TemporaryDirectory(prefix="fcn-deploy-conformance-") as tmp:
+        checkpoint, onnx_path, calibration = tiny_model(Path(tmp), listener=listener)
+        results = check_backend(name, checkpoint=checkpoint, onnx_path=onnx_path, calib_dir=calibration, workdir=Path(tmp), listener=listener)
+    print_checks(console, results)
+    if not all(r.passed for r in results):
+        raise typer.Exit(EXIT_FAILED)

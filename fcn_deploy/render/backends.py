@@ -23,3 +23,15 @@ def print_backends(console: Console, rows: list[dict[str, Any]]) -> None:
             row["int8_encoding"], f"*.{escape(row['engine_suffix'])}", escape(options), escape(row["why"]),
         )  # fmt: skip
     console.print(table)
+
+
+def print_checks(console: Console, results: list) -> None:
+    """The conformance suite's checks, one row each."""
+    table = Table(title="conformance")
+    for column in ("", "backend", "precision", "check", "detail"):
+        table.add_column(column)
+    for r in results:
+        table.add_row("[green]✓[/]" if r.passed else "[red]✗[/]", escape(r.backend), r.precision, r.name, escape(r.detail))
+    console.print(table)
+    failed = sum(not r.passed for r in results)
+    console.print("[green]conforms[/]" if not failed else f"[red]FAILED[/] {failed} of {len(results)} checks")
