@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import QUIET
 from helpers import random_checkpoint
 
 from fcn_deploy.checkpoint import load_checkpoint
@@ -92,7 +91,7 @@ def test_mask_output_and_static_batch(tiny_checkpoint, tmp_path):
     path = tmp_path / "masked.onnx"
     export_onnx(
         tiny_checkpoint, path, ExportOptions(static_batch=True, mask_output=True, simplify=True),
-        console=QUIET, check_sizes=[(64, 80), (97, 33)],
+        check_sizes=[(64, 80), (97, 33)],
     )  # fmt: skip
     model = onnx.load(str(path))
     assert [o.name for o in model.graph.output] == ["logits", "mask"]

@@ -6,7 +6,7 @@ any installed package adds one through the Python entry-point group ``fcn_deploy
 .. code-block:: toml
 
     [project.entry-points."fcn_deploy.backends"]
-    myort = "my_package.backend:MyBackend"
+    my_backend = "my_package.backend:MyBackend"
 
 The entry point's name is the backend's name.  Every command that takes a backend or an engine
 (``build-engine --backend``, ``validate``, ``infer``, ``benchmark``, ``serve``, ``export-triton``,

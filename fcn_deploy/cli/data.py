@@ -106,13 +106,18 @@ def train_command(
     if learnable_upsample:
         kwargs["learnable_upsample"] = True
     models.spec(arch)
-    result = train(
-        TrainConfig(
-            out=out, data=data, arch=arch, arch_kwargs=kwargs, epochs=epochs, steps=steps, batch_size=batch_size,
-            lr=lr, img_size=img_size, seed=seed, resume=resume, init_from=init,
-        ),
-        listener=listener,
+    config = TrainConfig(
+        out=out, data=data, arch=arch, arch_kwargs=kwargs, epochs=epochs, steps=steps, batch_size=batch_size,
+        lr=lr, img_size=img_size, seed=seed, resume=resume, init_from=init,
     )  # fmt: skip
+    try:
+        result = train(config, listener=listener)
+    except KeyboardInterrupt:
+        from ..train import last_path
+
+        if last_path(out).exists():
+            console.print(f"resume with: fcn-deploy train -o {out} --resume {last_path(out)} (and the same options)")
+        raise
     console.print(
         f"best mean IU {result['best_mean_iu']:.4f} -> {result['checkpoint']} ({result['seconds']:.0f} s, {result['steps']} steps)"
     )
