@@ -225,8 +225,11 @@ def train(config: TrainConfig, *, listener: Listener = SILENT) -> dict[str, Any]
         listener.finish("train")
     except KeyboardInterrupt:
         listener.finish("train")
-        listener.note(f"interrupted at step {step}; best checkpoint {out} and last {last_path(out)} are intact "
-                      f"(resume from {last_path(out)})", level="warning")  # fmt: skip
+        if last_path(out).exists():
+            listener.note(f"interrupted at step {step}; best checkpoint {out} and last {last_path(out)} are intact "
+                          f"(resume from {last_path(out)})", level="warning")  # fmt: skip
+        else:
+            listener.note(f"interrupted at step {step}, before the first epoch ended; no checkpoint was written", level="warning")
         raise
     elapsed = time.perf_counter() - started
     if not state["history"]:

@@ -284,5 +284,5 @@ def test_train_cli_ctrl_c_exits_130_and_says_how_to_resume(tmp_path, capsys, mon
     out = tmp_path / "o.pt"
     assert main(["train", "-o", str(out), "--width", "0.125", "--steps", "2", "--batch-size", "2"]) == 130
     stdout = capsys.readouterr().out
-    assert "interrupted at step 0" in stdout and f"--resume {last_path(out)}" in stdout
-    assert not out.exists()
+    assert "interrupted at step 0, before the first epoch ended; no checkpoint was written" in stdout
+    assert not out.exists() and not last_path(out).exists() and "--resume" not in stdout  # nothing to resume from
