@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from .manifest import major_minor
 INSTALL_HINT = "pip install openvino (a dependency of fcn-deploy; reinstall with `pip install -e .`)"
 #: ``INFERENCE_PRECISION_HINT`` per precision graph (see the module docstring; measured in the README).
 PRECISION_HINTS = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
+STATIC_SHAPES = 4  # static-shape graphs an OpenVINO runner keeps compiled (see OpenVinoRunner._request_for)
 
 
 def precision_hint(core, precision: str) -> str:
@@ -87,6 +89,9 @@ class OpenVinoRunner(Runner):
             raise FcnDeployError(f"{xml}: OpenVINO cannot compile it ({first_line(exc)})") from exc
         self.config = config
         self.request = self.compiled.create_infer_request()
+        self._core, self._model = core, model
+        self._seen: Counter[tuple[int, ...]] = Counter()
+        self._static: OrderedDict[tuple[int, ...], Any] = OrderedDict()  # shape -> infer request, most recent last
         names = [o.get_names() for o in self.compiled.outputs]  # a tensor may carry several names
         self._logits = next((i for i, n in enumerate(names) if "logits" in n), None)
         self._mask = next((i for i, n in enumerate(names) if "mask" in n), None)
@@ -117,14 +122,34 @@ class OpenVinoRunner(Runner):
     def outputs(self) -> list[TensorSpec]:
         return [self._spec(p) for p in self.compiled.outputs]
 
+    def _request_for(self, shape: tuple[int, ...]):
+        """The infer request for ``shape``: OpenVINO's CPU kernels run a static shape faster than the
+        dynamic-shape graph, so a shape seen a second time (video, a benchmark, steady serving) gets a
+        graph reshaped and compiled for it, kept for the :data:`STATIC_SHAPES` most recent shapes.
+        Shapes seen once (validation's many sizes) run the dynamic graph and cost no compile."""
+        if shape in self._static:
+            self._static.move_to_end(shape)
+            return self._static[shape]
+        self._seen[shape] += 1
+        if self._seen[shape] < 2 or not self._model.inputs[0].get_partial_shape().is_dynamic:
+            return self.request
+        model = self._model.clone()
+        model.reshape({model.inputs[0].get_any_name(): list(shape)})
+        self._static[shape] = self._core.compile_model(model, "CPU", self.config).create_infer_request()
+        if len(self._static) > STATIC_SHAPES:
+            self._static.popitem(last=False)
+        return self._static[shape]
+
     def infer_impl(self, batch: np.ndarray, need_logits: bool) -> dict[str, np.ndarray | None]:
-        self.request.infer({0: batch}, share_inputs=True)
-        get = lambda index: None if index is None else self.request.get_output_tensor(index).data.copy()  # noqa: E731
+        request = self._request_for(tuple(batch.shape))
+        request.infer({0: batch}, share_inputs=True)
+        get = lambda index: None if index is None else request.get_output_tensor(index).data.copy()  # noqa: E731
         return {"logits": get(self._logits) if need_logits or self._mask is None else None, "mask": get(self._mask)}
 
     def close(self) -> None:
         self.request = None
         self.compiled = None
+        self._static.clear()
 
 
 class OpenVinoBackend(Backend):
