@@ -168,3 +168,23 @@ def test_status_builds_and_runs_a_one_layer_network(monkeypatch):
     broken.Builder = lambda logger: None  # what TensorRT returns when it cannot reach the GPU
     usable, why = tensorrt_status()
     assert not usable and "could not create a builder" in why
+
+
+def test_benchmark_takes_the_runners_gpu_time_and_notes_sizes_far_from_opt(runner, monkeypatch):
+    from fcn_deploy.bench.local import row_notes
+    from fcn_deploy.bench.workers import _gpu_timed
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(TrtRunner, "gpu_events", True)
+    batch = torch.zeros(1, 3, 16, 16)
+    timed = _gpu_timed(runner, lambda: runner.infer_on_device(batch), cuda=True)
+    _, gpu_ms = timed()
+    assert gpu_ms is not None and gpu_ms == runner.last_gpu_ms and gpu_ms >= 0
+    assert _gpu_timed(runner, lambda: None, cuda=False)() == (None, None)
+    info = {"backend": "tensorrt", "opt": list(runner.profile.opt), "tuned_at_opt": runner.tuned_at_opt}
+    assert row_notes(info, 1, 16, 16) == [] and row_notes(info, 1, 20, 20) == []
+    (far,) = row_notes(info, 1, 512, 512)
+    assert "timed at 1x512x512, far from the 1x16x16 its tensorrt engine was tuned at" in far
+    assert row_notes({**info, "tuned_at_opt": False}, 1, 512, 512) == []  # runtimes that do not tune at opt
+    fallback = row_notes({"device_fallback": "asked to run on cuda, its session runs on cpu (providers: CPUExecutionProvider)"}, 1, 8, 8)
+    assert fallback == ["asked to run on cuda, its session runs on cpu (providers: CPUExecutionProvider): this row is a CPU figure"]
