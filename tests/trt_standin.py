@@ -151,7 +151,8 @@ def make_module(version: str = "11.4.0.106") -> types.ModuleType:
             return Profile()
 
         def build_serialized_network(self, network, config):
-            header = {"tensorrt": trt.__version__, "profile": config.profiles[0].shapes if config.profiles else {}, "tf32": config.get_flag(trt.BuilderFlag.TF32)}
+            profile = config.profiles[0].shapes if config.profiles else {}
+            header = {"tensorrt": trt.__version__, "profile": profile, "tf32": config.get_flag(trt.BuilderFlag.TF32)}
             return MAGIC + json.dumps(header).encode() + b"\n" + network.onnx
 
     class Engine:

@@ -30,7 +30,7 @@ def benchmark_command(
     model: Annotated[str, typer.Option("--model", help="With --server: the served model's name.")] = "fcn",
     concurrency: Annotated[str, typer.Option(help="With --server: concurrent clients per level, e.g. 1,4,16.")] = "1,4,16",
     cuda_graph: Annotated[
-        bool, typer.Option("--cuda-graph", help="GPU engines that can (TensorRT) capture a CUDA graph per size and replay it (trtexec's --useCudaGraph).")
+        bool, typer.Option("--cuda-graph", help="GPU engines that can (TensorRT) replay a CUDA graph per size (trtexec's --useCudaGraph).")
     ] = False,
 ) -> None:
     """Time engines against the PyTorch eager FP32 baseline, in one run; or a Triton server under concurrency (--server)."""

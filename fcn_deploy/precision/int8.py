@@ -260,5 +260,5 @@ def int8_details(encoding_name: str, float_nodes: tuple[str, ...] | list[str]) -
         "residual_add_input": encoding["residual_add_input"],
         "excluded_ops": ["ConvTranspose (kept float: quantizing the bilinear upsampling lowered agreement; README)"],
         "float_nodes": list(float_nodes),
-        "float_ops": f"{encoding['float_ops']}{' (FP32 where values exceed FP16 range; I/O float32)' if encoding['float_ops'] == 'float16' else ''}",
+        "float_ops": encoding["float_ops"] if encoding["float_ops"] != "float16" else "float16 (FP32 where values exceed FP16 range; I/O float32)",
     }
