@@ -6,13 +6,18 @@ validation reports and the benchmark report, and checks the GPU plan targets:
 * TensorRT FP16 >= 3x PyTorch eager FP32 on CUDA (median latency, 512x512, batch 1);
 * TensorRT INT8 >= 1.3x TensorRT FP16.
 
+Offline runs add what scripts/gpu_torch_plan.py wrote: OUT/environment.json (what imports here, why
+TensorRT is missing) and OUT/torch-plan.json (the torch-only figures).  Writes OUT/gpu-check.json
+and OUT/gpu-check.html.
+
 Exits 0 when every step and target passed, 1 otherwise (a summary line says what failed).
-Usage: python scripts/gpu_report.py OUT [--driver-cuda 12.8] [--torch-index URL] [--tensorrt-package NAME]
+Usage: python scripts/gpu_report.py OUT [--offline] [--driver-cuda 12.8] [--torch-index URL] [--tensorrt-package NAME]
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import sys
 import xml.etree.ElementTree as ET
@@ -113,6 +118,11 @@ def build_report(out: Path, environment: dict) -> dict:
     failed = [s["name"] for s in steps if not s["passed"]] + [t["name"] for t in targets if not t["passed"]]
     if not steps:
         failed.append("no steps ran")
+    probe = load_json(out / "environment.json")
+    if probe is not None:
+        environment = {**environment, "probe": probe}
+        if not probe.get("tensorrt_usable"):
+            failed.insert(0, f"TensorRT missing: {probe.get('tensorrt_status')}")
     return {
         "passed": not failed,
         "failed": failed,
@@ -124,7 +134,34 @@ def build_report(out: Path, environment: dict) -> dict:
         "speedups": reported,
         "benchmark": str(out / "benchmark.json") if benchmark else None,
         "demo": str(out / "demo" / "report.json"),
+        "torch_plan": load_json(out / "torch-plan.json"),
     }
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def html_page(report: dict) -> str:
+    """One page: the verdict, the targets, the steps, the torch-only figures."""
+    e = html.escape
+    cell = "".join
+    targets = [cell(["<tr><td>", e(t["name"]), "</td><td>", "-" if t["speedup"] is None else f"{t['speedup']:.2f}x", "</td><td>",
+                     "PASS" if t["passed"] else "FAIL", "</td></tr>"]) for t in report["targets"]]  # fmt: skip
+    steps = [cell(["<tr><td>", e(s["name"]), "</td><td>", str(s["exit_status"]), "</td><td>", "PASS" if s["passed"] else "FAIL",
+                   "</td></tr>"]) for s in report["steps"]]  # fmt: skip
+    plan = report.get("torch_plan") or {}
+    timing = [cell(["<tr><td>", e(r["config"]), "</td><td>", e(r["skipped"]) if r.get("skipped") else _ms(r.get("median_ms")), "</td><td>",
+                    _ms(r.get("gpu_median_ms")), "</td></tr>"]) for r in plan.get("timing", [])]  # fmt: skip
+    verdict = "passed" if report["passed"] else "FAILED: " + ", ".join(report["failed"])
+    parts = ["<!doctype html><meta charset=utf-8><title>gpu-check</title><h1>gpu-check ", e(verdict), "</h1>",
+             "<h2>Targets</h2><table><tr><th>target<th>speed-up<th></tr>", *targets, "</table>",
+             "<h2>Steps</h2><table><tr><th>step<th>exit<th></tr>", *steps, "</table>"]  # fmt: skip
+    if plan:
+        parts += [f"<h2>torch only ({e(str(plan.get('gpu') or plan.get('device')))}, {plan.get('size')})</h2>",
+                  "<table><tr><th>config<th>host ms<th>GPU ms</tr>", *timing, "</table>"]  # fmt: skip
+    parts += ["<h2>Environment</h2><pre>", e(json.dumps(report["environment"], indent=2)), "</pre>"]
+    return "".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--driver-cuda", default="")
     parser.add_argument("--torch-index", default="")
     parser.add_argument("--tensorrt-package", default="")
+    parser.add_argument("--offline", action="store_true", help="nothing was installed: the machine's own packages")
     args = parser.parse_args(argv)
-    environment = {"driver_cuda": args.driver_cuda, "torch_index": args.torch_index, "tensorrt_package": args.tensorrt_package}
+    environment = {"driver_cuda": args.driver_cuda, "torch_index": args.torch_index, "tensorrt_package": args.tensorrt_package,
+                   "offline": args.offline}  # fmt: skip
     try:
         import tensorrt
         import torch
@@ -147,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = args.out / ".gpu-check.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))
     tmp.replace(args.out / "gpu-check.json")
+    (args.out / "gpu-check.html").write_text(html_page(report))
     for target in report["targets"]:
         value = "not measured" if target["speedup"] is None else f"{target['speedup']:.2f}x"
         print(f"{'PASS' if target['passed'] else 'FAIL'}  {target['name']}: {value}")

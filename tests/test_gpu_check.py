@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,22 +31,30 @@ def fake_nvidia_smi(folder: Path, header: str | None, status: int = 0) -> None:
     script.chmod(0o755)
 
 
-def run_script(tmp_path: Path, *args: str, smi: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
-    """Run the script with a PATH holding only the tools it needs before installing (and, if given,
-    a fake nvidia-smi), its venv and output folder under ``tmp_path``."""
+def run_script(tmp_path: Path, *args: str, smi: tuple[str, int] | None = None, python: str = "python3", env: dict | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run the script with a PATH holding only the tools it needs (and, if given, a fake nvidia-smi),
+    its venv and output folder under ``tmp_path``."""
     tools = tmp_path / "bin"
     tools.mkdir(exist_ok=True)
-    for tool in ("dirname", "sed", "head"):
+    for tool in ("dirname", "sed", "head", "mkdir", "tr", "tee"):
         os.symlink(shutil.which(tool), tools / tool)
     if smi is not None:
         fake_nvidia_smi(tools, *smi)
-    env = {"PATH": str(tools), "FCN_GPU_VENV": str(tmp_path / "venv"), "HOME": str(tmp_path), "PYTHON": "python3"}
+    env = {"PATH": str(tools), "FCN_GPU_VENV": str(tmp_path / "venv"), "HOME": str(tmp_path), "PYTHON": python, **(env or {})}
     return subprocess.run([BASH, str(SCRIPT), *args, str(tmp_path / "out")], env=env, capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+                          timeout=timeout)  # fmt: skip
 
 
-def assert_installed_nothing(tmp_path: Path) -> None:
-    assert not (tmp_path / "venv").exists() and not (tmp_path / "out").exists()
+def assert_installed_nothing(tmp_path: Path, *, report: bool = True) -> dict | None:
+    """No venv; the report (when the run stopped early) says why it stopped."""
+    assert not (tmp_path / "venv").exists()
+    if not report:
+        assert not (tmp_path / "out").exists()
+        return None
+    data = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
+    assert data["passed"] is False and data["exit_status"] == 2 and data["stopped"]
+    return data
 
 
 @pytest.mark.parametrize(
@@ -63,18 +73,69 @@ def test_without_a_usable_gpu_it_stops_says_why_and_installs_nothing(tmp_path, s
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "nothing was installed" in result.stderr
     assert result.stdout == ""
-    assert_installed_nothing(tmp_path)
+    assert message in assert_installed_nothing(tmp_path)["stopped"]
 
 
 @pytest.mark.parametrize(
     ("cuda", "torch_build", "tensorrt"),
-    [("13.0", "cu130", "tensorrt-cu13>=10"), ("12.9", "cu128", "tensorrt-cu12>=10"), ("12.6", "cu126", "tensorrt-cu12>=10")],
+    [("13.0", "cu130", "tensorrt-cu13>=10.12,<12"), ("12.9", "cu128", "tensorrt-cu12>=10.12,<12"),
+     ("12.6", "cu126", "tensorrt-cu12>=10.12,<12")],
 )
 def test_plan_follows_the_driver_cuda_version(tmp_path, cuda, torch_build, tensorrt):
     result = run_script(tmp_path, "--plan", smi=(f"| NVIDIA-SMI 580.65.06  Driver Version: 580.65.06  CUDA Version: {cuda} |", 0))
     assert result.returncode == 0, result.stderr
     assert f"driver CUDA {cuda} -> torch from https://download.pytorch.org/whl/{torch_build}, {tensorrt}" in result.stdout
-    assert_installed_nothing(tmp_path)
+    assert_installed_nothing(tmp_path, report=False)
+
+
+# --------------------------------------------------------------------------- offline
+
+
+def logging_python(tmp_path: Path) -> tuple[str, Path]:
+    """A python that logs every command line it is given (to show pip is never called), then runs."""
+    log, wrapper = tmp_path / "python-calls.log", tmp_path / "python-logged"
+    wrapper.write_text(f'#!{BASH}\necho "$*" >>{log}\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper), log
+
+
+def test_offline_without_a_cuda_device_stops_at_once_with_a_report(tmp_path):
+    python, log = logging_python(tmp_path)
+    started = time.monotonic()
+    result = run_script(tmp_path, "--offline", python=python, timeout=120)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert time.monotonic() - started < 60  # 30 s on an idle machine; this one is shared
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("gpu-check: error: no CUDA device: torch") and "nvidia-smi not found" in line
+    assert "nothing was installed" in line
+    report = assert_installed_nothing(tmp_path)
+    assert report["offline"] is True and "no CUDA device" in report["stopped"]
+    probe = json.loads((tmp_path / "out" / "environment.json").read_text())
+    assert probe["torch"] and set(probe["packages"]) == {"tensorrt", "onnxruntime", "openvino", "av"}
+    assert "-m pip" not in log.read_text() and "urlopen" not in log.read_text()  # no install, no network probe
+
+
+def test_unreachable_index_means_offline_no_pip_and_the_torch_only_plan(tmp_path):
+    python, log = logging_python(tmp_path)
+    smi = ("| NVIDIA-SMI 580.65.06  Driver Version: 580.65.06  CUDA Version: 13.0 |", 0)
+    env = {"FCN_GPU_INDEX_URL": "http://127.0.0.1:9/simple/", "FCN_GPU_TORCH_DEVICE": "cpu", "FCN_GPU_QUICK": "1"}
+    result = run_script(tmp_path, smi=smi, python=python, env=env, timeout=300)
+    assert result.returncode == 1, (result.stdout, result.stderr)  # ran, and TensorRT's targets could not be checked
+    assert "does not answer within 5 s: running offline" in result.stdout and "offline: installing nothing" in result.stdout
+    calls = log.read_text()
+    assert "-m pip" not in calls and "venv" not in calls
+    assert not (tmp_path / "venv").exists()
+    out = tmp_path / "out"
+    plan = json.loads((out / "torch-plan.json").read_text())
+    configs = [row["config"] for row in plan["timing"]]
+    assert configs[:2] == ["fp32 (TF32 off)", "tf32"] and "fp16 .half() channels_last" in configs
+    assert all(row.get("median_ms", 0) > 0 or row.get("skipped") for row in plan["timing"])
+    assert plan["fp16_accuracy"]["sizes"] and plan["fp16_accuracy"]["threshold"] == 0.999
+    report = json.loads((out / "gpu-check.json").read_text())
+    assert report["failed"][0].startswith("TensorRT missing: TensorRT is not installed in this interpreter")
+    assert report["environment"]["offline"] is True and report["torch_plan"]["arch"] == "fcn8s-resnet18"
+    assert [s["name"] for s in report["steps"]] == ["torch-plan", "backends"] and all(s["passed"] for s in report["steps"])
+    assert "fp32 (TF32 off)" in (out / "gpu-check.html").read_text()
 
 
 # --------------------------------------------------------------------------- the report

@@ -84,3 +84,14 @@ def test_tampered_plan_is_refused_with_rebuild_command(trt_engines, tmp_path):
         fh.write(b"x")
     with pytest.raises(FcnDeployError, match="Rebuild it: fcn-deploy build-engine"):
         load_runner(copy)
+
+
+def test_benchmark_records_gpu_event_time_and_host_time(trt_engines, tiny_checkpoint):
+    from fcn_deploy.bench import run_benchmark
+
+    report = run_benchmark([trt_engines["fp16"]], reference=tiny_checkpoint, sizes=[(256, 256)], warmup=2, iters=5, cuda_graph=True)
+    rows = {(r["backend"], r["precision"], r["device"]): r for r in report["results"]}
+    trt = rows[("tensorrt", "fp16", "cuda")]
+    assert trt["cuda_graph"] and 0 < trt["gpu_median_ms"] <= trt["median_ms"] * 1.05
+    assert rows[("torch", "fp32", "cuda")]["tf32"] is False and rows[("torch", "tf32", "cuda")]["tf32"] is True
+    assert any("far from the" in note for note in trt["notes"])  # the fixture's engines are tuned at 128x128

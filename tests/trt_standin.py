@@ -44,6 +44,7 @@ def make_module(version: str = "11.4.0.106") -> types.ModuleType:
     trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", {"WORKSPACE": 0})
     trt.TensorIOMode = enum.IntEnum("TensorIOMode", {"NONE": 0, "INPUT": 1, "OUTPUT": 2})
     trt.DataType = enum.IntEnum("DataType", {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4, "UINT8": 5, "INT64": 8})
+    trt.float32 = trt.DataType.FLOAT
 
     class Logger:
         WARNING = 2
@@ -58,6 +59,23 @@ def make_module(version: str = "11.4.0.106") -> types.ModuleType:
 
         def get_input(self, index):
             return types.SimpleNamespace(name=self.input_name)
+
+        # tensorrt_status's one-layer network, built by hand: an ONNX Identity here
+        def add_input(self, name, dtype, shape):
+            self.input_name, self.input_shape = name, tuple(shape)
+            return types.SimpleNamespace(name=name)
+
+        def add_identity(self, tensor):
+            return types.SimpleNamespace(get_output=lambda index: tensor)
+
+        def mark_output(self, tensor):
+            from onnx import TensorProto, helper
+
+            shape, name = self.input_shape, self.input_name
+            graph = helper.make_graph([helper.make_node("Identity", [name], ["y"])], "smoke",
+                                      [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)],
+                                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])  # fmt: skip
+            self.onnx = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
 
     class OnnxParser:
         num_errors = 0
@@ -133,7 +151,8 @@ def make_module(version: str = "11.4.0.106") -> types.ModuleType:
             return Profile()
 
         def build_serialized_network(self, network, config):
-            header = {"tensorrt": trt.__version__, "profile": config.profiles[0].shapes, "tf32": config.get_flag(trt.BuilderFlag.TF32)}
+            profile = config.profiles[0].shapes if config.profiles else {}
+            header = {"tensorrt": trt.__version__, "profile": profile, "tf32": config.get_flag(trt.BuilderFlag.TF32)}
             return MAGIC + json.dumps(header).encode() + b"\n" + network.onnx
 
     class Engine:
@@ -202,7 +221,8 @@ def make_module(version: str = "11.4.0.106") -> types.ModuleType:
         def execute_async_v3(self, stream):
             feed = {}
             for arg in self.engine.inputs:
-                feed[arg.name] = _view(self.addresses[arg.name], self.shapes[arg.name], TRT_TO_NUMPY[ORT_TO_TRT[arg.type]]).copy()
+                shape = self.shapes.get(arg.name) or tuple(arg.shape)  # a static shape needs no set_input_shape
+                feed[arg.name] = _view(self.addresses[arg.name], shape, TRT_TO_NUMPY[ORT_TO_TRT[arg.type]]).copy()
             for name, value in self._run(feed).items():
                 target = _view(self.addresses[name], value.shape, value.dtype)
                 target[...] = value

@@ -16,7 +16,7 @@ module import time, so the package works without it.
 
 from __future__ import annotations
 
-import time
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +25,40 @@ import numpy as np
 from .. import dtypes
 from ..errors import FcnDeployError, require_file
 from ..events import SILENT, Listener
-from ..fileio import atomic_path, atomic_write_bytes
 from ..meta import ModelMeta
 from .base import Backend, BackendOption, Capabilities, CompileOptions, Profile, Runner, TensorSpec, TritonSpec
+from .tensorrt_build import build_plan, builder_settings, network_flags  # noqa: F401 - the API tests import them here
+from .tensorrt_checks import aligned_empty, is_aligned
+from .tensorrt_qdq import qdq_problems
 
 _LOGGER = None
 INSTALL_HINT = "on a machine with an NVIDIA GPU run `pip install 'fcn-deploy[tensorrt]'` (see scripts/gpu-check.sh)"
 
 
+#: Supported TensorRT versions: strong typing (every precision decided in the ONNX) is complete from
+#: 10.12; 12 may change the API again.  pyproject's ``tensorrt`` extra has the same bounds.
+MIN_VERSION, BELOW_VERSION = (10, 12), (12, 0)
+
+
+def version_problem(version: str) -> str | None:
+    """Why TensorRT ``version`` cannot be used, or None."""
+    parts = tuple(int(p) for p in re.findall(r"\d+", str(version))[:2])
+    if len(parts) == 2 and MIN_VERSION <= parts < BELOW_VERSION:
+        return None
+    return (f"TensorRT {version} is not supported: fcn-deploy needs TensorRT >= {MIN_VERSION[0]}.{MIN_VERSION[1]} and < "
+            f"{BELOW_VERSION[0]} (strongly typed networks are complete from 10.12); install 'tensorrt-cu13>=10.12,<12' "
+            "(or tensorrt-cu12 for a CUDA 12 driver)")  # fmt: skip
+
+
 def import_tensorrt():
-    """``import tensorrt`` or a clear error saying how to get it."""
+    """``import tensorrt`` (a supported version) or a clear error saying how to get it."""
     try:
         import tensorrt as trt  # type: ignore[import-not-found]
     except ImportError as exc:
         raise FcnDeployError(f"TensorRT is not installed: {INSTALL_HINT}, or use another --backend") from exc
+    problem = version_problem(getattr(trt, "__version__", "?"))
+    if problem:
+        raise FcnDeployError(problem)
     return trt
 
 
@@ -60,14 +80,25 @@ def cuda_available() -> bool:
 
 
 def tensorrt_status() -> tuple[bool, str]:
-    """Whether TensorRT can be used here, and why not."""
+    """Whether TensorRT can be used here, and why not: it imports, is a supported version, a CUDA
+    device is visible, and it builds and runs a one-layer network (so a broken runtime, a driver
+    mismatch or missing CUDA libraries are found before a long build).  Checked once per process."""
     try:
-        import_tensorrt()
-    except FcnDeployError:
-        return False, "the tensorrt package is not installed"
+        trt = import_tensorrt()
+    except FcnDeployError as exc:
+        return False, "the tensorrt package is not installed" if "not installed" in str(exc) else str(exc)
     if not cuda_available():
         return False, "no CUDA device is visible to torch"
-    return True, "tensorrt imports and a CUDA device is present"
+    key = id(trt)
+    if key not in _STATUS:
+        from .tensorrt_checks import smoke_test
+
+        problem = smoke_test(trt, TrtRunner.buffer_device)
+        _STATUS[key] = (False, problem) if problem else (True, f"TensorRT {trt.__version__} built and ran a one-layer network")
+    return _STATUS[key]
+
+
+_STATUS: dict[int, tuple[bool, str]] = {}
 
 
 def gpu_info() -> dict[str, str]:
@@ -80,151 +111,8 @@ def gpu_info() -> dict[str, str]:
     return {"name": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}", "cuda": str(torch.version.cuda)}
 
 
-#: Quantized types TensorRT's ONNX parser takes in Q/DQ nodes (int4/fp4/fp8 besides int8; never uint8 or int32).
-_TRT_QUANT_TYPES = {"INT8", "INT4", "FLOAT8E4M3FN", "FLOAT4E2M1"}
-
-
-def qdq_problems(model) -> list[str]:
-    """Q/DQ nodes of ``model`` (an ``onnx.ModelProto``) that TensorRT's ONNX parser refuses, one line each
-    naming the node: a quantized type other than int8/int4/fp8/fp4 (an int32 bias Q/DQ, uint8
-    activations), a non-zero zero point (TensorRT quantizes symmetrically), or per-channel scales on
-    an activation (only weights may be quantized per channel).  Pure ONNX: runs on any machine."""
-    import onnx
-    from onnx import numpy_helper
-
-    constants = {init.name: init for init in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            constants[node.output[0]] = node.attribute[0].t
-    producer = {out: node for node in model.graph.node for out in node.output}
-
-    def type_name(tensor) -> str:
-        return onnx.TensorProto.DataType.Name(tensor.data_type)
-
-    def quantized_type(node) -> str | None:
-        if node.op_type == "DequantizeLinear":
-            if node.input[0] in constants:
-                return type_name(constants[node.input[0]])
-            source = producer.get(node.input[0])
-            return quantized_type(source) if source is not None and source.op_type == "QuantizeLinear" else None
-        if len(node.input) > 2 and node.input[2] in constants:
-            return type_name(constants[node.input[2]])
-        for attr in node.attribute:
-            if attr.name == "output_dtype" and attr.i:
-                return onnx.TensorProto.DataType.Name(attr.i)
-        return "UINT8"  # ONNX's default for a QuantizeLinear without a zero point
-
-    problems = []
-    for index, node in enumerate(model.graph.node):
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        name = f"{node.op_type} node {node.name or f'#{index}'}"
-        kind = quantized_type(node)
-        if kind is not None and kind not in _TRT_QUANT_TYPES:
-            what = "an int32 bias Q/DQ" if kind == "INT32" else f"{kind.lower()} quantization"
-            problems.append(f"{name}: {what} (TensorRT quantizes to int8, int4, fp8 or fp4 only)")
-        if len(node.input) > 2 and node.input[2] in constants:
-            zero_point = numpy_helper.to_array(constants[node.input[2]])
-            if zero_point.size and (zero_point.astype("float64") != 0).any():
-                problems.append(f"{name}: non-zero zero point (TensorRT needs symmetric quantization, zero point 0)")
-        data = node.input[0]
-        is_weight = data in constants or (node.op_type == "DequantizeLinear" and data in producer
-                                          and producer[data].op_type == "QuantizeLinear" and producer[data].input[0] in constants)  # fmt: skip
-        scale = constants.get(node.input[1]) if len(node.input) > 1 else None
-        if not is_weight and scale is not None and numpy_helper.to_array(scale).size > 1:
-            problems.append(f"{name}: per-channel scales on an activation (TensorRT quantizes activations per tensor)")
-    return problems
-
-
-def network_flags(trt) -> int:
-    """``create_network`` flags for a strongly typed network: 11.x is always strongly typed (its
-    ``STRONGLY_TYPED`` is deprecated, ignored, and 0); 10.x opts in with ``1 << STRONGLY_TYPED`` (1)."""
-    if int(str(trt.__version__).split(".")[0]) >= 11:
-        return 0
-    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    if strongly_typed is None:
-        raise FcnDeployError(f"TensorRT {trt.__version__} cannot build strongly typed networks; install TensorRT 10.x or 11.x")
-    return 1 << int(strongly_typed)
-
-
-def builder_settings(trt, config) -> dict[str, object]:
-    """What the manifest records about the builder: every flag that is set, TF32, the optimisation level."""
-    members = getattr(trt.BuilderFlag, "__members__", {})
-    flags = sorted(name for name, flag in members.items() if config.get_flag(flag))
-    settings: dict[str, object] = {"flags": flags, "tf32": "TF32" in flags}
-    level = getattr(config, "builder_optimization_level", None)
-    if level is not None:
-        settings["builder_optimization_level"] = int(level)
-    return settings
-
-
-def build_plan(
-    onnx_path: str | Path,
-    plan_path: str | Path,
-    profile: Profile,
-    workspace_gib: float = 4.0,
-    timing_cache: str | Path | None = None,
-    listener: Listener = SILENT,
-) -> dict[str, object]:
-    """Parse ``onnx_path``, build a serialised plan for ``profile`` and write it atomically."""
-    trt = import_tensorrt()
-    logger = trt_logger(trt)
-    builder = trt.Builder(logger)
-    flags = network_flags(trt)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = []
-        for i in range(parser.num_errors):
-            err = parser.get_error(i)
-            node = f"node {err.node()} ({err.node_name()}, {err.node_operator()})" if hasattr(err, "node_name") else ""
-            errors.append(f"{node}: {err.desc()}".strip(": "))
-        raise FcnDeployError(f"{onnx_path}: TensorRT could not parse the ONNX: " + " | ".join(errors or ["unknown error"]))
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if hasattr(trt.BuilderFlag, "TF32"):  # on by default: FP32 tensors would be multiplied with 10-bit mantissas
-        config.clear_flag(trt.BuilderFlag.TF32)
-    opt_profile = builder.create_optimization_profile()
-    name = network.get_input(0).name
-    shapes = [(n, 3, h, w) for n, h, w in (profile.min, profile.opt, profile.max)]
-    opt_profile.set_shape(name, *shapes)
-    config.add_optimization_profile(opt_profile)
-    cache_bytes = b""
-    if timing_cache is not None and Path(timing_cache).is_file():
-        cache_bytes = Path(timing_cache).read_bytes()
-    cache = config.create_timing_cache(cache_bytes)
-    reused = bool(cache_bytes)
-    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-        listener.note(f"timing cache {timing_cache} does not match this TensorRT/GPU; starting a new one", level="warning")
-        reused = False
-        cache = config.create_timing_cache(b"")
-        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=True):
-            raise FcnDeployError(f"TensorRT {trt.__version__} could not start a timing cache; build without one", options=("timing_cache",))
-    listener.note(f"building TensorRT {trt.__version__} engine for {shapes[0]}..{shapes[2]} (opt {shapes[1]})")
-    started = time.perf_counter()
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise FcnDeployError(f"{onnx_path}: TensorRT failed to build an engine (see the TensorRT log above)")
-    with atomic_path(plan_path) as tmp:
-        tmp.write_bytes(bytes(plan))
-    written = b""
-    if timing_cache is not None:
-        written = bytes(config.get_timing_cache().serialize())
-        atomic_write_bytes(timing_cache, written)
-    return {
-        "build_seconds": time.perf_counter() - started,
-        "tensorrt": trt.__version__,
-        "network_flags": flags,
-        "strongly_typed": True,
-        "builder": builder_settings(trt, config),
-        "workspace_bytes": int(workspace_gib * (1 << 30)),
-        "timing_cache": str(timing_cache or ""),
-        "timing_cache_bytes_read": len(cache_bytes),
-        "timing_cache_reused": reused,
-        "timing_cache_bytes_written": len(written),
-    }
-
-
+#: Shapes whose buffers (and CUDA graphs) a runner keeps; validation's many sizes reuse the oldest slots.
+MAX_BOUND_SHAPES = 8
 #: TensorRT I/O types this runner can bind (anything else is refused rather than mis-sized).
 BINDABLE = ("float32", "float16", "int32", "int64", "int8", "uint8", "bool")
 
@@ -238,7 +126,12 @@ class TrtRunner(Runner):
     #: Where buffers are allocated (torch device type); only a test of the binding logic changes it.
     buffer_device = "cuda"
 
-    def __init__(self, plan_path: str | Path, meta: ModelMeta, precision: str, profile: Profile | None = None):
+    #: CUDA-event GPU timing: None follows the buffers (on when they are on a GPU); a test of the timing logic sets it.
+    gpu_events: bool | None = None
+    #: TensorRT tunes its tactics at the profile's opt shape (the benchmark notes timings far from it).
+    tuned_at_opt = True
+
+    def __init__(self, plan_path: str | Path, meta: ModelMeta, precision: str, profile: Profile | None = None, cuda_graph: bool = False):
         import torch
 
         trt = import_tensorrt()
@@ -267,6 +160,13 @@ class TrtRunner(Runner):
             path, meta, profile or Profile((lo[0], lo[2], lo[3]), (opt[0], opt[2], opt[3]), (hi[0], hi[2], hi[3])), precision
         )
         self.stream = torch.cuda.Stream()
+        #: Replay one CUDA graph per shape instead of enqueuing the engine's kernels on each call.
+        self.cuda_graph = cuda_graph
+        self.last_gpu_ms: float | None = None
+        self._buffers: dict[tuple[int, ...], tuple[Any, dict[str, Any]]] = {}
+        self._graphs: dict[tuple[int, ...], Any] = {}
+        self._bound_shape: tuple[int, ...] | None = None
+        self._event_pair = None
 
     def _torch_dtype(self, name: str, path: Path):
         trt_type = self.engine.get_tensor_dtype(name).name
@@ -287,25 +187,93 @@ class TrtRunner(Runner):
         return [self._spec(n) for n in self._outputs]
 
     def infer_on_device(self, batch):
-        """Run on a CUDA tensor; returns ``{output name: CUDA tensor}`` (no host copies)."""
+        """Run on a CUDA tensor; returns ``{output name: CUDA tensor}`` (no host copies).
+
+        The buffers are allocated once per shape and reused (the returned tensors are overwritten by
+        the next call at that shape).  ``last_gpu_ms`` is the GPU time of the run alone, from CUDA
+        events on the runner's stream (None where the buffers are not on a GPU)."""
         torch = self._torch
         n, _, h, w = batch.shape
         self.profile.check(n, h, w)
         name = self._inputs[0]
-        batch = batch.to(device=self.cuda, dtype=self._dtypes[name]).contiguous()
-        if not self.context.set_input_shape(name, tuple(batch.shape)):
-            raise FcnDeployError(f"{self.path}: TensorRT refused input shape {tuple(batch.shape)} (outside the engine's profile?)")
-        self.context.set_tensor_address(name, batch.data_ptr())
-        outputs = {}
-        for out in self._outputs:
-            tensor = torch.empty(tuple(self.context.get_tensor_shape(out)), dtype=self._dtypes[out], device=self.cuda)
-            self.context.set_tensor_address(out, tensor.data_ptr())
-            outputs[out] = tensor
+        shape = tuple(batch.shape)
+        staging, outputs = self._bind(shape)
+        batch = batch.to(device=self.cuda, dtype=self._dtypes[name])
+        if self.cuda_graph or not batch.is_contiguous() or not is_aligned(batch):
+            staging.copy_(batch)  # a CUDA graph reads its captured address; TensorRT needs 256-byte alignment
+            batch = staging
+        self._address(name, batch)
         self.stream.wait_stream(torch.cuda.current_stream())
+        start, end = self._events() or (None, None)
+        if self.cuda_graph:
+            graph = self._graph(shape)
+            if start is not None:
+                start.record(self.stream)
+            with torch.cuda.stream(self.stream):
+                graph.replay()
+        else:
+            if start is not None:
+                start.record(self.stream)
+            self._execute()
+        if end is not None:
+            end.record(self.stream)
+        self.stream.synchronize()
+        self.last_gpu_ms = start.elapsed_time(end) if start is not None else None
+        return outputs
+
+    def _bind(self, shape: tuple[int, ...]):
+        """This shape's staging input and output buffers (allocated on first use), set on the context."""
+        torch = self._torch
+        name = self._inputs[0]
+        if shape == self._bound_shape:
+            return self._buffers[shape]
+        if not self.context.set_input_shape(name, shape):
+            raise FcnDeployError(f"{self.path}: TensorRT refused input shape {shape} (outside the engine's profile?)")
+        if shape not in self._buffers:
+            if len(self._buffers) >= MAX_BOUND_SHAPES:  # the oldest shape's buffers and graph go
+                oldest = next(iter(self._buffers))
+                del self._buffers[oldest]
+                self._graphs.pop(oldest, None)
+            staging = aligned_empty(torch, shape, self._dtypes[name], self.cuda)
+            outputs = {out: aligned_empty(torch, tuple(self.context.get_tensor_shape(out)), self._dtypes[out], self.cuda)
+                       for out in self._outputs}  # fmt: skip
+            self._buffers[shape] = (staging, outputs)
+        for out, tensor in self._buffers[shape][1].items():
+            self._address(out, tensor)
+        self._bound_shape = shape
+        return self._buffers[shape]
+
+    def _address(self, name: str, tensor) -> None:
+        if not is_aligned(tensor):
+            raise FcnDeployError(f"{self.path}: tensor {name!r} is not 256-byte aligned, as TensorRT requires")
+        if self.context.set_tensor_address(name, tensor.data_ptr()) is False:
+            raise FcnDeployError(f"{self.path}: TensorRT refused the address of tensor {name!r} (not a device pointer, or misaligned)")
+
+    def _execute(self) -> None:
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise FcnDeployError(f"{self.path}: TensorRT execution failed")
-        self.stream.synchronize()
-        return outputs
+
+    def _graph(self, shape: tuple[int, ...]):
+        """The CUDA graph of one run at ``shape`` (trtexec's ``--useCudaGraph``), captured on first use
+        after one plain run (TensorRT does its shape-dependent setup outside the capture)."""
+        torch = self._torch
+        if shape not in self._graphs:
+            self._execute()
+            self.stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+                self._execute()
+            self._graphs[shape] = graph
+        return self._graphs[shape]
+
+    def _events(self):
+        """A start and an end CUDA event (timing enabled), made once; None without a GPU."""
+        timed = self.gpu_events if self.gpu_events is not None else self.cuda.type == "cuda"
+        if not timed:
+            return None
+        if self._event_pair is None:
+            self._event_pair = (self._torch.cuda.Event(enable_timing=True), self._torch.cuda.Event(enable_timing=True))
+        return self._event_pair
 
     def infer_impl(self, batch: np.ndarray, need_logits: bool) -> dict[str, np.ndarray | None]:
         outputs = self.infer_on_device(self._torch.from_numpy(batch))
@@ -316,7 +284,14 @@ class TrtRunner(Runner):
             "logits": logits.float().cpu().numpy() if need_logits and logits is not None else None,
         }
 
+    def use_cuda_graph(self, enabled: bool = True) -> None:
+        """Capture and replay a CUDA graph per shape (the benchmark's ``cuda_graph``)."""
+        self.cuda_graph = enabled
+        self._graphs.clear()
+
     def close(self) -> None:
+        self._graphs.clear()
+        self._buffers.clear()
         self.context = None
         self.engine = None
 

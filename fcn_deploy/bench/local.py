@@ -9,6 +9,11 @@ Per engine and size it also reports the worker's peak memory and the achieved fr
 machine's peak: the model's FLOPs at that size (:mod:`.flops`, counted on the PyTorch model) per
 second, over the peak of the same device and thread count (:mod:`.peaks`).  An adopted model has
 no PyTorch model: its engines are timed alone, without a baseline or FLOP counts.
+
+On a GPU each row also has the GPU time (``gpu_median_ms``, from CUDA events) next to the host's
+wall time (``median_ms``), the PyTorch baseline has a TF32 row of its own (the baseline is FP32 with
+TF32 off), and a row says so (``notes``) when its engine was tuned at an opt shape far from the
+size it was timed at, or when it asked for the GPU and its session runs on the CPU.
 """
 
 from __future__ import annotations
@@ -92,13 +97,15 @@ def run_benchmark(
     warmup: int = 3,
     iters: int = 20,
     threads: int | None = None,
+    cuda_graph: bool = False,
     listener: Listener = SILENT,
 ) -> dict[str, Any]:
     """Time the PyTorch baseline and every engine at every size; return the report dict.
 
     ``reference`` is the baseline's checkpoint (default: the one the first engine was exported
     from, found beside its source ONNX; none for an adopted model).  ``results`` holds one row
-    per contender and size; the baseline's rows carry ``baseline: True``.
+    per contender and size; the baseline's rows carry ``baseline: True``.  ``cuda_graph``: GPU
+    engines that can replay a CUDA graph per shape do (trtexec's ``--useCudaGraph``).
     """
     import torch
 
@@ -122,7 +129,7 @@ def run_benchmark(
         )
     engine_devices = [_engine_device(p, k) for p, k in zip(engines, kinds)]
     devices = list(dict.fromkeys(["cpu", *engine_devices]))  # the baseline runs on the CPU and on each engine's device
-    contenders = [Contender(str(p), str(p), d) for p, d in zip(engines, engine_devices)]
+    contenders = [Contender(str(p), str(p), d, cuda_graph=cuda_graph and d == "cuda") for p, d in zip(engines, engine_devices)]
     flops_at: dict[tuple[int, int], float | None] = dict.fromkeys(sizes)
     if reference is None:  # an adopted ONNX has no PyTorch model to time or count FLOPs on
         listener.note(f"{engines[0]} was adopted from a foreign ONNX and has no PyTorch checkpoint: "
@@ -130,6 +137,8 @@ def run_benchmark(
     else:
         ckpt = load_checkpoint(reference)
         contenders = [Contender(f"torch-eager ({reference.name})", str(reference), d, baseline=True) for d in devices] + contenders
+        if "cuda" in devices:  # the baseline is FP32 with TF32 off; TF32 (torch's cuDNN default) is labelled apart
+            contenders.insert(len(devices), Contender(f"torch-eager-tf32 ({reference.name})", str(reference), "cuda", tf32=True))
         reference_model = ckpt.build_model()
         flops_at = {(h, w): count_flops(reference_model, h, w, batch) for h, w in sizes}
         del reference_model
@@ -155,6 +164,8 @@ def run_benchmark(
     for contender, (info, samples) in zip(contenders, timed):
         for h, w in sizes:
             stats = summarise(samples[(h, w)])
+            gpu_samples = info.get("gpu_samples_ms", {}).get((h, w))
+            gpu = summarise(gpu_samples) if gpu_samples else {}
             base = baselines.get((info["device"], (h, w)))
             flops = flops_at[(h, w)]
             gflops = flops / (stats["median_ms"] / 1000) / 1e9 if flops else None
@@ -173,7 +184,12 @@ def run_benchmark(
                 "peak_source": peak.source if peak else None, "fraction_of_peak": fraction,
                 "above_peak": bool(fraction and fraction > 1.0), "samples_ms": samples[(h, w)],
                 "worker_pid": info["pid"],
+                "gpu_median_ms": gpu.get("median_ms"), "gpu_p10_ms": gpu.get("p10_ms"), "gpu_p90_ms": gpu.get("p90_ms"),
+                "gpu_samples_ms": gpu_samples, "tf32": info.get("tf32", False), "cuda_graph": info.get("cuda_graph", False),
+                "opt": info.get("opt"), "notes": row_notes(info, batch, h, w),
             })  # fmt: skip
+    for note in dict.fromkeys(f"{Path(r['engine']).name}: {n}" for r in results for n in r["notes"]):
+        listener.note(note, level="warning")
     for row in results:
         if row["above_peak"]:  # a measurement or labelling bug: no engine outruns the kernel its arithmetic runs on
             listener.note(f"{row['label']} at {row['height']}x{row['width']} ran at {row['fraction_of_peak']:.0%} of its {row['peak_kind']} "
@@ -188,6 +204,26 @@ def run_benchmark(
                      "isolation": "one worker process per engine",
                      "order": f"interleaved blocks of {BLOCK}, {SETTLE_S * 1000:.0f} ms settle + 1 untimed call before each"},
     }  # fmt: skip
+
+
+#: How far (in pixels per batch, either way) a timed size may be from the engine's opt before the row says so.
+FAR_FROM_OPT = 2.0
+
+
+def row_notes(info: dict[str, Any], batch: int, height: int, width: int) -> list[str]:
+    """What a row's reader must know: an engine tuned at an opt shape far from this size, a GPU run
+    that fell back to the CPU."""
+    notes = []
+    opt = info.get("opt")
+    if info.get("tuned_at_opt") and opt:
+        n, oh, ow = opt
+        factor = (batch * height * width) / max(1, n * oh * ow)
+        if factor > FAR_FROM_OPT or factor < 1 / FAR_FROM_OPT:
+            notes.append(f"timed at {batch}x{height}x{width}, far from the {n}x{oh}x{ow} its {info['backend']} engine was tuned at "
+                         "(its opt shape): rebuild it with that opt shape to time it where it runs")  # fmt: skip
+    if info.get("device_fallback"):
+        notes.append(f"{info['device_fallback']}: this row is a CPU figure")
+    return notes
 
 
 def ratio(results: list[dict], numerator: str, denominator: str, size: tuple[int, int] | None = None) -> float | None:

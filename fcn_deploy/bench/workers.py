@@ -8,7 +8,13 @@ threads are parked, each block starts after a short settle pause and one untimed
 interleaving makes drift in machine speed (shared VMs, thermal limits) hit every engine alike.
 
 Memory is the worker's peak RSS growth while the engine loads and warms up (CUDA engines: the
-device memory in use, from ``torch.cuda.mem_get_info``).
+growth of the device memory in use, from ``torch.cuda.mem_get_info``, which counts the whole GPU: so
+CUDA workers load and warm up **one at a time**, each engine's peak measured alone).
+
+On a GPU each timed call also records its GPU time, apart from the host's wall time: the runner's own
+CUDA events around the execution where it keeps them (``last_gpu_ms``: TensorRT), else two events
+on the current stream around the call.  The PyTorch CUDA baseline runs FP32 with TF32 off (torch's
+cuDNN default is TF32); a ``tf32`` contender is the same model with TF32 on, a row of its own.
 """
 
 from __future__ import annotations
@@ -49,6 +55,10 @@ class Contender:
     path: str
     device: str = "cpu"
     baseline: bool = False
+    #: CUDA only: TF32 matrix multiplies and convolutions allowed (the baseline has them off).
+    tf32: bool = False
+    #: Replay a CUDA graph per shape where the runner can (``use_cuda_graph``).
+    cuda_graph: bool = False
 
 
 def check_runs(warmup: int, iters: int) -> None:
@@ -110,6 +120,27 @@ def _peak_rss_bytes() -> int | None:
     return None
 
 
+def _gpu_timed(runner: Runner, call, cuda: bool):
+    """``call`` returning its GPU milliseconds too (None off the GPU): the runner's events where it
+    keeps them, else events on the current stream around the call."""
+    if not cuda:
+        return lambda: (call(), None)
+    if hasattr(runner, "last_gpu_ms"):
+        return lambda: (call(), runner.last_gpu_ms)
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def timed():
+        start.record()
+        call()
+        end.record()
+        end.synchronize()
+        return None, start.elapsed_time(end)
+
+    return timed
+
+
 def _worker_main(conn, contender: Contender, threads: int | None, sizes: list[tuple[int, int]], batch: int, warmup: int) -> None:
     """A worker process: open one engine, warm it up, then time blocks on request."""
     from ..backends import open_runner
@@ -123,22 +154,36 @@ def _worker_main(conn, contender: Contender, threads: int | None, sizes: list[tu
             if threads:
                 torch.set_num_threads(threads)
             cuda = cuda and torch.cuda.is_available()
+            if cuda:  # torch's cuDNN default is TF32: FP32 means TF32 off, TF32 is a row of its own
+                torch.backends.cuda.matmul.allow_tf32 = contender.tf32
+                torch.backends.cudnn.allow_tf32 = contender.tf32
         used = (lambda: torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0]) if cuda else _rss_bytes
         before = used()
         peak_tracked = not cuda and _reset_peak_rss()
         runner = open_runner(contender.path, threads=threads, device=contender.device)
+        graph = bool(contender.cuda_graph and cuda and hasattr(runner, "use_cuda_graph"))
+        if graph:
+            runner.use_cuda_graph()
         calls = {}
         peak = used()
         for h, w in sizes:
             runner.profile.check(batch, h, w)
-            calls[(h, w)] = infer_call(runner, scene_batch(h, w, batch, runner.meta))
+            calls[(h, w)] = _gpu_timed(runner, infer_call(runner, scene_batch(h, w, batch, runner.meta)), cuda and runner.device == "cuda")
             for _ in range(max(1, warmup)):
                 calls[(h, w)]()
                 peak = max(peak, used())
         grown = max(peak, (_peak_rss_bytes() or 0) if peak_tracked else 0) - before
-        conn.send(("ready", {"backend": runner.backend, "precision": runner.precision, "arithmetic": runner.arithmetic,
-                             "device": runner.device, "pid": os.getpid(),
-                             "peak_memory_mb": grown / 1e6, "memory_kind": "cuda_device_memory" if cuda else "peak_rss_growth"}))  # fmt: skip
+        tf32 = bool(cuda and contender.tf32)
+        fallback = None
+        if contender.device != "cpu" and runner.device != contender.device:  # e.g. ORT's CUDA provider absent from the session
+            providers = ", ".join(getattr(runner, "providers", None) or ["?"])
+            fallback = f"asked to run on {contender.device}, its session runs on {runner.device} (providers: {providers})"
+        conn.send(("ready", {
+            "backend": runner.backend, "precision": "tf32" if tf32 else runner.precision, "device": runner.device,
+            "arithmetic": "tf32" if tf32 else runner.arithmetic, "pid": os.getpid(), "tf32": tf32, "cuda_graph": graph,
+            "opt": list(runner.profile.opt), "tuned_at_opt": bool(getattr(runner, "tuned_at_opt", False)), "device_fallback": fallback,
+            "peak_memory_mb": grown / 1e6, "memory_kind": "cuda_device_memory" if cuda else "peak_rss_growth",
+        }))  # fmt: skip
         while True:
             message = conn.recv()
             if message[0] == "close":
@@ -146,12 +191,13 @@ def _worker_main(conn, contender: Contender, threads: int | None, sizes: list[tu
             _, size, count = message
             call = calls[tuple(size)]
             call()  # untimed: caches and thread pools wake up
-            samples = []
+            samples, gpu = [], []
             for _ in range(count):
                 start = time.perf_counter()
-                call()
+                _, gpu_ms = call()
                 samples.append((time.perf_counter() - start) * 1000.0)
-            conn.send(("samples", samples))
+                gpu.append(gpu_ms)
+            conn.send(("samples", {"wall": samples, "gpu": gpu if None not in gpu else None}))
         runner.close()
     except FcnDeployError as exc:
         conn.send(("error", str(exc)))
@@ -215,10 +261,17 @@ def time_contenders(
     try:
         listener.start("benchmark-load", total=len(contenders), description="loading engines in their worker processes", unit="engines")
         started.append("benchmark-load")
-        workers.extend(_Worker(c, threads, sizes, batch, warmup) for c in contenders)
-        for worker in workers:
-            worker.info = worker.receive("ready")
-            listener.advance("benchmark-load")
+        # host engines load side by side; CUDA ones one at a time (device memory is measured GPU-wide)
+        order = [i for i, c in enumerate(contenders) if c.device != "cuda"] + [i for i, c in enumerate(contenders) if c.device == "cuda"]
+        loaded: dict[int, _Worker] = {}
+        for position, index in enumerate(order):
+            loaded[index] = _Worker(contenders[index], threads, sizes, batch, warmup)
+            workers.append(loaded[index])
+            if position == len(order) - 1 or "cuda" in (contenders[index].device, contenders[order[position + 1]].device):
+                for worker in [w for w in loaded.values() if not w.info]:
+                    worker.info = worker.receive("ready")
+                    listener.advance("benchmark-load")
+        workers = [loaded[i] for i in range(len(contenders))]
         listener.finish(started.pop())
         samples = {(i, size): [] for i in range(len(workers)) for size in sizes}
         listener.start("benchmark", total=len(samples) * iters, description="timing", unit="runs")
@@ -230,7 +283,11 @@ def time_contenders(
                     continue
                 time.sleep(SETTLE_S)
                 workers[i].conn.send(("block", size, count))
-                got.extend(workers[i].receive("samples"))
+                block = workers[i].receive("samples")
+                got.extend(block["wall"])
+                gpu = workers[i].info.setdefault("gpu_samples_ms", {})
+                if block["gpu"] is not None:
+                    gpu.setdefault(size, []).extend(block["gpu"])
                 listener.advance("benchmark", count)
         return [(w.info, {size: samples[(i, size)] for size in sizes}) for i, w in enumerate(workers)]
     finally:

@@ -29,6 +29,9 @@ def benchmark_command(
     ] = None,
     model: Annotated[str, typer.Option("--model", help="With --server: the served model's name.")] = "fcn",
     concurrency: Annotated[str, typer.Option(help="With --server: concurrent clients per level, e.g. 1,4,16.")] = "1,4,16",
+    cuda_graph: Annotated[
+        bool, typer.Option("--cuda-graph", help="GPU engines that can (TensorRT) replay a CUDA graph per size (trtexec's --useCudaGraph).")
+    ] = False,
 ) -> None:
     """Time engines against the PyTorch eager FP32 baseline, in one run; or a Triton server under concurrency (--server)."""
     from ..validation import parse_sizes
@@ -55,7 +58,7 @@ def benchmark_command(
 
     result = run_benchmark(
         engines or [], reference=reference, sizes=parse_sizes(sizes), batch=batch, warmup=warmup, iters=iters,
-        threads=threads, listener=listener,
+        threads=threads, cuda_graph=cuda_graph, listener=listener,
     )  # fmt: skip
     print_results(console, result["results"])
     print_peaks(console, result)

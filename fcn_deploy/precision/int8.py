@@ -24,6 +24,14 @@ backend declares its own ``int8_encoding``):
 
 Nodes named in ``float_nodes`` (the INT8 repair's choice, or the user's) keep float weights and
 read float inputs.
+
+What is not quantized computes in the encoding's ``float_ops`` type.  For TensorRT that is **FP16**,
+as NVIDIA builds INT8 (ModelOpt's ``high_precision_dtype='fp16'``): a strongly typed engine runs an
+op in the type its graph gives it, so FP32 float parts would run in plain FP32 (TF32 is off) inside
+an INT8 engine whose FP16 sibling runs them in FP16.  The Q/DQ scales become FP16 too, so every DQ
+feeds its op directly (TensorRT fuses them).  The I/O stays float32, and the nodes whose values
+exceed FP16's range stay FP32, by the FP16 transform's rule (:func:`.fp16.overflowing_nodes`);
+float nodes chosen by the repair become FP16 like the rest.
 """
 
 from __future__ import annotations
@@ -41,17 +49,20 @@ from ..data.calibration import MIN_CALIB_IMAGES, CalibrationSet
 from ..errors import FcnDeployError
 from ..events import SILENT, Listener
 from ..onnxkit.graph import name_nodes
-from . import cache
+from . import cache, fp16
 from .context import TransformContext
-from .qdq import drop_input_qdq, quantized_inputs, residual_add_inputs
+from .qdq import drop_input_qdq, float_ops_in_fp16, quantized_inputs, residual_add_inputs
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 INT8_OP_TYPES = ["Conv", "Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Mul", "BatchNormalization"]
 #: INT8 activation encodings (see the module docstring for why backends differ).
 INT8_ENCODINGS = {
-    "int8-symmetric": {"activations": "int8", "symmetric": True, "residual_add_input": "float"},
-    "uint8-asymmetric": {"activations": "uint8", "symmetric": False, "residual_add_input": "quantized"},
+    "int8-symmetric": {"activations": "int8", "symmetric": True, "residual_add_input": "float", "float_ops": "float16"},
+    "uint8-asymmetric": {"activations": "uint8", "symmetric": False, "residual_add_input": "quantized", "float_ops": "float32"},
 }
+#: Encoding fields that change the measured ranges (the calibration cache key): not ``float_ops``,
+#: which is applied after the ranges are measured on the FP32 graph.
+_RANGE_FIELDS = ("activations", "symmetric", "residual_add_input")
 #: Where Q/DQ pairs go (part of the calibration cache key and the manifest).
 INT8_PLACEMENT = "inputs of quantized ops only (ModelOpt)"
 #: Fewest calibration images per method: the histogram methods estimate the tails of every tensor's
@@ -98,7 +109,8 @@ def require_images(calibration: CalibrationSet, method: str) -> None:
 
 
 def calibration_cache_key(model_bytes: bytes, calibration: CalibrationSet, method: str, encoding: str = "int8-symmetric") -> str:
-    return cache.calibration_cache_key(model_bytes, calibration, method, INT8_ENCODINGS[encoding], INT8_OP_TYPES, INT8_PLACEMENT)
+    fields = {k: v for k, v in INT8_ENCODINGS[encoding].items() if k in _RANGE_FIELDS}
+    return cache.calibration_cache_key(model_bytes, calibration, method, fields, INT8_OP_TYPES, INT8_PLACEMENT)
 
 
 def prepare(model: onnx.ModelProto, out: Path) -> onnx.ModelProto:
@@ -139,6 +151,9 @@ class Quantizer:
         if self.cache_hit:
             self.ranges.write_bytes(self.cache_path.read_bytes())  # type: ignore[union-attr]
         self.residual = residual_add_inputs(self.prepared) if INT8_ENCODINGS[encoding]["residual_add_input"] == "float" else []
+        self.float_ops = str(INT8_ENCODINGS[encoding]["float_ops"])
+        #: Nodes whose values exceed FP16's range, kept FP32 when the float ops are FP16.
+        self.kept_fp32 = fp16.overflowing_nodes(self.prepared, calibration, fp16.FP16_DATA_MAX) if self.float_ops == "float16" else []
 
     def close(self) -> None:
         self._tmp.cleanup()
@@ -191,12 +206,15 @@ class Quantizer:
         drop_input_qdq(quantized, self.residual)
         if float_nodes:  # an excluded node may still read a tensor another consumer quantizes: give it the float one
             drop_input_qdq(quantized, [pair for name in float_nodes for pair in quantized_inputs(quantized, name)])
+        if self.float_ops == "float16":
+            quantized = float_ops_in_fp16(quantized, self.kept_fp32)
         return quantized
 
     def report(self) -> dict[str, object]:
         return {
             "calibration_method": self.method, "cache_key": self.key, "cache_hit": self.cache_hit, "cache_file": str(self.cache_path or ""),
             "encoding": self.encoding, "residual_add_inputs_float": [f"{name}:{index}" for name, index in self.residual],
+            "float_ops": self.float_ops, "kept_fp32_nodes": list(self.kept_fp32),
         }  # fmt: skip
 
 
@@ -242,4 +260,5 @@ def int8_details(encoding_name: str, float_nodes: tuple[str, ...] | list[str]) -
         "residual_add_input": encoding["residual_add_input"],
         "excluded_ops": ["ConvTranspose (kept float: quantizing the bilinear upsampling lowered agreement; README)"],
         "float_nodes": list(float_nodes),
+        "float_ops": encoding["float_ops"] if encoding["float_ops"] != "float16" else "float16 (FP32 where values exceed FP16 range; I/O float32)",
     }

@@ -108,3 +108,27 @@ def quantized_inputs(model: onnx.ModelProto, node_name: str) -> list[tuple[str, 
 def qdq_pairs(model: onnx.ModelProto) -> int:
     """How many QuantizeLinear nodes the graph has (one per quantized activation tensor)."""
     return sum(1 for node in model.graph.node if node.op_type == "QuantizeLinear")
+
+
+#: The first ai.onnx opset whose QuantizeLinear/DequantizeLinear take FP16 scales.
+FP16_QDQ_OPSET = 19
+
+
+def float_ops_in_fp16(model: onnx.ModelProto, keep_fp32: list[str]) -> onnx.ModelProto:
+    """``model`` (a Q/DQ graph) with its float ops in FP16, I/O float32 and ``keep_fp32`` in FP32.
+
+    The Q/DQ nodes take FP16 scales, so a DQ feeds its FP16 op with no Cast between them (TensorRT
+    fuses Q/DQ into the op it feeds); before opset 19, whose Q/DQ take float32 scales only, they stay
+    FP32 behind casts."""
+    import warnings
+
+    from onnxconverter_common import float16
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    block = list(keep_fp32)
+    if opset < FP16_QDQ_OPSET:
+        block += [n.name for n in model.graph.node if n.op_type in QDQ_OPS]
+    with warnings.catch_warnings():  # it warns once per weight it rounds to the smallest FP16 value
+        warnings.simplefilter("ignore", UserWarning)
+        return float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=block, max_finite_val=65504.0,
+                                                disable_shape_infer=False)  # fmt: skip

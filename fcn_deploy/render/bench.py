@@ -34,13 +34,15 @@ def print_peaks(console: Console, report: dict[str, Any]) -> None:
 def print_results(console: Console, results: list[dict[str, Any]]) -> None:
     """One row per contender and size (``run_benchmark(...)["results"]``); the baseline's file is its label."""
     table = Table(title="benchmark (median of timed runs; p10-p90 spread)")
-    for column in ("backend", "precision", "device", "N x H x W", "median ms", "p10-p90 ms", "fps", "vs torch",
-                   "peak MB", "GOP/s", "% of peak", "file"):  # fmt: skip
+    gpu = any(r.get("gpu_median_ms") is not None for r in results)
+    for column in ("backend", "precision", "device", "N x H x W", "median ms", *(["GPU ms"] if gpu else []), "p10-p90 ms", "fps",
+                   "vs torch", "peak MB", "GOP/s", "% of peak", "file"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("backend", "precision", "device", "file") else "right")
     for r in results:
         table.add_row(
             escape(r["backend"]), escape(r["precision"]), escape(r["device"]),
-            f"{r['batch']}x{r['height']}x{r['width']}", f"{r['median_ms']:.1f}", f"{r['p10_ms']:.1f}-{r['p90_ms']:.1f}",
+            f"{r['batch']}x{r['height']}x{r['width']}", f"{r['median_ms']:.1f}",
+            *([_or_dash(r.get("gpu_median_ms"), ".2f")] if gpu else []), f"{r['p10_ms']:.1f}-{r['p90_ms']:.1f}",
             f"{r['throughput_fps']:.2f}", _or_dash(r["speedup_vs_torch"], ".2f", "x"), _or_dash(r["peak_memory_mb"], ".0f"),
             _or_dash(r["achieved_gflops"], ".1f"),
             _peak_cell(r),
