@@ -236,8 +236,14 @@ def test_fp32_engines_validate_against_the_original_onnx(zoo, name, backend, tmp
 FP16_FLOORS = ["--min-agreement", "0.99", "--min-size-agreement", "0.99"]
 
 
+def reduced_precision_models() -> list:
+    """fcn_resnet50 (33M parameters) runs its FP16 and INT8 cases behind the ``slow`` marker: they take
+    most of this module's time, and the two mobile models exercise the same code paths."""
+    return [pytest.param(name, marks=[pytest.mark.slow] if name in HEAVY else []) for name in TORCHVISION]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", list(TORCHVISION))
+@pytest.mark.parametrize("name", reduced_precision_models())
 def test_fp16_engines_validate_against_the_original_onnx(zoo, name, backend, tmp_path):
     engine = zoo.engine(name, backend, "fp16")
     code, report = validate(engine, zoo.source(name), tmp_path, *FP16_FLOORS)
@@ -251,7 +257,7 @@ def test_fp16_engines_validate_against_the_original_onnx(zoo, name, backend, tmp
 
 
 def int8_case(name: str, backend: str):
-    marks = []
+    marks = [pytest.mark.slow] if name in HEAVY else []
     if (name, backend) == ("lraspp_mobilenet_v3_large", "openvino"):
         marks.append(pytest.mark.xfail(strict=True, reason=(
             "OpenVINO 2026.4 runs LR-ASPP's INT8 Q/DQ graph far from ONNX Runtime running the same graph "
