@@ -199,10 +199,15 @@ def segment_tiled(
         grow = y0 + tile_h_row - (top + band.shape[1])
         if grow > 0:
             band = np.concatenate([band, np.zeros((classes, grow, width), dtype=np.float32)], axis=1)
-        weight_y = ramp(y0, tile_h_row, height, ramp_y)
+        weight_y = ramp(y0, tile_h_row, height, ramp_y)[:, None]
+        weights: dict[tuple[bool, int, bool], np.ndarray] = {}  # by (cut before, width, cut after): most tiles share one
+        scratch: dict[tuple[bool, int, bool], np.ndarray] = {}
         for (x0, tile_w_col), logits in zip(xs, _run_row(runner, image, y0, tile_h_row, xs)):
-            weight = weight_y[:, None] * ramp(x0, tile_w_col, width, ramp_x)[None, :]
-            band[:, y0 - top : y0 - top + tile_h_row, x0 : x0 + tile_w_col] += logits * weight
+            key = (x0 > 0, tile_w_col, x0 + tile_w_col < width)
+            if key not in weights:
+                weights[key] = weight_y * ramp(x0, tile_w_col, width, ramp_x)[None, :]
+                scratch[key] = np.empty_like(logits)  # the runner's own arrays are left alone (a GPU runner may reuse them)
+            band[:, y0 - top : y0 - top + tile_h_row, x0 : x0 + tile_w_col] += np.multiply(logits, weights[key], out=scratch[key])
     mask[top:] = mask_from_logits(band[None])[0]
     return mask
 
@@ -210,6 +215,14 @@ def segment_tiled(
 def probe_hw(profile: Profile) -> tuple[int, int]:
     """Where :func:`estimate_context` measures: :data:`PROBE_SIDE`, within the profile's opt..max."""
     return tuple(int(min(max(PROBE_SIDE, profile.opt[axis]), profile.max[axis])) for axis in (1, 2))  # type: ignore[return-value]
+
+
+def probe_scene(height: int, width: int, cell: int = 128) -> np.ndarray:
+    """A synthetic scene as a mosaic of ``cell``-sized scenes: one scene costs time in proportion to the
+    square of its area (each object paints a full-size texture), a mosaic in proportion to its area."""
+    rows, cols = -(-height // cell), -(-width // cell)
+    cells = [[make_scene(PROBE_SEED, r * cols + c, cell, cell)[0] for c in range(cols)] for r in range(rows)]
+    return np.concatenate([np.concatenate(row, axis=1) for row in cells], axis=0)[:height, :width]
 
 
 def estimate_context(runner: Runner, tolerance: float = TOLERANCE) -> Context:
@@ -234,7 +247,7 @@ def estimate_context(runner: Runner, tolerance: float = TOLERANCE) -> Context:
             f"{runner.path}: the profile ({height}x{width} at most) is too small to measure the receptive field; give a tile overlap",
             options=("tile_overlap",),
         )
-    probe = make_scene(PROBE_SEED, 0, height, width)[0]
+    probe = probe_scene(height, width)
     whole = _logits(runner, [probe])[0]
     scale = float(whole.std()) or 1.0
     reach, measured = 0, 0
@@ -300,7 +313,8 @@ class Tiler:
         profile = self.runner.profile
         tile_h, tile_w = tile_hw_for(profile, self.overlap)
         self.tiled_frames += 1
-        self.tiles += len(axis_tiles(height, tile_h, self.overlap, profile.max[1])) * len(axis_tiles(width, tile_w, self.overlap, profile.max[2]))
+        rows, cols = axis_tiles(height, tile_h, self.overlap, profile.max[1]), axis_tiles(width, tile_w, self.overlap, profile.max[2])
+        self.tiles += len(rows) * len(cols)
         return mask
 
     def summary(self) -> dict[str, Any]:
