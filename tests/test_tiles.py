@@ -165,3 +165,11 @@ def test_tiles_need_each_side_at_least_the_profile_minimum():
     runner = type("R", (), {"profile": Profile((1, 32, 32), (1, 256, 256), (8, 512, 512))})()
     with pytest.raises(FcnDeployError, match="smaller than the engine's minimum 32x32"):
         segment_tiled(runner, np.zeros((20, 1000, 3), np.uint8), overlap=0)
+
+
+def test_a_server_cannot_tile_because_it_returns_masks():
+    from fcn_deploy.inference import RemoteSegmenter
+
+    with pytest.raises(FcnDeployError, match="a server returns masks") as err:
+        RemoteSegmenter("127.0.0.1:1", tile="on")  # refused before connecting
+    assert err.value.options == ("tile", "server")

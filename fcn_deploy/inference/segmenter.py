@@ -143,14 +143,14 @@ class RemoteSegmenter(Segmenter):
     """A :class:`Segmenter` whose engine is a model on a Triton server (``fcn-deploy serve``).
 
     Frames go to the server as uint8 images, one request each and all of a batch in flight at once,
-    and the server fits out-of-profile sizes exactly as :meth:`Segmenter._segment` does locally, so
-    the masks equal a local run's with the same engine.
+    and the server fits out-of-profile sizes exactly as :meth:`Segmenter._segment` does locally with
+    ``tile="off"``, so the masks equal such a local run's with the same engine.
     """
 
     def __init__(self, server: str, model: str = DEFAULT_MODEL, on_resize: Callable[[str], None] | None = None, tile: str = "auto"):
         if tile == "on":
-            raise FcnDeployError("tiles blend an engine's logits, and a server returns masks: run tiles with a local engine",
-                                 options=("tile", "server"))  # fmt: skip
+            raise FcnDeployError("tiles blend an engine's logits, and a server returns masks (it resizes what exceeds its profile): "
+                                 "run tiles with a local engine", options=("tile", "server"))  # fmt: skip
         super().__init__(RemoteRunner(server, model), on_resize, tile="off")
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
