@@ -39,3 +39,49 @@ def random_checkpoint(path: Path, arch: str, arch_kwargs: dict, num_classes: int
         palette=[[i * 60, 0, 0] for i in range(num_classes)], min_size=32, train_size=64, arch_kwargs=arch_kwargs,
     )  # fmt: skip
     return save_checkpoint(path, model.eval(), meta)
+
+
+def conv_onnx(path: Path, kernels: tuple[int, ...] = (5,), num_classes: int = 3, seed: int = 0) -> Path:
+    """A cheap fully convolutional "model": random ``k x k`` convolutions with zero padding (ReLU between),
+    with fcn-deploy metadata.  Its receptive field is known exactly: a cut edge reaches ``sum(k // 2)`` pixels."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fcn_deploy.meta import write_onnx_meta
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, channels, name = [], [], 3, "image"
+    for index, kernel in enumerate(kernels):
+        out_channels = num_classes if index == len(kernels) - 1 else 8
+        weight = rng.normal(0, 1, (out_channels, channels, kernel, kernel)).astype(np.float32)
+        inits.append(numpy_helper.from_array(weight, f"w{index}"))
+        out = "logits" if index == len(kernels) - 1 else f"conv{index}"
+        nodes.append(helper.make_node("Conv", [name, f"w{index}"], [out], pads=[kernel // 2] * 4))
+        if out != "logits":
+            nodes.append(helper.make_node("Relu", [out], [f"relu{index}"]))
+            out = f"relu{index}"
+        name, channels = out, out_channels
+    graph = helper.make_graph(
+        nodes, "conv", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", num_classes, "height", "width"])], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    meta = ModelMeta(arch="conv", num_classes=num_classes, class_names=[f"c{i}" for i in range(num_classes)],
+                     palette=[[i * 80, 0, 0] for i in range(num_classes)], min_size=32, train_size=64)  # fmt: skip
+    write_onnx_meta(model, meta, {"fcn_deploy.precision": "fp32"})
+    onnx.save(model, str(path))
+    return path
+
+
+def mosaic_scene(height: int, width: int, cell: int = 128, seed: int = 3):
+    """A large synthetic scene as a mosaic of ``cell``-sized :func:`fcn_deploy.data.make_scene` scenes
+    (one scene of 2048x1536 takes minutes to draw: each object paints a full-size texture)."""
+    import numpy as np
+
+    from fcn_deploy.data import make_scene
+
+    rows, cols = -(-height // cell), -(-width // cell)
+    image = np.concatenate(
+        [np.concatenate([make_scene(seed, r * cols + c, cell, cell)[0] for c in range(cols)], axis=1) for r in range(rows)], axis=0
+    )
+    return image[:height, :width]

@@ -84,7 +84,7 @@ def engines(tiny_onnx, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def local(engines):
-    with Segmenter(open_runner(engines["onnxruntime"])) as segmenter:
+    with Segmenter(open_runner(engines["onnxruntime"]), tile="off") as segmenter:  # the server resizes, never tiles
         yield segmenter
 
 

@@ -233,7 +233,7 @@ def test_fit_inside_lands_in_the_profile(height, width):
 def test_large_frames_are_resized_to_fit_and_said_once(tiny_onnx, tmp_path, monkeypatch):
     runner = runner_with(tiny_onnx, SMALL_PROFILE)
     messages: list[str] = []
-    segmenter = Segmenter(runner, on_resize=messages.append)
+    segmenter = Segmenter(runner, on_resize=messages.append, tile="off")
     image = make_scene(1, 0, 100, 150)[0]
     masks = segmenter.predict_batch([image] * 3) + [segmenter.predict(image)]
     assert [m.shape for m in masks] == [(100, 150)] * 4 and masks[0].dtype == np.uint8
@@ -244,12 +244,12 @@ def test_large_frames_are_resized_to_fit_and_said_once(tiny_onnx, tmp_path, monk
     monkeypatch.setattr(segmenter_module, "open_runner", lambda *a, **k: runner_with(tiny_onnx, SMALL_PROFILE))
     source = write_video(tmp_path / "big.mp4", 96, 128, count=6)
     recorder = Recorder()
-    summary = run_infer(source, tiny_onnx, InferOptions(out=tmp_path / "o.mp4", batch=2), listener=recorder)
+    summary = run_infer(source, tiny_onnx, InferOptions(out=tmp_path / "o.mp4", batch=2, tile="off"), listener=recorder)
     assert sum("outside the engine's profile" in text for text in recorder.texts()) == 1
     assert [text for text in recorder.texts("warning") if "outside the engine's profile" in text] == [
         (
             "input 96x128 is outside the engine's profile (32x32 to 64x64): running it at 48x64 and resizing masks back "
-            "(nearest neighbour); rebuild the engine with a wider profile to run at full size"
+            "(nearest neighbour); rebuild the engine with a wider profile, or tile it (tile auto or on), to run at full size"
         )
     ]
     assert summary["resized_frames"] == 6 and video_facts(tmp_path / "o.mp4")["size"] == (96, 128)

@@ -33,6 +33,12 @@ def infer_command(
         Optional[str], typer.Option("--server", help="Run on a Triton server instead: HOST:PORT of its gRPC endpoint.")
     ] = None,
     model: Annotated[str, typer.Option("--model", help="With --server: the served model's name.")] = "fcn",
+    tile: Annotated[
+        str, typer.Option("--tile", help="Overlapping tiles at full resolution: auto (images beyond the engine's max), on, off (resize).")
+    ] = "auto",
+    tile_overlap: Annotated[
+        Optional[int], typer.Option("--tile-overlap", min=0, help="Pixels tiles share (default: from the receptive field).")
+    ] = None,
 ) -> None:
     """Segment a video (overlay video out) or images (mask PNGs + overlays), locally or on a Triton server;
     exit 3 when images were skipped."""
@@ -45,7 +51,8 @@ def infer_command(
     check_report(report, engine, source)
     options = InferOptions(
         out=out, alpha=alpha, save_masks=save_masks, batch=batch or (DEFAULT_IN_FLIGHT if server else 1), max_frames=max_frames,
-        overwrite=overwrite, convert_rgb=convert_rgb, strict=strict, server=server, model=model,
+        overwrite=overwrite, convert_rgb=convert_rgb, strict=strict, server=server, model=model, tile=tile,
+        tile_overlap=tile_overlap,
     )  # fmt: skip
     summary = run_infer(source, engine, options, listener=listener)
     print_summary(console, summary)

@@ -5,6 +5,7 @@
 * :mod:`.overlay`: the coloured mask and legend drawn onto a picture.
 * :mod:`.video`: one video file -> its overlay video (:func:`run_video`); :mod:`.threads` its plumbing.
 * :mod:`.images`: images -> mask and overlay PNGs (:func:`run_images`, :func:`save_outputs`).
+* :mod:`.tiles`: images larger than the engine in overlapping tiles (:func:`segment_tiled`, :func:`estimate_context`).
 * :mod:`.run`: the infer stage (:func:`run_infer`): outputs, options, the summary.
 """
 
@@ -12,9 +13,10 @@ from .images import run_images, save_outputs
 from .overlay import blend_mask, legend_patch, render_overlay
 from .run import InferOptions, run_infer
 from .segmenter import STAGES, RemoteSegmenter, Segmenter, StageTimes, fit_inside
+from .tiles import TILE_MODES, estimate_context, segment_tiled
 from .video import run_video
 
 __all__ = [
-    "STAGES", "InferOptions", "RemoteSegmenter", "Segmenter", "StageTimes", "blend_mask", "fit_inside", "legend_patch",
-    "render_overlay", "run_images", "run_infer", "run_video", "save_outputs",
+    "STAGES", "TILE_MODES", "InferOptions", "RemoteSegmenter", "Segmenter", "StageTimes", "blend_mask", "estimate_context",
+    "fit_inside", "legend_patch", "render_overlay", "run_images", "run_infer", "run_video", "save_outputs", "segment_tiled",
 ]  # fmt: skip

@@ -33,6 +33,7 @@ from ..fileio import ensure_writable_dir
 from ..media import VIDEO_SUFFIXES, probe_video
 from .images import run_images
 from .segmenter import RemoteSegmenter, Segmenter
+from .tiles import TILE_MODES
 from .video import run_video
 
 
@@ -60,12 +61,21 @@ class InferOptions:
     server: str | None = None
     #: The served model's name.
     model: str = DEFAULT_MODEL
+    #: Tiles for images larger than the engine's profile (:mod:`.tiles`): ``auto`` (beyond its max), ``on``
+    #: (beyond its opt size) or ``off`` (resize to fit, as before).
+    tile: str = "auto"
+    #: Pixels neighbouring tiles share (default: twice the receptive-field reach measured on the engine).
+    tile_overlap: int | None = None
 
     def check(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise FcnDeployError(f"alpha {self.alpha}: must be between 0 and 1", options=("alpha",))
         if self.batch < 1:
             raise FcnDeployError(f"batch {self.batch}: must be at least 1", options=("batch",))
+        if self.tile not in TILE_MODES:
+            raise FcnDeployError(f"tile {self.tile!r}: choose one of {', '.join(TILE_MODES)}", options=("tile",))
+        if self.tile_overlap is not None and self.tile_overlap < 0:
+            raise FcnDeployError(f"tile overlap {self.tile_overlap}: must be at least 0 pixels", options=("tile_overlap",))
         if self.max_frames is not None and self.max_frames < 1:
             raise FcnDeployError(f"max_frames {self.max_frames}: must be at least 1", options=("max_frames",))
 
@@ -154,8 +164,8 @@ def run_infer(
 
     def open_segmenter() -> Segmenter:
         if opts.server:
-            return RemoteSegmenter(opts.server, opts.model, on_resize=warn)
-        return Segmenter.from_engine(engine, on_resize=warn)  # type: ignore[arg-type]
+            return RemoteSegmenter(opts.server, opts.model, on_resize=warn, tile=opts.tile)
+        return Segmenter.from_engine(engine, on_resize=warn, tile=opts.tile, tile_overlap=opts.tile_overlap)  # type: ignore[arg-type]
 
     with _removed_if_left_empty(new_folders), open_segmenter() as segmenter:
         what = segmenter.runner.path if opts.server else engine.name  # type: ignore[union-attr]
@@ -177,6 +187,7 @@ def run_infer(
             backend=segmenter.runner.label,
             batch=opts.batch,
             resized_frames=segmenter.resized_frames,
+            tiles=segmenter.tiler.summary(),
             ms_per_frame=segmenter.times.ms_per_frame(frames),
             end_to_end_fps=frames / summary["wall_s"],
             engine_fps=frames / infer_s if infer_s else None,

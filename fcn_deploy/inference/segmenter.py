@@ -18,6 +18,7 @@ from ..backends.remote import DEFAULT_MODEL, RemoteRunner
 from ..data.images import preprocess, resize_mask, resize_rgb
 from ..errors import FcnDeployError
 from ..meta import ModelMeta
+from .tiles import Tiler
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
 
@@ -53,12 +54,15 @@ def fit_inside(profile: Profile, height: int, width: int) -> tuple[int, int]:
 class Segmenter:
     """Images in, masks out, for any runner: preprocessing, batching and the profile's limits.
 
-    Frames run at their own size when the profile allows it; otherwise they are resized to fit
-    (:func:`fit_inside`) and the masks resized back with nearest neighbour, and ``on_resize`` hears
-    about it once, not per frame.  Time spent per stage adds up in :attr:`times`.
+    Frames run at their own size when the profile allows it.  Frames larger than its max run in
+    overlapping tiles at full resolution (``tile="auto"``, :mod:`.tiles`; ``"on"`` tiles whatever
+    exceeds the opt size, ``"off"`` never tiles); the rest are resized to fit (:func:`fit_inside`) and
+    the masks resized back with nearest neighbour, and ``on_resize`` hears about it once, not per
+    frame.  Time spent per stage adds up in :attr:`times`.
     """
 
-    def __init__(self, runner: Runner, on_resize: Callable[[str], None] | None = None, mask_dtype: Any = np.uint8):
+    def __init__(self, runner: Runner, on_resize: Callable[[str], None] | None = None, mask_dtype: Any = np.uint8,
+                 tile: str = "auto", tile_overlap: int | None = None):  # fmt: skip
         if np.dtype(mask_dtype) == np.uint8 and runner.meta.num_classes > 256:
             raise FcnDeployError(f"{runner.path}: {runner.meta.num_classes} classes do not fit 8-bit masks (at most 256)")
         self.mask_dtype = mask_dtype  # int32 for a server's masks beyond 256 classes
@@ -68,11 +72,13 @@ class Segmenter:
         self.on_resize = on_resize or (lambda message: None)
         self.times = StageTimes()
         self.resized_frames = 0
+        self.tiler = Tiler(runner, tile, tile_overlap)
 
     @classmethod
-    def from_engine(cls, path: str | Path, on_resize: Callable[[str], None] | None = None, threads: int | None = None) -> Segmenter:
+    def from_engine(cls, path: str | Path, on_resize: Callable[[str], None] | None = None, threads: int | None = None,
+                    tile: str = "auto", tile_overlap: int | None = None) -> Segmenter:  # fmt: skip
         """Open a checkpoint, an ONNX file or an engine (see :func:`fcn_deploy.backends.open_runner`)."""
-        return cls(open_runner(path, threads=threads), on_resize)
+        return cls(open_runner(path, threads=threads), on_resize, tile=tile, tile_overlap=tile_overlap)
 
     def close(self) -> None:
         self.runner.close()
@@ -94,6 +100,11 @@ class Segmenter:
         start = 0
         while start < len(images):
             size = images[start].shape
+            if self.tiler.wants(*size[:2]):
+                with self.times.measure("infer"):
+                    masks.append(self.tiler.segment(images[start], self.mask_dtype))
+                start += 1
+                continue
             stop = start + 1
             while stop < len(images) and stop - start < self.profile.max[0] and images[stop].shape == size:
                 stop += 1
@@ -123,7 +134,7 @@ class Segmenter:
             self.on_resize(
                 f"input {size[0]}x{size[1]} is outside the engine's profile ({min_h}x{min_w} to {max_h}x{max_w}): "
                 f"running it at {run_size[0]}x{run_size[1]} and resizing masks back (nearest neighbour); "
-                "rebuild the engine with a wider profile to run at full size"
+                "rebuild the engine with a wider profile, or tile it (tile auto or on), to run at full size"
             )
         self.resized_frames += count
 
@@ -132,12 +143,15 @@ class RemoteSegmenter(Segmenter):
     """A :class:`Segmenter` whose engine is a model on a Triton server (``fcn-deploy serve``).
 
     Frames go to the server as uint8 images, one request each and all of a batch in flight at once,
-    and the server fits out-of-profile sizes exactly as :meth:`Segmenter._segment` does locally, so
-    the masks equal a local run's with the same engine.
+    and the server fits out-of-profile sizes exactly as :meth:`Segmenter._segment` does locally with
+    ``tile="off"``, so the masks equal such a local run's with the same engine.
     """
 
-    def __init__(self, server: str, model: str = DEFAULT_MODEL, on_resize: Callable[[str], None] | None = None):
-        super().__init__(RemoteRunner(server, model), on_resize)
+    def __init__(self, server: str, model: str = DEFAULT_MODEL, on_resize: Callable[[str], None] | None = None, tile: str = "auto"):
+        if tile == "on":
+            raise FcnDeployError("tiles blend an engine's logits, and a server returns masks (it resizes what exceeds its profile): "
+                                 "run tiles with a local engine", options=("tile", "server"))  # fmt: skip
+        super().__init__(RemoteRunner(server, model), on_resize, tile="off")
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         for image in images:

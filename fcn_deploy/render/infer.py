@@ -21,6 +21,14 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     if summary["engine_fps"]:
         table.add_row("engine-only FPS", f"{summary['engine_fps']:.1f}")
     console.print(table)
+    tiles = summary.get("tiles") or {}
+    if tiles.get("tiled_frames"):
+        context = tiles.get("context")
+        source = (f"from the receptive field: logits settle {context['reach']} px from a tile's edge" if context and tiles["overlap_from"] == "estimate"
+                  else "given")  # fmt: skip
+        tile_h, tile_w = tiles["tile_hw"]
+        console.print(f"tiled {tiles['tiled_frames']} {unit} at full size: {tiles['tiles']} tiles of {tile_h}x{tile_w}, "
+                      f"overlap {tiles['overlap']} px ({source})")  # fmt: skip
     if summary.get("images_found", 0) > 1:
         skipped = len(summary.get("skipped") or [])
         line = f"processed {summary['frames']} of {summary['images_found']} images"

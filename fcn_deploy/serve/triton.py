@@ -274,7 +274,7 @@ def serve(
                 warned.set()
                 listener.note(message, level="note")
 
-        segmenters = [Segmenter(r, on_resize=note_resize, mask_dtype=dtype) for r in runners]
+        segmenters = [Segmenter(r, on_resize=note_resize, mask_dtype=dtype, tile="off") for r in runners]  # one request, one engine call
         served = ServedModel(segmenters, listener=listener)
         batch = max_batch or default_max_batch(runner)
         engine_name, sha256 = engine_facts(engine, runner)
