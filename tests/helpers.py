@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
@@ -39,3 +40,24 @@ def random_checkpoint(path: Path, arch: str, arch_kwargs: dict, num_classes: int
         palette=[[i * 60, 0, 0] for i in range(num_classes)], min_size=32, train_size=64, arch_kwargs=arch_kwargs,
     )  # fmt: skip
     return save_checkpoint(path, model.eval(), meta)
+
+
+def independent_scores(labels: np.ndarray, predictions: np.ndarray, num_classes: int, void: int = 255) -> dict[str, float]:
+    """The paper's four scores by counting sets per class (no confusion matrix): an oracle for
+    ``fcn_deploy.metrics`` and for ``eval``."""
+    gt, pr = np.asarray(labels).ravel().astype(int), np.asarray(predictions).ravel().astype(int)
+    valid = gt != void
+    gt, pr = gt[valid], pr[valid]
+    ious, accs, weights = [], [], []
+    for c in range(num_classes):
+        g, p = gt == c, pr == c
+        union = np.count_nonzero(g | p)
+        ious.append(np.count_nonzero(g & p) / union if union else float("nan"))
+        accs.append(np.count_nonzero(g & p) / np.count_nonzero(g) if g.any() else float("nan"))
+        weights.append(np.count_nonzero(g))
+    return {
+        "pixel_accuracy": float(np.mean(gt == pr)),
+        "mean_accuracy": float(np.nanmean(accs)),
+        "mean_iu": float(np.nanmean(ious)),
+        "fw_iu": float(np.sum(np.array(weights) * np.nan_to_num(ious)) / np.sum(weights)),
+    }

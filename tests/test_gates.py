@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import perturbed_copy
 
 from fcn_deploy.backends import Profile, Runner
@@ -114,7 +113,13 @@ class SceneRunner(Runner):
         self.engine = engine
         self.backend = "fake"
 
-    inputs = outputs = []
+    @property
+    def inputs(self):
+        return []
+
+    @property
+    def outputs(self):
+        return []
 
     def infer_impl(self, batch, need_logits):
         scene = self.scenes[batch.shape[2:]]
@@ -142,7 +147,9 @@ def test_each_gate_fails_alone(gate):
         assert report.failures == failures and all(c.passed for c in report.cases)
     else:
         assert report.failing_sizes == [where] and not report.failures
-    relaxed = validate(SceneRunner(scenes, True), SceneRunner(scenes, False), sizes_of(scenes), Thresholds(**{**LIMITS, gate: RELAXED[gate]}))
+    relaxed = validate(
+        SceneRunner(scenes, True), SceneRunner(scenes, False), sizes_of(scenes), Thresholds(**{**LIMITS, gate: RELAXED[gate]})
+    )
     assert relaxed.passed is True, all_failures(relaxed)
 
 
@@ -190,8 +197,12 @@ def test_product_fp32_defaults_gate_every_figure_the_cases_break():
     mask cases too (the logit tolerance is export's, off for engines)."""
     for gate in ("pixel_agreement", "size_floor", "confident_agreement"):
         scenes = CASES[gate][0]()
-        report = validate(SceneRunner(scenes, True), SceneRunner(scenes, False), sizes_of(scenes), Thresholds(**{
-            "pixel_agreement": 0.9999, "size_floor": 0.999, "confident_agreement": 1.0, "confidence_margin": 0.05}))
+        report = validate(
+            SceneRunner(scenes, True),
+            SceneRunner(scenes, False),
+            sizes_of(scenes),
+            Thresholds(pixel_agreement=0.9999, size_floor=0.999, confident_agreement=1.0, confidence_margin=0.05),
+        )
         assert report.passed is False, gate
 
 
