@@ -11,7 +11,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from conftest import build_all_precisions
+from helpers import build_all_precisions
 
 from fcn_deploy.cli import main
 from fcn_deploy.backends import manifest_path, read_manifest
