@@ -5,9 +5,9 @@
 
 Exit 1 is reached by real checks on real engines: a limit is tightened (never a verdict stubbed),
 or a graph is really changed, so the product's own comparison is what fails.  Export's exit 1 (a
-broken trace) is in test_export.py; the demo's, in the default suite, in test_bench_cli.py's demo
-test (its engines reused, revalidated for real under a tightened limit); the standalone demo run
-here is ``slow``.
+broken trace) is in test_export.py.  The demo's exit 1 here runs a small real demo (the session's
+model reused, ONNX Runtime only) and is marked ``slow`` (about 2 minutes on 2 shared cores);
+test_bench_cli.py's demo test still reaches its exit 1 through a stubbed verdict.
 """
 
 from __future__ import annotations
