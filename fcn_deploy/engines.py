@@ -27,10 +27,10 @@ import onnx
 
 from . import __version__, backends, precisions
 from .backends import CompileOptions, Profile, default_profile
-from .backends.manifest import MANIFEST_FORMAT, common_versions, file_entries, write_manifest
+from .backends.manifest import MANIFEST_FORMAT, common_versions, file_entries, manifest_path, write_manifest
 from .errors import FcnDeployError, library_errors, require_file
 from .events import SILENT, Listener
-from .fileio import ensure_writable_dir, sha256_file
+from .fileio import ensure_writable_dir, replaced_together, sha256_file
 from .meta import ModelMeta, read_onnx_meta, read_onnx_props
 from .onnxkit import dims_of, read_onnx
 from .precision import apply_precision
@@ -148,47 +148,50 @@ def build_engine(
         raise FcnDeployError(f"{out}: would overwrite {taken.pop().name}, an input of this build; choose another engine path",
                              options=("out",))  # fmt: skip
     ensure_writable_dir(out.parent)
-    backend_options = backend.option_values(opts.backend_options)
-    int8_check = None
-    if entry.quantized:
-        transform, build_info, int8_check = _checked_int8(src, out, precision_onnx, backend, profile, meta, opts, encoding,
-                                                          backend_options, listener)  # fmt: skip
-        transform["int8"]["target"] = int8_target  # type: ignore[index]
-    else:
-        if entry.transform is not None:
-            listener.note(f"{opts.precision}: transforming {src.name} -> {precision_onnx.name}")
-            transform = apply_precision(src, precision_onnx, opts.precision, calib_dir=opts.calib_dir, calib_method=opts.calib_method,
-                                        max_hw=profile.max[1:], listener=listener)  # fmt: skip
+    # The engine files and the manifest are one artefact: an interruption after any of them was
+    # replaced removes the whole set (never a new engine under an old manifest); before, the old set stays.
+    with replaced_together([*files, manifest_path(out)]):
+        backend_options = backend.option_values(opts.backend_options)
+        int8_check = None
+        if entry.quantized:
+            transform, build_info, int8_check = _checked_int8(src, out, precision_onnx, backend, profile, meta, opts, encoding,
+                                                              backend_options, listener)  # fmt: skip
+            transform["int8"]["target"] = int8_target  # type: ignore[index]
         else:
-            transform = {"precision": opts.precision}
-        listener.note(f"{backend.name}: compiling {precision_onnx.name} -> {out.name}")
-        build_info = backend.compile(precision_onnx, out, profile, meta, CompileOptions(opts.precision, backend_options), listener=listener)
-    calibration = transform.get("calibration") or {}
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "engine": out.name,
-        "files": file_entries(files),
-        "engine_sha256": sha256_file(out),
-        "backend": backend.name,
-        "precision": opts.precision,
-        "versions": library_versions(backend),
-        "device": backend.device_info(),
-        "profile": profile.to_dict(),
-        "source_onnx": str(src.resolve()),
-        "source_onnx_sha256": sha256_file(src),
-        "precision_onnx": str(precision_onnx.resolve()),
-        "precision_onnx_sha256": sha256_file(precision_onnx),
-        "calibration_sha256": calibration.get("sha256"),
-        "transform": transform,
-        "backend_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in backend_options.items()},
-        "build": build_info,
-        "int8_check": int8_check,
-        "meta": meta.to_dict(),
-        "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "built_by": f"fcn-deploy {__version__}",
-        "rebuild_command": rebuild_command(src, out, _as_built(opts, int8_check), backend),
-    }
-    write_manifest(out, manifest)
+            if entry.transform is not None:
+                listener.note(f"{opts.precision}: transforming {src.name} -> {precision_onnx.name}")
+                transform = apply_precision(src, precision_onnx, opts.precision, calib_dir=opts.calib_dir, calib_method=opts.calib_method,
+                                            max_hw=profile.max[1:], listener=listener)  # fmt: skip
+            else:
+                transform = {"precision": opts.precision}
+            listener.note(f"{backend.name}: compiling {precision_onnx.name} -> {out.name}")
+            build_info = backend.compile(precision_onnx, out, profile, meta, CompileOptions(opts.precision, backend_options), listener=listener)
+        calibration = transform.get("calibration") or {}
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "engine": out.name,
+            "files": file_entries(files),
+            "engine_sha256": sha256_file(out),
+            "backend": backend.name,
+            "precision": opts.precision,
+            "versions": library_versions(backend),
+            "device": backend.device_info(),
+            "profile": profile.to_dict(),
+            "source_onnx": str(src.resolve()),
+            "source_onnx_sha256": sha256_file(src),
+            "precision_onnx": str(precision_onnx.resolve()),
+            "precision_onnx_sha256": sha256_file(precision_onnx),
+            "calibration_sha256": calibration.get("sha256"),
+            "transform": transform,
+            "backend_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in backend_options.items()},
+            "build": build_info,
+            "int8_check": int8_check,
+            "meta": meta.to_dict(),
+            "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "built_by": f"fcn-deploy {__version__}",
+            "rebuild_command": rebuild_command(src, out, _as_built(opts, int8_check), backend),
+        }
+        write_manifest(out, manifest)
     return manifest
 
 

@@ -19,7 +19,7 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,31 @@ def ensure_writable_dir(path: str | Path) -> Path:
     if not os.access(path, os.W_OK):
         raise FcnDeployError(f"output directory is not writable: {path}; choose another path or fix its permissions")
     return path
+
+
+@contextlib.contextmanager
+def replaced_together(paths: Sequence[str | Path]) -> Iterator[None]:
+    """Files that are only valid as a set (an engine's files and its manifest), each written
+    atomically inside the block.  If the block fails (an error, Ctrl-C) after it created or
+    replaced any of them, every one is removed: what is left is the old complete set or nothing."""
+    paths = [Path(p) for p in paths]
+
+    def state(path: Path):
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return None
+        return info.st_ino, info.st_mtime_ns, info.st_size
+
+    before = [state(p) for p in paths]
+    try:
+        yield
+    except BaseException:
+        if [state(p) for p in paths] != before:
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        raise
 
 
 @contextlib.contextmanager

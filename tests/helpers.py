@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
+from rich.console import Console
 
 from fcn_deploy import models
 from fcn_deploy.checkpoint import save_checkpoint
 from fcn_deploy.meta import ModelMeta
 from fcn_deploy.validation import Thresholds
+
+#: The console the tests hand to commands that print: nothing reaches the terminal.
+QUIET = Console(quiet=True)
 
 #: The report tests' thresholds: 99 % pooled agreement, a 95 % floor per size, no confident-pixel gate.
 THRESHOLDS = Thresholds(pixel_agreement=0.99, size_floor=0.95, confident_agreement=None, confidence_margin=0.5)
@@ -85,3 +90,39 @@ def mosaic_scene(height: int, width: int, cell: int = 128, seed: int = 3):
         [np.concatenate([make_scene(seed, r * cols + c, cell, cell)[0] for c in range(cols)], axis=1) for r in range(rows)], axis=0
     )
     return image[:height, :width]
+
+
+def independent_scores(labels: np.ndarray, predictions: np.ndarray, num_classes: int, void: int = 255) -> dict[str, float]:
+    """The paper's four scores by counting sets per class (no confusion matrix): an oracle for
+    ``fcn_deploy.metrics`` and for ``eval``."""
+    gt, pr = np.asarray(labels).ravel().astype(int), np.asarray(predictions).ravel().astype(int)
+    valid = gt != void
+    gt, pr = gt[valid], pr[valid]
+    ious, accs, weights = [], [], []
+    for c in range(num_classes):
+        g, p = gt == c, pr == c
+        union = np.count_nonzero(g | p)
+        ious.append(np.count_nonzero(g & p) / union if union else float("nan"))
+        accs.append(np.count_nonzero(g & p) / np.count_nonzero(g) if g.any() else float("nan"))
+        weights.append(np.count_nonzero(g))
+    return {
+        "pixel_accuracy": float(np.mean(gt == pr)),
+        "mean_accuracy": float(np.nanmean(accs)),
+        "mean_iu": float(np.nanmean(ious)),
+        "fw_iu": float(np.sum(np.array(weights) * np.nan_to_num(ious)) / np.sum(weights)),
+    }
+
+
+def build_all_precisions(tiny_onnx: Path, out_dir: Path, **options) -> dict[str, Path]:
+    """FP32, FP16 and INT8 engines of the tiny model in ``out_dir`` (``options`` go to BuildOptions)."""
+    import shutil
+
+    from fcn_deploy.engines import BuildOptions, build_engine
+
+    src = out_dir / "tiny.onnx"
+    shutil.copy(tiny_onnx, src)
+    engines = {}
+    for precision in ("fp32", "fp16", "int8"):
+        manifest = build_engine(src, None, BuildOptions(precision=precision, **options))
+        engines[precision] = out_dir / manifest["engine"]
+    return engines

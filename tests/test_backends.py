@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import QUIET
+from helpers import QUIET
 from fcn_deploy import backends
 from fcn_deploy.backends import Profile, Runner, TensorSpec, default_profile, manifest_path, open_runner, read_manifest
 from fcn_deploy.backends.onnxruntime import OnnxRuntimeBackend
@@ -32,7 +32,7 @@ SIZES = [(32, 32), (97, 129), (45, 160), (131, 67), (200, 200)]
 
 @pytest.fixture(scope="module")
 def openvino_engines(tiny_onnx, tiny_calibration, tmp_path_factory) -> dict[str, Path]:
-    from conftest import build_all_precisions
+    from helpers import build_all_precisions
 
     out = tmp_path_factory.mktemp("openvino")
     return build_all_precisions(tiny_onnx, out, backend="openvino", calib_dir=tiny_calibration, max_shape=(256, 256))

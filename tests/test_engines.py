@@ -11,7 +11,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from conftest import build_all_precisions
+from helpers import build_all_precisions
 
 from fcn_deploy.cli import main
 from fcn_deploy.backends import manifest_path, read_manifest
@@ -51,6 +51,8 @@ def test_precision_engines_run_on_cpu_and_agree_with_the_reference(built, tiny_c
     # Measured agreement of the tiny, briefly trained model: FP32 ~100 %, FP16 >= 99.9 %, INT8 >= 97 %.
     floor = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.97}[precision]
     assert agreement >= floor, (precision, [(c.height, c.width, c.pixel_agreement) for c in report.cases])
+    # ... and the compiled engine users run meets the product's thresholds, pooled and per size
+    assert report.passed, (precision, report.failures, {f"{c.height}x{c.width}": c.failures for c in report.cases if c.failures})
 
 
 def test_fp16_graph_keeps_io_float32_and_blocks_overflowing_nodes(tiny_onnx, calib_dir):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_all_precisions
+from helpers import build_all_precisions
 
 from fcn_deploy.backends import open_runner as load_runner, read_manifest
 from fcn_deploy.engines import BuildOptions, build_engine

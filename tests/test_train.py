@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import fcn_deploy.train as train_module
-from conftest import QUIET
+from helpers import QUIET
 
 from fcn_deploy import models
 from fcn_deploy.checkpoint import load_checkpoint, save_checkpoint

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import QUIET
+from helpers import QUIET
 from helpers import perturbed_copy
 
 from fcn_deploy.cli import main

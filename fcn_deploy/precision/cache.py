@@ -3,8 +3,9 @@
 The key hashes everything the ranges depend on: the model's bytes, the calibration images' names
 and contents, their shapes after fitting to the profile, the method, the activation encoding, the
 ONNX Runtime version, the quantized op types and the placement.  A change to any of them is a
-miss.  A cache file that does not parse as ONNX Runtime's tensor-range JSON is never reused: the
-ranges are measured again and the file replaced.
+miss.  A cache file is reused only when its bytes still match the sha256 written beside it when it
+was stored (``<file>.sha256``) and it parses as ONNX Runtime's tensor-range JSON; any other file
+(truncated, edited, or with no checksum) is measured again and replaced, never silently reused.
 """
 
 from __future__ import annotations
@@ -47,10 +48,20 @@ def cache_file(cache_dir: Path, encoding: str, method: str, key: str) -> Path:
     return Path(cache_dir) / f"calib-{encoding}-{method}-{key}.json"
 
 
+def checksum_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def readable_cache(path: Path | None) -> tuple[bool, str]:
-    """``(usable, why not)``: whether ``path`` holds ranges ONNX Runtime can load."""
+    """``(usable, why not)``: whether ``path`` holds the ranges it was stored with, loadable by ONNX Runtime."""
     if path is None or not path.is_file():
         return False, "no cache"
+    try:
+        recorded = checksum_file(path).read_text().strip()
+    except OSError:
+        return False, "it has no checksum file"
+    if recorded != sha256_bytes(path.read_bytes()):
+        return False, "its contents changed since it was written (checksum mismatch)"
     try:
         from onnxruntime.quantization.calibrate import load_tensors_data
 
@@ -63,6 +74,9 @@ def readable_cache(path: Path | None) -> tuple[bool, str]:
 
 
 def store(path: Path, data: bytes) -> None:
+    """Write the ranges, then their checksum (a cache without a matching checksum is never read)."""
     ensure_writable_dir(path.parent)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+    with atomic_path(checksum_file(path)) as tmp:
+        tmp.write_text(sha256_bytes(data) + "\n")
