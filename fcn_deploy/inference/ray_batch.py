@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -70,12 +71,8 @@ class SegmentActor:
         context = ray.get_runtime_context()
         node = context.get_node_id()
         os.environ["OMP_NUM_THREADS"] = str(threads)
-        try:
-            import torch
-
-            torch.set_num_threads(threads)
-        except ImportError:
-            pass
+        if "torch" in sys.modules:  # a checkpoint's runner; importing torch only for this would cost seconds per actor
+            sys.modules["torch"].set_num_threads(threads)
         from ..backends import open_runner
         from .segmenter import Segmenter
 
