@@ -96,7 +96,9 @@ def first_run(cluster, engine, tmp_path_factory):
     source = archive(tmp_path_factory.mktemp("ray-src") / "survey")
     out = source.parent / "out"
     report = source.parent / "report.json"
-    result = infer_ray(cluster, str(source), "-e", str(engine), "-o", str(out), "--actors", "2", "--task-inputs", "2", "--report", str(report))
+    result = infer_ray(
+        cluster, str(source), "-e", str(engine), "-o", str(out), "--actors", "2", "--task-inputs", "2", "--report", str(report)
+    )
     return source, out, report, result
 
 
@@ -171,11 +173,14 @@ def test_killing_an_actor_mid_run_loses_nothing(cluster, engine, tmp_path):
     assert tree(out) == tree(tmp_path / "local")
 
 
+@pytest.mark.slow
 def test_strict_stops_at_the_first_unreadable_input(cluster, engine, tmp_path):
     source = archive(tmp_path / "src", images=2)
     result = infer_ray(cluster, str(source), "-e", str(engine), "-o", str(tmp_path / "out"), "--strict", "--task-inputs", "1")
     assert result.returncode == 2
-    assert "error:" in result.stderr and ("bad.jpg: not a readable image" in result.stderr or "cut.mp4: not a readable video" in result.stderr)
+    assert "error:" in result.stderr and (
+        "bad.jpg: not a readable image" in result.stderr or "cut.mp4: not a readable video" in result.stderr
+    )
 
 
 @pytest.mark.slow

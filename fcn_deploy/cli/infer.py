@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Optional
-
-import re
 
 import typer
 
 from ..errors import EXIT_PARTIAL, FcnDeployError
 from .app import app, console, listener
 from .options import check_report, write_report
-
 
 #: What may follow ``--ray`` as its address; anything else is the next argument, and ``--ray`` alone means a local Ray.
 RAY_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[\w.\-]+:\d+)$")

@@ -93,7 +93,9 @@ def _segment_images(items: Sequence[Item], segmenter: Segmenter, settings: ItemS
     return [rows[index] for index in range(len(items))]
 
 
-def _segment_video(item: Item, segmenter: Segmenter, settings: ItemSettings, strict: bool, on_skip: Callable[[str], None]) -> dict[str, Any]:
+def _segment_video(
+    item: Item, segmenter: Segmenter, settings: ItemSettings, strict: bool, on_skip: Callable[[str], None]
+) -> dict[str, Any]:
     from .video import run_video
 
     layout = settings.layout

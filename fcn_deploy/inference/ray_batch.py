@@ -172,12 +172,18 @@ def run_ray(plan: Plan, engine: Path | list[Path] | None, settings: ItemSettings
         time.sleep(0.2 if started else 0.0)
         remove_stale_temporaries(plan.layout.masks, plan.layout.overlays)
     wall_s = time.perf_counter() - start
-    return rows, wall_s, {"ray": facts, "engine": str(engines[0]), "backend": facts["engines_opened"][0][2] if facts["engines_opened"] else None}
+    return (
+        rows,
+        wall_s,
+        {"ray": facts, "engine": str(engines[0]), "backend": facts["engines_opened"][0][2] if facts["engines_opened"] else None},
+    )
 
 
 def _stream(ray: Any, plan: Plan, settings: ItemSettings, opts: Any, listener: Listener, shipments: list, threads: int,
             actors: int, tally: Any) -> list[dict[str, Any]]:  # fmt: skip
-    dataset = ray.data.from_items([item.as_row() for item in plan.todo], override_num_blocks=max(1, math.ceil(len(plan.todo) / opts.task_inputs)))
+    dataset = ray.data.from_items(
+        [item.as_row() for item in plan.todo], override_num_blocks=max(1, math.ceil(len(plan.todo) / opts.task_inputs))
+    )
     with warnings.catch_warnings():  # Ray 2.60 has no named parameter for these yet, and warns about the generic ones
         warnings.simplefilter("ignore")
         dataset = dataset.map_batches(
