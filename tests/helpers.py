@@ -94,7 +94,7 @@ class LoopbackNamespace:
     def run(self, args: list[str], timeout: float = 120, **kwargs):
         import subprocess
 
-        return subprocess.run(self.command(args), env=self.env, capture_output=True, text=True, timeout=timeout, **kwargs)
+        return subprocess.run(self.command(args), check=False, env=self.env, capture_output=True, text=True, timeout=timeout, **kwargs)
 
     def popen(self, args: list[str], **kwargs):
         import subprocess
@@ -126,7 +126,7 @@ class LoopbackNamespace:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + (2 if sig == signal.SIGTERM else 5)
             while pids and time.monotonic() < deadline:
                 pids = [pid for pid in pids if Path(f"/proc/{pid}").exists() and _not_zombie(pid)]
                 time.sleep(0.05)

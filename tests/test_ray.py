@@ -183,7 +183,6 @@ def test_strict_stops_at_the_first_unreadable_input(cluster, engine, tmp_path):
     )
 
 
-@pytest.mark.slow
 def test_infer_ray_without_an_address_starts_its_own_ray(cluster, engine, tmp_path):
     namespace, _ = cluster
     source = archive(tmp_path / "src", images=2)

@@ -68,7 +68,7 @@ def _walk(folder: Path) -> list[Path]:
 def _glob_root(pattern: str) -> Path:
     """The folder above a glob's first wildcard: the tree below it is mirrored."""
     parts = Path(pattern).parts
-    fixed = [part for part in parts[: next(i for i, part in enumerate(parts) if GLOB_CHARS & set(part))]]
+    fixed = parts[: next(i for i, part in enumerate(parts) if GLOB_CHARS & set(part))]
     return Path(*fixed) if fixed else Path(".")
 
 
@@ -83,21 +83,21 @@ def _read_list(listing: Path) -> list[Path]:
     return [path if path.is_absolute() else listing.parent / path for path in paths]
 
 
-def _one_source(source: str | Path) -> tuple[list[Path], Path, bool]:
-    """(files, the folder their tree is mirrored from, whether the files were named one by one)."""
+def _one_source(source: str | Path) -> tuple[list[Path], Path]:
+    """(files, the folder their tree is mirrored from)."""
     text = str(source)
     path = Path(source)
     if path.is_dir():
-        return _walk(path), path, False
+        return _walk(path), path
     if path.is_file():
         if path.suffix.lower() in LIST_SUFFIXES:
             files = _read_list(path)
             parents = [str(file.parent.resolve()) for file in files]
-            return files, Path(os.path.commonpath(parents)), True
-        return [path], path.parent, True
+            return files, Path(os.path.commonpath(parents))
+        return [path], path.parent
     if GLOB_CHARS & set(text):
         files = sorted(Path(match) for match in glob.glob(text, recursive=True) if Path(match).is_file() and media_kind(Path(match)))
-        return files, _glob_root(text), False
+        return files, _glob_root(text)
     raise FcnDeployError(f"source not found: {source}; give a folder, a glob, a list of paths (.txt), an image or a video")
 
 
@@ -109,12 +109,11 @@ def expand_sources(sources: Sequence[str | Path]) -> list[Item]:
         raise FcnDeployError("no sources given; name a folder, a glob, a list of paths, an image or a video")
     found: list[tuple[Path, Path]] = []
     for source in sources:
-        files, root, named = _one_source(source)
+        files, root = _one_source(source)
         if not files:
             suffixes = ", ".join(sorted(IMAGE_SUFFIXES | VIDEO_INPUT_SUFFIXES))
             raise FcnDeployError(f"no images or videos in {source} (looked for {suffixes})")
         found += [(file, root) for file in files]
-        del named
     base = Path(os.path.commonpath([str(root.resolve()) for _, root in found]))
     items: list[Item] = []
     seen: dict[Path, None] = {}
