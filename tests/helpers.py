@@ -126,3 +126,116 @@ def build_all_precisions(tiny_onnx: Path, out_dir: Path, **options) -> dict[str,
         manifest = build_engine(src, None, BuildOptions(precision=precision, **options))
         engines[precision] = out_dir / manifest["engine"]
     return engines
+
+
+class LoopbackNamespace:
+    """A network namespace with only loopback (``unshare -n``, then ``ip link set lo up``; needs root),
+    held open by one ``sleep`` process, that commands join with ``nsenter``.  Ray 2.60 binds the
+    machine's interface address even when told 127.0.0.1; inside this namespace every Ray node is
+    127.0.0.1, so a test's Ray traffic stays on loopback.  :meth:`stop` ends every process in the
+    namespace by its pid (Ray's daemons included), leaving any other Ray on the machine alone."""
+
+    def __init__(self, folder: Path):
+        import os
+        import shutil
+        import subprocess
+        import sys
+        import time
+
+        self.folder = folder
+        if not (shutil.which("unshare") and shutil.which("nsenter") and shutil.which("ip")):
+            raise OSError("unshare, nsenter or ip is missing")
+        self.holder = subprocess.Popen(["unshare", "-n", "sh", "-c", "ip link set lo up && exec sleep 100000"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        ours = os.readlink("/proc/self/ns/net")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.holder.poll() is not None:
+                raise OSError(f"unshare -n failed: {self.holder.stderr.read().decode().strip()}")
+            try:
+                theirs = os.readlink(f"/proc/{self.holder.pid}/ns/net")
+                comm = Path(f"/proc/{self.holder.pid}/comm").read_text().strip()
+            except OSError:
+                theirs, comm = ours, ""
+            if theirs != ours and comm == "sleep":
+                break
+            time.sleep(0.02)
+        else:
+            self.stop()
+            raise OSError("the loopback namespace did not come up")
+        self.ns = theirs
+        home = folder / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        bindir = str(Path(sys.executable).parent)
+        repo = str(Path(__file__).resolve().parents[1])
+        self.env = {
+            **os.environ, "HOME": str(home), "RAY_TMPDIR": str(folder), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+            "PATH": os.pathsep.join([bindir, os.environ.get("PATH", "")]), "RAY_BACKEND_LOG_LEVEL": "error",
+            "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])),
+            "FCN_DEPLOY_ENGINE_CACHE": str(folder / "engines"), "COLUMNS": "200",
+        }  # fmt: skip
+
+    def command(self, args: list[str]) -> list[str]:
+        return ["nsenter", f"--net=/proc/{self.holder.pid}/ns/net", *args]
+
+    def run(self, args: list[str], timeout: float = 120, **kwargs):
+        import subprocess
+
+        return subprocess.run(self.command(args), check=False, env=self.env, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+    def popen(self, args: list[str], **kwargs):
+        import subprocess
+
+        return subprocess.Popen(self.command(args), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+    def pids(self) -> list[int]:
+        """Every process in the namespace, but the holder."""
+        import os
+
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != self.holder.pid:
+                try:
+                    if os.readlink(entry / "ns" / "net") == self.ns:
+                        found.append(int(entry.name))
+                except OSError:
+                    continue
+        return found
+
+    def stop(self) -> None:
+        import contextlib
+        import os
+        import signal
+        import time
+
+        pids = self.pids() if hasattr(self, "ns") else []
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + (2 if sig == signal.SIGTERM else 5)
+            while pids and time.monotonic() < deadline:
+                pids = [pid for pid in pids if Path(f"/proc/{pid}").exists() and _not_zombie(pid)]
+                time.sleep(0.05)
+        self.holder.kill()
+        self.holder.wait()
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def ray_cli_command(args: list[str]) -> list[str]:
+    """``ray ARGS`` with this interpreter's Ray."""
+    import sys
+
+    return [str(Path(sys.executable).parent / "ray"), *args]
+
+
+def fcn_deploy_command(args: list[str]) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "fcn_deploy.cli", *args]

@@ -66,6 +66,11 @@ def error_line(exc: FcnDeployError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: runs the app and maps errors to exit codes."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--ray" in argv:
+        from .infer import normalise_ray_flag
+
+        argv = normalise_ray_flag(argv)
     try:
         app(args=argv, prog_name="fcn-deploy")  # standalone mode: usage errors print and exit 2
     except SystemExit as exc:

@@ -32,12 +32,31 @@ def benchmark_command(
     cuda_graph: Annotated[
         bool, typer.Option("--cuda-graph", help="GPU engines that can (TensorRT) replay a CUDA graph per size (trtexec's --useCudaGraph).")
     ] = False,
+    ray: Annotated[
+        Optional[str],
+        typer.Option("--ray", metavar="[ADDRESS]", help="Ray's images/s against single-process infer on ENGINE (alone: a local Ray)."),
+    ] = None,
+    images: Annotated[Optional[Path], typer.Option("--images", help="With --ray: the images (default: synthetic scenes at --sizes).")] = None,
+    inputs: Annotated[int, typer.Option("--inputs", min=1, help="With --ray: how many synthetic scenes.")] = 200,
+    actors: Annotated[Optional[int], typer.Option("--actors", help="With --ray: engine actors (default: one per CPU).")] = None,
 ) -> None:
-    """Time engines against the PyTorch eager FP32 baseline, in one run; or a Triton server under concurrency (--server)."""
+    """Time engines against the PyTorch eager FP32 baseline, in one run; or a Triton server under concurrency (--server);
+    or Ray's images/s against single-process infer (--ray)."""
     from ..validation import parse_sizes
 
     check_html(html, overwrite)
     check_report(report, *(engines or []), reference)
+    if ray:
+        from ..bench.ray_compare import compare_ray
+        from ..render.bench import print_ray_comparison
+
+        if not engines or len(engines) != 1 or reference or server:
+            raise FcnDeployError("--ray compares one ENGINE run on Ray with the same engine in one process: give one ENGINE, no --reference/--server")
+        result = compare_ray(engines[0], images, address=ray, count=inputs, size=parse_sizes(sizes)[0], actors=actors, batch=batch,
+                             listener=listener)  # fmt: skip
+        print_ray_comparison(console, result)
+        write_report(report, result)
+        return
     if server:
         from ..bench.server import parse_concurrency, run_server_benchmark
         from ..render.bench import print_server_results

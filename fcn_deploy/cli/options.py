@@ -29,7 +29,8 @@ FLAGS = {
     "num_classes": "--num-classes", "classes": "--classes", "mean": "--mean", "std": "--std", "palette": "--palette",
     "output": "--output", "input_name": "--input-name", "min_size": "--min-size", "name": "--name", "instances": "--instances",
     "queue_delay_us": "--queue-delay-us", "max_batch": "--max-batch", "repo": "--repo", "report": "--report", "html": "--html",
-    "tile": "--tile", "tile_overlap": "--tile-overlap", "ray": "--ray", "reference": "--reference", "engine": "--engine",
+    "tile": "--tile", "tile_overlap": "--tile-overlap", "ray": "--ray", "actors": "--actors", "cpus_per_actor": "--cpus-per-actor",
+    "gpus_per_actor": "--gpus-per-actor", "task_inputs": "--task-inputs", "reference": "--reference", "engine": "--engine",
 }  # fmt: skip
 
 

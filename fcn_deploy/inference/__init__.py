@@ -7,6 +7,9 @@
 * :mod:`.images`: images -> mask and overlay PNGs (:func:`run_images`, :func:`save_outputs`).
 * :mod:`.tiles`: images larger than the engine in overlapping tiles (:func:`segment_tiled`, :func:`estimate_context`).
 * :mod:`.run`: the infer stage (:func:`run_infer`): outputs, options, the summary.
+* :mod:`.sources`: folders, globs and lists -> inputs and their mirrored outputs; :mod:`.archive`
+  the per-input work; :mod:`.batch` resuming and the results table; :mod:`.ray_batch` (with
+  :mod:`.ray_engine`) the same run on Ray Data.
 """
 
 from .images import run_images, save_outputs

@@ -14,13 +14,18 @@ The video appears under its final name only when complete; mask PNGs are each wr
 so a failed run keeps those done.  A run that fails before writing anything removes the output
 folders it created.  Nothing is printed: the header, the one-time resize warning, skipped images
 and progress go to the ``listener``; the summary is returned (``fcn_deploy.render.infer`` shows it).
+
+Several sources, a folder, a glob or a list of paths make an archive run instead (:mod:`.sources`
+for the inputs and the output tree, :mod:`.batch` for resuming and the results table): images and
+videos mixed, outputs mirrored below ``OUT/masks`` and ``OUT/overlays``, inputs already complete
+skipped unless ``overwrite``; in this process, or with ``ray`` on a Ray cluster (:mod:`.ray_batch`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +71,20 @@ class InferOptions:
     tile: str = "auto"
     #: Pixels neighbouring tiles share (default: twice the receptive-field reach measured on the engine).
     tile_overlap: int | None = None
+    #: Archive runs: write overlay PNGs of images (videos always get their overlay video).
+    overlays: bool = True
+    #: Archive runs: also write each video's frame masks (``masks/VIDEO/frame_NNNNNN.png``).
+    video_masks: bool = False
+    #: Run on Ray: ``"local"`` starts a Ray for this run, ``"auto"`` / ``"ray://HOST:PORT"`` / ``HOST:PORT`` joins one.
+    ray: str | None = None
+    #: With ``ray``: actors (each holds one engine); default: as many as the cluster's CPUs (or GPUs) allow.
+    actors: int | None = None
+    #: With ``ray``: CPUs per actor, which is also its runtime's thread count.
+    cpus_per_actor: float = 1.0
+    #: With ``ray``: GPUs per actor (0 on CPU clusters).
+    gpus_per_actor: float = 0.0
+    #: With ``ray``: inputs per Ray task (one task's work is retried whole if its actor dies).
+    task_inputs: int = 4
 
     def check(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -78,6 +97,14 @@ class InferOptions:
             raise FcnDeployError(f"tile overlap {self.tile_overlap}: must be at least 0 pixels", options=("tile_overlap",))
         if self.max_frames is not None and self.max_frames < 1:
             raise FcnDeployError(f"max_frames {self.max_frames}: must be at least 1", options=("max_frames",))
+        if self.actors is not None and self.actors < 1:
+            raise FcnDeployError(f"actors {self.actors}: must be at least 1", options=("actors",))
+        if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
+            raise FcnDeployError("CPUs per actor must be above 0 and GPUs per actor at least 0", options=("cpus_per_actor", "gpus_per_actor"))
+        if self.task_inputs < 1:
+            raise FcnDeployError(f"task_inputs {self.task_inputs}: must be at least 1", options=("task_inputs",))
+        if self.ray and self.server:
+            raise FcnDeployError("run on a Ray cluster or on a Triton server, not both", options=("ray", "server"))
 
 
 def _missing_folders(*paths: Path | None) -> list[Path]:
@@ -122,8 +149,18 @@ def source_images(source: Path) -> list[Path] | None:
     return [source] if source.suffix.lower() in IMAGE_SUFFIXES else None
 
 
+def is_archive(sources: Sequence[str | Path]) -> bool:
+    """Whether ``sources`` make an archive run (anything but one video or one image file)."""
+    from .sources import LIST_SUFFIXES
+
+    if len(sources) != 1:
+        return True
+    path = Path(sources[0])
+    return not path.is_file() or path.suffix.lower() in LIST_SUFFIXES
+
+
 def run_infer(
-    source: str | Path,
+    source: str | Path | Sequence[str | Path],
     engine: str | Path | None = None,
     options: InferOptions | None = None,
     *,
@@ -137,9 +174,14 @@ def run_infer(
     unless ``strict``."""
     opts = dataclasses.replace(options or InferOptions(), **settings)
     opts.check()
-    source, engine = Path(source), (Path(engine) if engine is not None else None)
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    engines = [Path(e) for e in engine] if isinstance(engine, (list, tuple)) else ([Path(engine)] if engine is not None else [])
+    engine = engines[0] if engines else None
     if (engine is None) == (opts.server is None):
         raise FcnDeployError("give an engine or a server (HOST:PORT), not both", options=("engine", "server"))
+    if opts.ray or is_archive(sources):
+        return _run_archive(sources, engines, opts, listener)
+    source = Path(sources[0])
     images = source_images(source)
     name = source.resolve().name if source.is_dir() else source.stem
     if images is None:
@@ -192,4 +234,53 @@ def run_infer(
             end_to_end_fps=frames / summary["wall_s"],
             engine_fps=frames / infer_s if infer_s else None,
         )
+    return summary
+
+
+def _run_archive(sources: list, engines: list[Path], opts: InferOptions, listener: Listener) -> dict[str, Any]:
+    """Folders, globs, lists and several files: resumable, mirrored outputs, a results table."""
+    from .archive import ItemSettings
+    from .batch import finish_run, plan_run, run_local
+
+    engine = engines[0] if engines else None
+    plan = plan_run(sources, opts)
+    settings = ItemSettings(plan.layout, alpha=opts.alpha, batch=opts.batch, convert_rgb=opts.convert_rgb, max_frames=opts.max_frames,
+                            tile=opts.tile, tile_overlap=opts.tile_overlap)  # fmt: skip
+    strict = opts.strict
+    new_folders = _missing_folders(plan.layout.overlays, plan.layout.masks)
+    label = ", ".join(plan.sources)
+    if opts.ray:
+        from .ray_batch import run_ray
+
+        with _removed_if_left_empty(new_folders):
+            rows, wall_s, facts = run_ray(plan, engines, settings, opts, listener=listener)
+            summary = finish_run(plan, rows, wall_s)
+        summary.update(facts)
+        return summary
+
+    def warn(message: str) -> None:
+        listener.note(message, level="warning")
+
+    with _removed_if_left_empty(new_folders):
+        segmenter = (RemoteSegmenter(opts.server, opts.model, on_resize=warn, tile=opts.tile) if opts.server
+                     else Segmenter.from_engine(engine, on_resize=warn, tile=opts.tile, tile_overlap=opts.tile_overlap))  # fmt: skip
+        with segmenter:
+            what = segmenter.runner.path if opts.server else engine.name  # type: ignore[union-attr]
+            listener.note(f"infer: {label} with {segmenter.runner.label} ({what}), batch {opts.batch} -> {plan.out}")
+            if len(plan.todo) < len(plan.items):
+                listener.note(f"{len(plan.items) - len(plan.todo)} of {len(plan.items)} inputs already complete in {plan.out}: skipping them")
+            rows, wall_s = run_local(plan, segmenter, settings, strict=strict, listener=listener, description=Path(plan.sources[0]).name)
+            summary = finish_run(plan, rows, wall_s)
+            frames, infer_s = summary["frames"], segmenter.times.seconds["infer"]
+            summary.update(
+                engine=str(engine) if engine else segmenter.runner.path,
+                server=opts.server,
+                backend=segmenter.runner.label,
+                batch=opts.batch,
+                resized_frames=segmenter.resized_frames,
+                ms_per_frame=segmenter.times.ms_per_frame(frames),
+                end_to_end_fps=frames / wall_s if wall_s else 0.0,
+                engine_fps=frames / infer_s if infer_s else None,
+                ray=None,
+            )
     return summary

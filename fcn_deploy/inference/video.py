@@ -65,7 +65,7 @@ def _decode_frames(info: VideoInfo, max_frames: int | None, frames: queue.Queue,
 
 def _encode_frames(
     tmp: Path, final: Path, info: VideoInfo, codec: str, results: queue.Queue, stop: threading.Event,
-    times: StageTimes, meta: ModelMeta, alpha: float, masks_dir: Path | None,
+    times: StageTimes, meta: ModelMeta, alpha: float, masks_dir: Path | None, on_mask: Callable[[np.ndarray], None] | None = None,
 ) -> None:  # fmt: skip
     """Encode thread: overlay each (index, frame, mask), encode it, save its mask PNG."""
     try:
@@ -75,6 +75,8 @@ def _encode_frames(
                 if item is None:
                     return  # stopped: the calling thread discards the temporary file
                 index, frame, mask = item
+                if on_mask is not None:
+                    on_mask(mask)
                 with times.measure("postprocess"):
                     picture = render_overlay(frame, mask, meta, alpha)
                 with times.measure("encode"):
@@ -124,10 +126,11 @@ def run_video(
     listener: Listener = SILENT,
     task: str = "infer",
     description: str | None = None,
+    on_mask: Callable[[np.ndarray], None] | None = None,
 ) -> dict[str, Any]:
     """Segment every frame of ``source`` (up to ``max_frames``), ``batch`` frames per engine call;
     write the overlay video to ``out`` (atomically) and, with ``masks_dir``, ``frame_NNNNNN.png``
-    per frame.  Returns the video's facts (kind, frames, size, fps, codec, encoded_size, wall_s);
+    per frame (``on_mask`` sees each frame's mask, in order, in the encode thread).  Returns the video's facts (kind, frames, size, fps, codec, encoded_size, wall_s);
     stage times add up in ``segmenter.times``.  Progress goes to ``listener`` as ``task``."""
     info = source if isinstance(source, VideoInfo) else probe_video(Path(source))
     out = Path(out)
@@ -143,7 +146,7 @@ def run_video(
         with atomic_path(out) as tmp:
             decoder = Worker("fcn-deploy-decode", _decode_frames, (info, max_frames, frames, stop, times))
             encoder = Worker(
-                "fcn-deploy-encode", _encode_frames, (tmp, out, info, codec, results, stop, times, segmenter.meta, alpha, masks_dir)
+                "fcn-deploy-encode", _encode_frames, (tmp, out, info, codec, results, stop, times, segmenter.meta, alpha, masks_dir, on_mask)
             )
             decoder.start()
             encoder.start()

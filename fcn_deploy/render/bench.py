@@ -66,3 +66,21 @@ def print_server_results(console: Console, results: list[dict[str, Any]], first_
             _or_dash(r["server_queue_ms"], ".1f"), _or_dash(r["server_compute_ms"], ".1f"),
         )  # fmt: skip
     console.print(table)
+
+
+def print_ray_comparison(console: Console, result: dict[str, Any]) -> None:
+    """benchmark --ray: both runs' rates and the ratio."""
+    table = Table(title=escape(f"Ray against one process: {result['engine']}, {result['images']}"))
+    for column in ("run", "images", "wall s", "first output s", "images/s", "steady images/s"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for name, run in result["runs"].items():
+        label = name.replace("_", " ")
+        if run.get("ray"):
+            label += f" ({run['ray']['nodes']} node{'s' * (run['ray']['nodes'] != 1)}, {run['ray']['actors']} actors)"
+        steady = run["steady_images_per_s"]
+        table.add_row(escape(label), str(run["images"]), f"{run['wall_s']:.1f}", f"{run['first_output_s']:.1f}", f"{run['images_per_s']:.1f}",
+                      f"{steady:.1f}" if steady else "-")  # fmt: skip
+    console.print(table)
+    steady = result["ratio_steady"]
+    console.print(f"Ray / one process: {f'{steady:.2f}x' if steady else '-'} steady, {result['ratio_end_to_end']:.2f}x end to end (start-up included); "
+                  f"masks {'identical' if result['masks_identical'] else '[red]differ[/]'}")  # fmt: skip
