@@ -52,6 +52,10 @@ class Trial:
     min_size_agreement: float
     mean_iu: float
     failures: list[str] = field(default_factory=list)
+    #: Pixel agreement per check size, in the check's order.
+    size_agreement: list[float] = field(default_factory=list)
+    #: What misses the margin when the product thresholds pass.
+    margin_failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
