@@ -96,7 +96,7 @@ def train(arch: str, width: float, steps: int, out: Path, batch: int = 16, crop:
     print(f"held-out pixel acc {scores.pixel_accuracy:.4f}, mean IU {scores.mean_iu:.4f} after {done} steps, {time.perf_counter() - started:.0f} s")
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     payload = {"arch": arch, "width": width, "num_classes": num_classes, "class_names": source.class_names, "steps": done,
-               "held_out": scores.to_dict(), "state_dict": state}  # fmt: skip
+               "held_out": scores.to_dict(), "init": str(init) if init else None, "state_dict": state}  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
