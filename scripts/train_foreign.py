@@ -47,8 +47,19 @@ def build(arch: str, width: float, num_classes: int) -> torch.nn.Module:
     return _deeplabv3_mobilenetv3(backbone, num_classes, aux=False)
 
 
-def train(arch: str, width: float, steps: int, out: Path, batch: int = 16, crop: int = 128, lr: float = 3e-3, seed: int = 0,
-          max_minutes: float | None = None, init: Path | None = None, threads: int = 2) -> None:
+def train(
+    arch: str,
+    width: float,
+    steps: int,
+    out: Path,
+    batch: int = 16,
+    crop: int = 128,
+    lr: float = 3e-3,
+    seed: int = 0,
+    max_minutes: float | None = None,
+    init: Path | None = None,
+    threads: int = 2,
+) -> None:
     """``max_minutes`` bounds the wall time on a shared machine: the schedule then runs on whichever of
     steps or time is further along, so the learning rate still anneals to zero when time runs out."""
     from fcn_deploy.data import open_dataset
@@ -63,7 +74,9 @@ def train(arch: str, width: float, steps: int, out: Path, batch: int = 16, crop:
     num_classes = len(source.class_names)
     model = build(arch, width, num_classes)
     if init is not None:  # continue a run (same arch and width)
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in torch.load(init, weights_only=True)["state_dict"].items()})
+        model.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in torch.load(init, weights_only=True)["state_dict"].items()}
+        )
     for module in model.modules():  # torchvision's 0.01 suits ImageNet-length runs; a few hundred steps need faster stats
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = 0.1
@@ -93,7 +106,8 @@ def train(arch: str, width: float, steps: int, out: Path, batch: int = 16, crop:
             print(f"step {step + 1}/{steps} loss {loss.item():.4f} ({time.perf_counter() - started:.0f} s)", flush=True)
     recalibrate_batchnorm(model, view, batch, seed)
     scores = evaluate(Logits(model), held_out, IMAGENET_MEAN, IMAGENET_STD, num_classes)
-    print(f"held-out pixel acc {scores.pixel_accuracy:.4f}, mean IU {scores.mean_iu:.4f} after {done} steps, {time.perf_counter() - started:.0f} s")
+    seconds = time.perf_counter() - started
+    print(f"held-out pixel acc {scores.pixel_accuracy:.4f}, mean IU {scores.mean_iu:.4f} after {done} steps, {seconds:.0f} s")
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     payload = {"arch": arch, "width": width, "num_classes": num_classes, "class_names": source.class_names, "steps": done,
                "held_out": scores.to_dict(), "init": str(init) if init else None, "state_dict": state}  # fmt: skip
@@ -127,8 +141,8 @@ def load(path: Path) -> tuple[torch.nn.Module, dict]:
 
 def export(path: Path, out: Path) -> None:
     """The ONNX a user of torchvision would bring: torch's exporter, dynamic batch, height and width."""
-    import io
     import contextlib
+    import io
     import warnings
 
     import onnx
@@ -160,8 +174,18 @@ def main() -> None:
     if args.export:
         export(args.export, args.out)
     else:
-        train(args.arch, args.width, args.steps, args.out, batch=args.batch, crop=args.crop, lr=args.lr,
-              max_minutes=args.max_minutes, init=args.init, threads=args.threads)
+        train(
+            args.arch,
+            args.width,
+            args.steps,
+            args.out,
+            batch=args.batch,
+            crop=args.crop,
+            lr=args.lr,
+            max_minutes=args.max_minutes,
+            init=args.init,
+            threads=args.threads,
+        )
 
 
 if __name__ == "__main__":
