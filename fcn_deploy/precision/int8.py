@@ -122,7 +122,13 @@ def prepare(model: onnx.ModelProto, out: Path) -> onnx.ModelProto:
     source.write_bytes(name_nodes(model).SerializeToString())
     quant_pre_process(str(source), str(out), skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=True)
     source.unlink()
-    return onnx.load(str(out))
+    # ONNX Runtime's optimizer adds nodes of its own without names (HardSwish becomes HardSigmoid + Mul,
+    # and Mul is quantized): name them too, or the repair could not keep them in float.
+    prepared = onnx.load(str(out))
+    named = name_nodes(prepared)
+    if named is not prepared:
+        out.write_bytes(named.SerializeToString())
+    return named
 
 
 class Quantizer:

@@ -5,10 +5,11 @@ first) and a function that builds, compiles and checks the engine with a set of 
 float.  It then
 
 1. grows the reverted prefix of the ranking, 1, 2, 4, 8, ... nodes, until the check passes with a
-   margin (or the budget of float nodes or time runs out);
+   margin (or time runs out, or the prefix reaches twice the budget: the ranking is imperfect, and
+   step 3 removes what the check does not need);
 2. bisects to the shortest passing prefix;
 3. tries to put each chosen node back into INT8, least sensitive first, keeping it there when the
-   check still passes.
+   check still passes.  The budget holds for what is left.
 
 A check "passes with a margin" when every fraction gate holds with a quarter of its headroom to
 spare (``pixel_agreement >= 0.99 + 0.25 * 0.01`` for INT8's 0.99): an engine that scrapes through on
@@ -29,6 +30,8 @@ from ..validation.metrics import METRICS
 REPAIR_MARGIN = 0.25
 DEFAULT_BUDGET = 24
 DEFAULT_TIME_LIMIT_S = 1200.0
+#: How far past the budget the reverted prefix may grow before step 3 trims it.
+GROWTH = 2
 
 
 @dataclass
@@ -52,6 +55,10 @@ class Trial:
     min_size_agreement: float
     mean_iu: float
     failures: list[str] = field(default_factory=list)
+    #: Pixel agreement per check size, in the check's order.
+    size_agreement: list[float] = field(default_factory=list)
+    #: What misses the margin when the product thresholds pass.
+    margin_failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
@@ -81,7 +88,10 @@ def search(
     deadline = time.monotonic() + time_limit_s
     trials: list[Trial] = []
     seen: dict[tuple[str, ...], Trial] = {}
-    candidates = [name for name in ranked if name not in start][: max(0, budget - len(start))]
+    # The ranking is imperfect, so the passing prefix may hold nodes the check does not need: the prefix
+    # may grow to GROWTH x the budget, and the budget holds for the set left after step 3.
+    allowed = max(0, budget - len(start))
+    candidates = list(dict.fromkeys(name for name in ranked if name not in start))[: GROWTH * allowed]
 
     def run(prefix: Sequence[str]) -> Trial | None:
         nodes = tuple(start) + tuple(prefix)
@@ -133,6 +143,6 @@ def search(
             if trial.passed_with_margin:
                 chosen.remove(name)
         best = seen[tuple(sorted(tuple(start) + tuple(chosen)))]
-        return best, trials
+        return (best if len(chosen) <= allowed else None), trials
     finally:
         listener.finish("repair")
