@@ -721,29 +721,53 @@ class TritonPythonModel:
 '''
 
 
+#: Runs PyTriton's bundled tritonserver on a model repository in a process of its own (a clean
+#: interpreter: started inside the test process after the whole suite's libraries were loaded, it crashed).
+TRITON_ON_A_REPOSITORY = """
+import sys, time
+from pathlib import Path
+from pytriton.triton import Triton, TritonConfig
+from fcn_deploy.serve.triton import python_libdir_first
+
+repo, tmp, http, grpc, metrics = Path(sys.argv[1]), Path(sys.argv[2]), *map(int, sys.argv[3:6])
+python_libdir_first()
+config = TritonConfig(model_repository=repo, http_address="127.0.0.1", http_port=http, grpc_address="127.0.0.1", grpc_port=grpc,
+                      metrics_address="127.0.0.1", metrics_port=metrics, log_file=tmp / "triton.log")
+with Triton(config=config, workspace=tmp / "workspace"):
+    print("ready", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
+
+
 def test_the_repository_ensemble_serves_the_same_masks_on_a_real_triton(engines, local, tmp_path):
     """The ensemble, its Python pre/post-processing and its config run on PyTriton's bundled
     tritonserver; only the engine's backend is stood in (by a Python model running the same ONNX)."""
-    from pytriton.triton import Triton, TritonConfig
-
-    from fcn_deploy.serve.triton import python_libdir_first
-
     repo = tmp_path / "repo"
     export_triton(engines["onnxruntime"], repo)
     config = repo / "fcn_engine" / "config.pbtxt"
     config.write_text(config.read_text().replace('platform: "onnxruntime_onnx"', 'backend: "python"'))
     (repo / "fcn_engine" / "1" / "model.py").write_text(STAND_IN_ENGINE)
-    python_libdir_first()
     http, grpc_port, metrics = free_ports(3)
-    triton_config = TritonConfig(
-        model_repository=repo, http_address="127.0.0.1", http_port=http, grpc_address="127.0.0.1", grpc_port=grpc_port,
-        metrics_address="127.0.0.1", metrics_port=metrics, log_file=tmp_path / "triton.log",
-    )  # fmt: skip
-    with Triton(config=triton_config, workspace=tmp_path / "workspace"), TritonModel(f"127.0.0.1:{grpc_port}") as ensemble:
-        assert (ensemble.backend, ensemble.engine) == ("onnxruntime", engines["onnxruntime"].name)
-        images = [scene(300 + i, h, w) for i, (h, w) in enumerate(ODD_SIZES)]
-        for image, mask in zip(images, ensemble.segment(images, in_flight=4)):
-            np.testing.assert_array_equal(mask, local.predict(image))
-        with pytest.raises(FcnDeployError, match="larger than this server accepts"):
-            ensemble.infer(np.zeros((4 * MAX_SIDE + 1, 8, 3), np.uint8))
-        assert ensemble.client.is_model_ready("fcn")
+    server = subprocess.Popen([sys.executable, "-c", TRITON_ON_A_REPOSITORY, str(repo), str(tmp_path), str(http), str(grpc_port), str(metrics)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        lines = []
+        while not lines or lines[-1].strip() != "ready":  # tritonserver's own lines (e.g. no NVML here) come first
+            line = server.stdout.readline()
+            assert line, "Triton exited before it was ready:\n" + "".join(lines)
+            lines.append(line)
+        with TritonModel(f"127.0.0.1:{grpc_port}") as ensemble:
+            assert (ensemble.backend, ensemble.engine) == ("onnxruntime", engines["onnxruntime"].name)
+            images = [scene(300 + i, h, w) for i, (h, w) in enumerate(ODD_SIZES)]
+            for image, mask in zip(images, ensemble.segment(images, in_flight=4)):
+                np.testing.assert_array_equal(mask, local.predict(image))
+            with pytest.raises(FcnDeployError, match="larger than this server accepts"):
+                ensemble.infer(np.zeros((4 * MAX_SIDE + 1, 8, 3), np.uint8))
+            assert ensemble.client.is_model_ready("fcn")
+    finally:
+        server.stdin.close()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
