@@ -210,7 +210,7 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr("fcn_deploy.render.demo.print_validation", lambda *a, **k: None)  # stubs have no cases to draw
     again = demo.run_demo(out, train_steps=30)
     assert again.report["steps"]["train"]["reused"] and again.report["steps"]["export"]["reused"]
-    assert set(again.report["steps"]["build"]) == labels and again.passed == all(v["passed"] for v in saved["steps"]["validate"].values())
+    assert set(again.report["steps"]["build"]) == labels and again.passed is True  # every stubbed verdict passes
     monkeypatch.setattr(fcn_deploy.validation, "validate_engine", saved_validation({"onnxruntime-int8"}))
     capsys.readouterr()
     assert main(["demo", "--out", str(out), "--train-steps", "30"]) == 1  # an engine failed validation: the main job fails
