@@ -42,15 +42,12 @@ class Checkpoint:
             first = str(exc).splitlines()[0]
             where = self.path or "checkpoint"
             raise FcnDeployError(
-                f"{where}: weights do not fit architecture {self.meta.arch} ({first}); "
-                "is this a checkpoint for a different architecture?"
+                f"{where}: weights do not fit architecture {self.meta.arch} ({first}); is this a checkpoint for a different architecture?"
             ) from exc
         return model.eval() if eval_mode else model
 
 
-def save_checkpoint(
-    path: str | Path, model: nn.Module, meta: ModelMeta, train_state: dict[str, Any] | None = None
-) -> Path:
+def save_checkpoint(path: str | Path, model: nn.Module, meta: ModelMeta, train_state: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint atomically (temporary file, then rename)."""
     payload = {"format": FORMAT, "meta": meta.to_dict(), "state_dict": model.state_dict()}
     if train_state is not None:
@@ -67,8 +64,7 @@ def read_weights_only(path: Path) -> Any:
     except pickle.UnpicklingError as exc:
         if "Unsupported global" in str(exc):  # a class or function the weights-only unpickler refused
             raise FcnDeployError(
-                f"{path}: refused: the file needs arbitrary pickled code to load (weights_only=True); "
-                "re-save it as a plain state dict"
+                f"{path}: refused: the file needs arbitrary pickled code to load (weights_only=True); re-save it as a plain state dict"
             ) from exc
         raise FcnDeployError(f"{path}: not a readable PyTorch checkpoint (invalid pickle data); is it corrupt?") from exc
     except Exception as exc:  # BadZipFile, EOFError, RuntimeError, KeyError, ... from a damaged file
@@ -82,9 +78,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise FcnDeployError(f"{path}: is an exported model, not a checkpoint; pass the .pt checkpoint it came from")
     data = read_weights_only(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise FcnDeployError(
-            f"{path}: not an fcn-deploy checkpoint; bring torchvision or VGG weights in with `fcn-deploy import`"
-        )
+        raise FcnDeployError(f"{path}: not an fcn-deploy checkpoint; bring torchvision or VGG weights in with `fcn-deploy import`")
     meta = ModelMeta.from_dict(data["meta"], source=str(path))
     models.spec(meta.arch)  # unknown architecture -> clear error
     return Checkpoint(meta, data["state_dict"], data.get("train_state"), path)

@@ -77,7 +77,9 @@ def check_backend(
             results.append(Check(name, precision, label, True, detail))
         except Exception as exc:  # noqa: BLE001 - every failure is reported as a failed check
             where = traceback.extract_tb(exc.__traceback__)[-1]
-            results.append(Check(name, precision, label, False, f"{exc.__class__.__name__}: {first_line(exc)} ({where.name}:{where.lineno})"))
+            results.append(
+                Check(name, precision, label, False, f"{exc.__class__.__name__}: {first_line(exc)} ({where.name}:{where.lineno})")
+            )
         listener.note(f"{name} {precision} {label}: {'ok' if results[-1].passed else 'FAILED ' + results[-1].detail}",
                       level="info" if results[-1].passed else "error")  # fmt: skip
         return results[-1].passed

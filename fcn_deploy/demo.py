@@ -176,9 +176,7 @@ def run_demo(out: Path, *, force: bool = False, train_steps: int | None = None, 
                 "files": manifest["files"], "transform": manifest.get("transform"), "build": manifest.get("build"),
                 "int8_check": manifest.get("int8_check"),
             }  # fmt: skip
-    report["steps"]["eval"]["engines"] = {
-        label: evaluate_model(engine, held_out, listener=listener) for label, engine in engines.items()
-    }
+    report["steps"]["eval"]["engines"] = {label: evaluate_model(engine, held_out, listener=listener) for label, engine in engines.items()}
 
     step(6)
     report["steps"]["validate"] = {}

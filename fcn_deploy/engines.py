@@ -165,7 +165,9 @@ def build_engine(
             else:
                 transform = {"precision": opts.precision}
             listener.note(f"{backend.name}: compiling {precision_onnx.name} -> {out.name}")
-            build_info = backend.compile(precision_onnx, out, profile, meta, CompileOptions(opts.precision, backend_options), listener=listener)
+            build_info = backend.compile(
+                precision_onnx, out, profile, meta, CompileOptions(opts.precision, backend_options), listener=listener
+            )
         calibration = transform.get("calibration") or {}
         manifest = {
             "format": MANIFEST_FORMAT,

@@ -126,9 +126,7 @@ def export_onnx(
     Each checked size reaches ``listener`` as an ``export_case`` result."""
     opts = opts or ExportOptions()
     if opts.opset not in SUPPORTED_OPSETS:
-        raise FcnDeployError(
-            f"unsupported opset {opts.opset}: choose {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
-        )
+        raise FcnDeployError(f"unsupported opset {opts.opset}: choose {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
     out = Path(out)
     ensure_writable_dir(out.parent)
     ckpt = load_checkpoint(checkpoint)
@@ -138,8 +136,10 @@ def export_onnx(
     wrapped = _WithMask(model) if opts.mask_output else model
     size = max(meta.train_size, 2 * meta.min_size)
     example = torch.zeros(1 if opts.static_batch else 2, 3, size, size)
-    listener.note(f"exporting {meta.arch} from {checkpoint} (opset {opts.opset}, dynamic "
-                  f"{'H, W' if opts.static_batch else 'N, H, W'}{', mask output' if opts.mask_output else ''})")
+    listener.note(
+        f"exporting {meta.arch} from {checkpoint} (opset {opts.opset}, dynamic "
+        f"{'H, W' if opts.static_batch else 'N, H, W'}{', mask output' if opts.mask_output else ''})"
+    )
     proto = _trace(wrapped.eval(), example, opts, meta.min_size)
     _name_dims(proto, opts.static_batch)
     write_onnx_meta(proto, meta, {"fcn_deploy.precision": "fp32", "fcn_deploy.opset": str(opts.opset)})

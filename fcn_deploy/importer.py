@@ -51,8 +51,7 @@ def detect_kind(state: dict[str, torch.Tensor]) -> str:
     if "features.0.weight" in keys and "classifier.0.weight" in keys and "classifier.6.weight" in keys:
         return "vgg16"
     raise FcnDeployError(
-        "unrecognised weights: expected a torchvision fcn_resnet50/101 or vgg16 state dict "
-        "(for fcn-deploy checkpoints no import is needed)"
+        "unrecognised weights: expected a torchvision fcn_resnet50/101 or vgg16 state dict (for fcn-deploy checkpoints no import is needed)"
     )
 
 
@@ -79,8 +78,7 @@ def import_torchvision_fcn(state: dict[str, torch.Tensor], classes_file: Path | 
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise FcnDeployError(
-            f"weights look like a torchvision FCN-ResNet{depth} but do not fit it ({str(exc).splitlines()[0]}); "
-            "is the file complete?"
+            f"weights look like a torchvision FCN-ResNet{depth} but do not fit it ({str(exc).splitlines()[0]}); is the file complete?"
         ) from exc
     names, palette = _class_info(num_classes, classes_file)
     meta = ModelMeta(

@@ -53,8 +53,7 @@ class ModelMeta:
     def __post_init__(self) -> None:
         if len(self.class_names) != self.num_classes:
             raise FcnDeployError(
-                f"metadata lists {len(self.class_names)} class names for {self.num_classes} classes; "
-                "give one name per class"
+                f"metadata lists {len(self.class_names)} class names for {self.num_classes} classes; give one name per class"
             )
         if len(self.palette) < self.num_classes:
             self.palette = list(self.palette) + default_palette(self.num_classes)[len(self.palette) :]

@@ -26,9 +26,7 @@ def fast_hist(label: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarr
     label = np.asarray(label).ravel().astype(np.int64)
     pred = np.asarray(pred).ravel().astype(np.int64)
     keep = (label >= 0) & (label < num_classes)
-    return np.bincount(num_classes * label[keep] + pred[keep], minlength=num_classes**2).reshape(
-        num_classes, num_classes
-    )
+    return np.bincount(num_classes * label[keep] + pred[keep], minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 @dataclass

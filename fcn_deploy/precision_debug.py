@@ -52,10 +52,14 @@ def debug_precision(target: str | Path, reference: str | Path, options: DebugOpt
     manifest = read_manifest(target) if kind_of(target) is Kind.ENGINE else None
     graph_path = Path(manifest["precision_onnx"]) if manifest else target
     if not graph_path.is_file():
-        raise FcnDeployError(f"{target}: its manifest names the INT8 graph {graph_path}, which is not here; copy it back or rebuild the engine")
+        raise FcnDeployError(
+            f"{target}: its manifest names the INT8 graph {graph_path}, which is not here; copy it back or rebuild the engine"
+        )
     int8 = onnx.load(str(graph_path))
     if not quantized_nodes(int8):
-        raise FcnDeployError(f"{graph_path}: has no quantized nodes; give an INT8 graph or engine (build one with `fcn-deploy build-engine --int8`)")
+        raise FcnDeployError(
+            f"{graph_path}: has no quantized nodes; give an INT8 graph or engine (build one with `fcn-deploy build-engine --int8`)"
+        )
     backend = backends.engine_backend(target, manifest) if manifest else backends.get(options.backend or backends.plain_onnx_backend().name)
     float_model = read_onnx(reference)
     if kind_of(reference) is not Kind.ONNX or read_onnx_props(float_model).get("fcn_deploy.precision", "fp32") != "fp32":
@@ -67,7 +71,9 @@ def debug_precision(target: str | Path, reference: str | Path, options: DebugOpt
         inputs = InputSource(options.images)
         sizes = options.sizes or DEBUG_SIZES
         batches = [preprocess(inputs.batch(h, w, 1, i), meta.mean, meta.std) for i, (h, w) in enumerate(sizes)]
-        listener.note(f"measuring {len(quantized_nodes(int8))} quantized nodes on {backend.name} at {', '.join(f'{h}x{w}' for h, w in sizes)}")
+        listener.note(
+            f"measuring {len(quantized_nodes(int8))} quantized nodes on {backend.name} at {', '.join(f'{h}x{w}' for h, w in sizes)}"
+        )
         errors = node_errors(prepared, int8, batches, backend.intermediate_outputs)
         calibration = _calibration(manifest, meta) if options.revert_top else None
         if calibration is not None:
@@ -75,7 +81,9 @@ def debug_precision(target: str | Path, reference: str | Path, options: DebugOpt
             method = manifest["transform"]["calibration"].get("calibration_method", "minmax") if manifest else "minmax"
             with Quantizer(float_model, calibration, method, calibration.folder / ".cache", encoding) as quantizer:
                 reference_masks = [_masks(backend, prepared, batch) for batch in batches]
-                listener.start("debug", total=min(options.revert_top, len(errors)), description="keeping each worst node in float", unit="nodes")
+                listener.start(
+                    "debug", total=min(options.revert_top, len(errors)), description="keeping each worst node in float", unit="nodes"
+                )
                 for error in errors[: options.revert_top]:
                     graph = quantizer.quantize((error.name,))
                     agree = sum(int((_masks(backend, graph, b) == m).sum()) for b, m in zip(batches, reference_masks))

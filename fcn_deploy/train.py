@@ -118,9 +118,7 @@ def train(config: TrainConfig, *, listener: Listener = SILENT) -> dict[str, Any]
     if resume is not None:
         meta = resume.meta
         if meta.num_classes != num_classes:
-            raise FcnDeployError(
-                f"{config.resume}: checkpoint has {meta.num_classes} classes, dataset {config.data} has {num_classes}"
-            )
+            raise FcnDeployError(f"{config.resume}: checkpoint has {meta.num_classes} classes, dataset {config.data} has {num_classes}")
         model = resume.build_model(eval_mode=False)
         state.update(resume.train_state or {})
     else:
@@ -141,13 +139,15 @@ def train(config: TrainConfig, *, listener: Listener = SILENT) -> dict[str, Any]
             if init.meta.num_classes != num_classes:
                 raise FcnDeployError(
                     f"{config.init_from}: checkpoint has {init.meta.num_classes} classes, dataset {config.data} has "
-                    f"{num_classes}; import it with {num_classes} classes", options=("init",),
+                    f"{num_classes}; import it with {num_classes} classes",
+                    options=("init",),
                 )
             model = init.build_model(eval_mode=False)
             meta.arch_kwargs = dict(init.meta.arch_kwargs)
 
-    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if config.device == "auto" else config.device)
+    device = torch.device(
+        "cuda" if config.device == "auto" and torch.cuda.is_available() else "cpu" if config.device == "auto" else config.device
+    )
     model = model.to(device)
     view = TrainingView(train_src.dataset, config.img_size, meta.mean, meta.std, seed=config.seed)
     steps_per_epoch = max(1, len(view) // config.batch_size)
@@ -191,9 +191,7 @@ def train(config: TrainConfig, *, listener: Listener = SILENT) -> dict[str, Any]
                     group["lr"] = lr
                 if has_aux:
                     out_main, out_aux = model.forward_with_aux(images)
-                    loss = F.cross_entropy(out_main, labels, ignore_index=VOID) + 0.5 * F.cross_entropy(
-                        out_aux, labels, ignore_index=VOID
-                    )
+                    loss = F.cross_entropy(out_main, labels, ignore_index=VOID) + 0.5 * F.cross_entropy(out_aux, labels, ignore_index=VOID)
                 else:
                     loss = F.cross_entropy(model(images), labels, ignore_index=VOID)
                 optimizer.zero_grad(set_to_none=True)

@@ -140,8 +140,7 @@ def main() -> None:
     for backend in ("openvino", "onnxruntime"):
         for precision in ("fp32", "int8"):
             options = BuildOptions(precision=precision, backend=backend, calib_dir=args.calib, max_shape=PROFILE.max[1:])
-            timed(f"ours {backend} {precision}",
-                  lambda: args.out / build_engine(source, None, options)["engine"])  # noqa: B023 - called at once
+            timed(f"ours {backend} {precision}", lambda: args.out / build_engine(source, None, options)["engine"])  # noqa: B023 - called at once
     if backends.get("openvino").status()[0]:
         validation_batches = [InputSource().batch(h, w, 1, i) for i, (h, w) in enumerate([(97, 129), (160, 224), (64, 80)])]
         from fcn_deploy.data.images import preprocess
@@ -158,8 +157,11 @@ def main() -> None:
         rows[label] = {"engine": str(engine), "passed": report.passed, "pooled_agreement": summary["pixel_agreement"],
                        "lowest_size_agreement": summary["min_pixel_agreement"], "mean_iu_vs_reference": summary["mean_iu_vs_reference"],
                        "failures": report.failures, "sizes": len(report.cases)}  # fmt: skip
-        print(f"validated {label}: {'passed' if report.passed else 'FAILED'} {summary['pixel_agreement']:.4%} "
-              f"(lowest {summary['min_pixel_agreement']:.4%}), mIU vs FP32 {summary['mean_iu_vs_reference']:.4f}", flush=True)
+        print(
+            f"validated {label}: {'passed' if report.passed else 'FAILED'} {summary['pixel_agreement']:.4%} "
+            f"(lowest {summary['min_pixel_agreement']:.4%}), mIU vs FP32 {summary['mean_iu_vs_reference']:.4f}",
+            flush=True,
+        )
     h, w = (int(v) for v in args.size.split("x"))
     bench = run_benchmark(list(engines.values()), reference=args.checkpoint, sizes=[(h, w)], warmup=3, iters=args.iters)
     by_engine = {r["engine"]: r for r in bench["results"]}
@@ -168,8 +170,10 @@ def main() -> None:
         timing = by_engine.get(row["engine"], {})
         row.update(median_ms=timing.get("median_ms"), p10_ms=timing.get("p10_ms"), p90_ms=timing.get("p90_ms"))
         verdict = "passes" if row["passed"] else "fails"
-        print(f"| {label} | {row['pooled_agreement']:.2%} / {row['lowest_size_agreement']:.2%} / {row['mean_iu_vs_reference']:.4f}: "
-              f"{verdict} | {row['median_ms']:.1f} |")
+        print(
+            f"| {label} | {row['pooled_agreement']:.2%} / {row['lowest_size_agreement']:.2%} / {row['mean_iu_vs_reference']:.4f}: "
+            f"{verdict} | {row['median_ms']:.1f} |"
+        )
     if args.report:
         args.report.write_text(json.dumps({"model": str(args.onnx), "rows": rows, "build_seconds": timings, "benchmark": bench,
                                            "metrics": list(METRICS)}, indent=2, default=str))  # fmt: skip

@@ -87,9 +87,7 @@ def judge_targets(benchmark: dict | None) -> tuple[list[dict], list[dict]]:
             "speedup": speedup, "passed": speedup is not None and speedup >= minimum,
             "why": "" if speedup is not None else f"not measured ({numerator} or {denominator} missing from the benchmark)",
         })  # fmt: skip
-    reported = [
-        {"name": name, "speedup": times[den] / times[num]} for name, num, den in REPORTED if num in times and den in times
-    ]
+    reported = [{"name": name, "speedup": times[den] / times[num]} for name, num, den in REPORTED if num in times and den in times]
     return targets, reported
 
 

@@ -117,8 +117,17 @@ def tiny_checkpoint(artefacts) -> Path:
     out = artefacts / "tiny.pt"
     train(
         TrainConfig(
-            out=out, arch="fcn8s-resnet18", arch_kwargs=TINY_ARCH_KWARGS, epochs=2, steps=120, batch_size=8,
-            lr=5e-3, img_size=96, train_count=480, val_count=8, val_size=96,
+            out=out,
+            arch="fcn8s-resnet18",
+            arch_kwargs=TINY_ARCH_KWARGS,
+            epochs=2,
+            steps=120,
+            batch_size=8,
+            lr=5e-3,
+            img_size=96,
+            train_count=480,
+            val_count=8,
+            val_size=96,
         )
     )
     return out

@@ -16,8 +16,6 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import random_checkpoint
-
 from fcn_deploy.artefacts import manifest_path
 from fcn_deploy.backends import open_reference, open_runner
 from fcn_deploy.backends.base import upsample_bilinear
@@ -30,6 +28,8 @@ from fcn_deploy.events import Recorder
 from fcn_deploy.media import write_video
 from fcn_deploy.meta import IMAGENET_MEAN, IMAGENET_STD, read_onnx_meta
 from fcn_deploy.validation import DEFAULT_THRESHOLDS
+
+from helpers import random_checkpoint
 
 NUM_CLASSES = 21
 #: Odd validation sizes (small: every model runs them on two CPU cores in well under a second).
@@ -130,7 +130,16 @@ class Zoo:
         def make() -> Path:
             source = self.source(name)
             out = source.with_name("adopted.onnx")
-            args = ["adopt", str(source), "-o", str(out), "--num-classes", str(NUM_CLASSES), "--report", str(out.with_name("adopt-report.json"))]
+            args = [
+                "adopt",
+                str(source),
+                "-o",
+                str(out),
+                "--num-classes",
+                str(NUM_CLASSES),
+                "--report",
+                str(out.with_name("adopt-report.json")),
+            ]
             if TORCHVISION[name]["aux"]:
                 args += ["--output", "out"]
             assert main(args) == 0

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import QUIET
 from fcn_deploy import backends
 from fcn_deploy.backends import Profile, Runner, TensorSpec, default_profile, manifest_path, open_runner, read_manifest
 from fcn_deploy.backends.onnxruntime import OnnxRuntimeBackend
@@ -22,10 +21,10 @@ from fcn_deploy.backends.torch import TorchRunner
 from fcn_deploy.cli import main
 from fcn_deploy.engines import BuildOptions, build_engine, resolve_profile
 from fcn_deploy.errors import FcnDeployError
-from fcn_deploy.meta import ModelMeta
 from fcn_deploy.events import Recorder
-from fcn_deploy.validation import DEFAULT_THRESHOLDS, ValidateOptions, validate, validate_engine
 from fcn_deploy.inference import Segmenter
+from fcn_deploy.meta import ModelMeta
+from fcn_deploy.validation import DEFAULT_THRESHOLDS, ValidateOptions, validate, validate_engine
 
 SIZES = [(32, 32), (97, 129), (45, 160), (131, 67), (200, 200)]
 
@@ -140,7 +139,9 @@ def test_missing_or_tampered_engine_file_is_refused_with_the_rebuild_command(tin
     weights = tmp_path / "m.bin"
     original = weights.read_bytes()
     weights.write_bytes(original[:-4] + b"\0\0\0\0")
-    with pytest.raises(FcnDeployError, match=r"m\.bin's sha256 differs from its manifest .*Rebuild it: fcn-deploy build-engine .*--backend openvino"):
+    with pytest.raises(
+        FcnDeployError, match=r"m\.bin's sha256 differs from its manifest .*Rebuild it: fcn-deploy build-engine .*--backend openvino"
+    ):
         open_runner(engine)
     weights.unlink()
     with pytest.raises(FcnDeployError, match=r"its file m\.bin is missing.*Rebuild it"):

@@ -203,7 +203,9 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, monkeypatch, capsys)
         return SavedValidation
 
     monkeypatch.setattr(fcn_deploy.validation, "validate_engine", saved_validation(set()))
-    monkeypatch.setattr(fcn_deploy.evaluate, "evaluate_model", lambda path, *a, **k: saved["steps"]["eval"]["engines"][label_of[Path(path)]])
+    monkeypatch.setattr(
+        fcn_deploy.evaluate, "evaluate_model", lambda path, *a, **k: saved["steps"]["eval"]["engines"][label_of[Path(path)]]
+    )
     monkeypatch.setattr(fcn_deploy.inference, "run_infer", lambda *a, **k: dict(saved["steps"]["infer"]))
     monkeypatch.setattr(demo, "_standalone_fps", lambda *a: saved["steps"]["infer"]["standalone_engine_fps"])
     monkeypatch.setattr(fcn_deploy.bench, "run_benchmark", lambda *a, **k: saved["steps"]["benchmark"])

@@ -12,11 +12,12 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import perturbed_copy
 
 from fcn_deploy.data.calibration import generate_default_calibration
 from fcn_deploy.events import Recorder
 from fcn_deploy.precision import apply_precision
+
+from helpers import perturbed_copy
 
 
 class Recalibrated(BaseException):

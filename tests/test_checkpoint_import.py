@@ -113,8 +113,7 @@ def test_arbitrary_pickled_objects_are_refused_and_never_run(tmp_path, tiny_mode
     with pytest.raises(FcnDeployError) as err:
         load_checkpoint(path)
     assert str(err.value) == (
-        f"{path}: refused: the file needs arbitrary pickled code to load (weights_only=True); "
-        "re-save it as a plain state dict"
+        f"{path}: refused: the file needs arbitrary pickled code to load (weights_only=True); re-save it as a plain state dict"
     )
     assert _CALLED == []  # the payload never ran
     # ... while an unsafe load really would have run it: the test's payload is live
@@ -155,9 +154,7 @@ def test_plain_state_dict_is_not_a_checkpoint(tmp_path, tiny_model):
     torch.save(tiny_model.state_dict(), path)
     with pytest.raises(FcnDeployError) as err:
         load_checkpoint(path)
-    assert str(err.value) == (
-        f"{path}: not an fcn-deploy checkpoint; bring torchvision or VGG weights in with `fcn-deploy import`"
-    )
+    assert str(err.value) == (f"{path}: not an fcn-deploy checkpoint; bring torchvision or VGG weights in with `fcn-deploy import`")
 
 
 def _rewrite_meta(path: Path, **changes) -> None:
@@ -309,9 +306,7 @@ def test_import_vgg16_as_fcn32s_with_classes_file(vgg16_weights, tmp_path):
     assert fcn_state["score_fr.weight"].shape == (5, 4096, 1, 1) and not fcn_state["score_fr.weight"].any()
     with pytest.raises(FcnDeployError) as err:
         import_vgg16_classifier(state, "fcn8s-resnet18", 5)
-    assert str(err.value) == (
-        "a VGG16 classifier converts to fcn32s-vgg16, fcn16s-vgg16 or fcn8s-vgg16, not fcn8s-resnet18"
-    )
+    assert str(err.value) == ("a VGG16 classifier converts to fcn32s-vgg16, fcn16s-vgg16 or fcn8s-vgg16, not fcn8s-resnet18")
 
 
 # --------------------------------------------------------------------------- import: bad input
@@ -323,8 +318,7 @@ def test_unrecognised_state_dict(tmp_path, tiny_model):
     with pytest.raises(FcnDeployError) as err:
         import_weights(tmp_path / "o.pt", path)
     assert str(err.value) == (
-        "unrecognised weights: expected a torchvision fcn_resnet50/101 or vgg16 state dict "
-        "(for fcn-deploy checkpoints no import is needed)"
+        "unrecognised weights: expected a torchvision fcn_resnet50/101 or vgg16 state dict (for fcn-deploy checkpoints no import is needed)"
     )
     # an fcn-deploy checkpoint is not something to import either
     ours = save_checkpoint(tmp_path / "ours.pt", tiny_model, _tiny_meta())
@@ -345,8 +339,7 @@ def test_import_cli_refuses_a_pickled_full_model(tmp_path, capsys):
     assert main(["import", str(path), "-o", str(out)]) == 2
     captured = capsys.readouterr()
     assert captured.err.strip() == (
-        f"error: {path}: refused: the file needs arbitrary pickled code to load (weights_only=True); "
-        "re-save it as a plain state dict"
+        f"error: {path}: refused: the file needs arbitrary pickled code to load (weights_only=True); re-save it as a plain state dict"
     )
     assert not out.exists()
 
@@ -358,9 +351,7 @@ def test_import_cli_missing_file_and_bad_arguments(tmp_path, capsys):
     assert main(["import", "-o", str(out)]) == 2
     assert capsys.readouterr().err.strip() == "error: give either a weights FILE or --pretrained NAME"
     assert main(["import", "--pretrained", "resnet9", "-o", str(out)]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "error: unknown --pretrained 'resnet9'; choose one of: fcn_resnet50, fcn_resnet101, vgg16"
-    )
+    assert capsys.readouterr().err.strip() == ("error: unknown --pretrained 'resnet9'; choose one of: fcn_resnet50, fcn_resnet101, vgg16")
     assert not out.exists()
 
 

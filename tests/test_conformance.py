@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-import trt_standin
 from fcn_deploy import backends
 from fcn_deploy.conformance import check_backend
+
+import trt_standin
 
 #: How a backend that cannot run on this machine is made to run here (a CPU stand-in).
 STANDINS = {"tensorrt": trt_standin.install}

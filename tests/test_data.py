@@ -175,10 +175,7 @@ def test_synth_data_cli_writes_the_voc_layout(tmp_path, capsys):
 def voc(tmp_path) -> Path:
     """A 3-class VOC folder: train_00000..2 and val_00000..1, images 32 high x 40 wide."""
     rng = np.random.default_rng(1)
-    samples = [
-        (rng.integers(0, 256, (32, 40, 3), dtype=np.uint8), rng.integers(0, 3, (32, 40)).astype(np.uint8))
-        for _ in range(3)
-    ]
+    samples = [(rng.integers(0, 256, (32, 40, 3), dtype=np.uint8), rng.integers(0, 3, (32, 40)).astype(np.uint8)) for _ in range(3)]
     return write_voc(tmp_path / "voc", {"train": samples, "val": samples[:2]}, ["a", "b", "c"], default_palette(3))
 
 
@@ -190,9 +187,7 @@ def test_missing_root(tmp_path):
     root = tmp_path / "nowhere"
     with pytest.raises(FcnDeployError) as err:
         VOCSegmentation(root, "train")
-    assert str(err.value) == (
-        f"dataset folder not found: {root} (expected a VOC-layout folder; see `fcn-deploy synth-data`)"
-    )
+    assert str(err.value) == (f"dataset folder not found: {root} (expected a VOC-layout folder; see `fcn-deploy synth-data`)")
     with pytest.raises(FcnDeployError, match="dataset folder not found"):
         open_dataset(str(root), "train")
 

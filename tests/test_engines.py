@@ -11,20 +11,20 @@ import onnx
 import pytest
 from PIL import Image
 
-from helpers import build_all_precisions
-
-from fcn_deploy.cli import main
 from fcn_deploy.backends import manifest_path, read_manifest
 from fcn_deploy.backends import open_runner as load_runner
+from fcn_deploy.backends.torch import TorchRunner
+from fcn_deploy.cli import main
+from fcn_deploy.data.calibration import generate_default_calibration, load_calibration
 from fcn_deploy.engines import BuildOptions, build_engine, resolve_profile
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.events import Recorder
 from fcn_deploy.meta import read_onnx_meta
-from fcn_deploy.data.calibration import generate_default_calibration, load_calibration
 from fcn_deploy.precision import apply_precision, calibration_cache_key
 from fcn_deploy.precision.fp16 import convert_fp16
-from fcn_deploy.backends.torch import TorchRunner
 from fcn_deploy.validation import DEFAULT_THRESHOLDS, spread_sizes, validate
+
+from helpers import build_all_precisions
 
 SIZES = [(32, 32), (64, 64), (97, 129), (45, 160)]
 

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
 
-from helpers import random_checkpoint
-
 from fcn_deploy.checkpoint import load_checkpoint
 from fcn_deploy.cli import main
-from fcn_deploy.data.synthetic import make_scene
 from fcn_deploy.data.images import preprocess
+from fcn_deploy.data.synthetic import make_scene
 from fcn_deploy.errors import CheckFailed, FcnDeployError
 from fcn_deploy.export import ExportOptions, export_onnx
 from fcn_deploy.meta import read_onnx_meta
+
+from helpers import random_checkpoint
 
 #: Nine sizes: the minimum, odd, prime, extreme aspect ratios, non-multiples of 32 (batch 2 on one).
 CHECK_SIZES = [(32, 32), (97, 129), (127, 131), (32, 261), (199, 32), (64, 64), (211, 173), (45, 300), (160, 96)]

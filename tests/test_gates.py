@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import perturbed_copy
 
 from fcn_deploy.backends import Profile, Runner
 from fcn_deploy.cli import main
 from fcn_deploy.meta import ModelMeta
 from fcn_deploy.validation import Thresholds, ValidateOptions, validate, validate_engine
+
+from helpers import perturbed_copy
 
 C = 3
 META = ModelMeta(arch="fake", num_classes=C, class_names=["bg", "a", "b"], palette=[[0, 0, 0], [200, 0, 0], [0, 200, 0]])

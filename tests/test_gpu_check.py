@@ -78,8 +78,11 @@ def test_without_a_usable_gpu_it_stops_says_why_and_installs_nothing(tmp_path, s
 
 @pytest.mark.parametrize(
     ("cuda", "torch_build", "tensorrt"),
-    [("13.0", "cu130", "tensorrt-cu13>=10.12,<12"), ("12.9", "cu128", "tensorrt-cu12>=10.12,<12"),
-     ("12.6", "cu126", "tensorrt-cu12>=10.12,<12")],
+    [
+        ("13.0", "cu130", "tensorrt-cu13>=10.12,<12"),
+        ("12.9", "cu128", "tensorrt-cu12>=10.12,<12"),
+        ("12.6", "cu126", "tensorrt-cu12>=10.12,<12"),
+    ],
 )
 def test_plan_follows_the_driver_cuda_version(tmp_path, cuda, torch_build, tensorrt):
     result = run_script(tmp_path, "--plan", smi=(f"| NVIDIA-SMI 580.65.06  Driver Version: 580.65.06  CUDA Version: {cuda} |", 0))

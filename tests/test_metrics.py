@@ -91,7 +91,7 @@ def test_accumulating_images_equals_one_matrix_over_the_concatenation():
     np.testing.assert_array_equal(meter.hist, fast_hist(all_labels, all_preds, 5))
     assert meter.scores() == scores_from_hist(fast_hist(all_labels, all_preds, 5))
     # ... which is not the mean of per-image scores (the paper scores the split, not images)
-    per_image = np.mean([scores_from_hist(fast_hist(l, p, 5)).mean_iu for l, p in pairs])
+    per_image = np.mean([scores_from_hist(fast_hist(labels, preds, 5)).mean_iu for labels, preds in pairs])
     assert not np.isclose(per_image, meter.scores().mean_iu)
 
 

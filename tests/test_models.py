@@ -31,9 +31,9 @@ from torch import nn
 import fcn_deploy.models.vgg as vgg_module
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.models import (
-    FCN8sResNet18,
     FCNVGG16,
     BilinearUpsample,
+    FCN8sResNet18,
     bilinear_kernel,
     build,
     convolutionalize,
@@ -74,9 +74,7 @@ def _caffe_upsample_filt(size: int) -> list[list[float]]:
     """Independent transcription of ``upsample_filt`` from the FCN reference's surgery.py."""
     factor = (size + 1) // 2
     center = factor - 1 if size % 2 == 1 else factor - 0.5
-    return [
-        [(1 - abs(i - center) / factor) * (1 - abs(j - center) / factor) for j in range(size)] for i in range(size)
-    ]
+    return [[(1 - abs(i - center) / factor) * (1 - abs(j - center) / factor) for j in range(size)] for i in range(size)]
 
 
 @pytest.mark.parametrize("size", [*range(1, 17), 31, 32, 63, 64])
@@ -327,11 +325,7 @@ def test_shift_and_stitch_equals_rarefaction_away_from_borders(make_net, f, size
         stitched[:, :, ::f, ::f][..., : coarse.shape[-2] - keep, : coarse.shape[-1] - keep],
         coarse[..., : coarse.shape[-2] - keep, : coarse.shape[-1] - keep],
     )
-    assert all(
-        (m.stride if isinstance(m.stride, int) else m.stride[0]) == 1
-        for m in rare_net
-        if isinstance(m, (nn.Conv2d, nn.MaxPool2d))
-    )
+    assert all((m.stride if isinstance(m.stride, int) else m.stride[0]) == 1 for m in rare_net if isinstance(m, (nn.Conv2d, nn.MaxPool2d)))
     dense = rare_net(x)
     h = min(dense.shape[-2], stitched.shape[-2])
     w = min(dense.shape[-1], stitched.shape[-1])
@@ -371,7 +365,7 @@ def test_rarefy_rejects_f_that_does_not_divide_the_strides(make_net, f):
 SIZES = [(32, 32), (33, 47), (97, 129), (131, 67), (127, 251), (32, 200), (255, 257), (64, 37)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tiny(name: str) -> nn.Module:
     torch.manual_seed(3)
     model = build(name, 5, width=TINY_WIDTH[spec(name).family]).eval()

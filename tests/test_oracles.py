@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import independent_scores
 from PIL import Image
 
 from fcn_deploy.cli import main
@@ -16,6 +15,8 @@ from fcn_deploy.data import open_dataset
 from fcn_deploy.data.images import preprocess
 from fcn_deploy.evaluate import evaluate_model
 from fcn_deploy.meta import read_onnx_meta
+
+from helpers import independent_scores
 
 # ImageNet normalisation, written out here (not read from fcn_deploy).
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])

@@ -119,8 +119,7 @@ def test_histogram_calibration_needs_more_images(tiny_onnx, tmp_path):
 # --------------------------------------------------------------------------- graphs TensorRT refuses
 
 
-def qdq_graph(tmp_path: Path, name: str, *, activation_type=TensorProto.INT8, zero_point=0, act_scale=(0.1,),
-              bias_type=None) -> Path:
+def qdq_graph(tmp_path: Path, name: str, *, activation_type=TensorProto.INT8, zero_point=0, act_scale=(0.1,), bias_type=None) -> Path:
     """Conv(DQ(Q(image)), DQ(int8 weights)[, DQ(bias)]): one hand-made Q/DQ graph per defect."""
     qtype = helper.tensor_dtype_to_np_dtype(activation_type)
     inits = [

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import LoopbackNamespace, fcn_deploy_command, ray_cli_command
 from PIL import Image
 
 from fcn_deploy.data.synthetic import make_scene
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.inference import run_infer
 from fcn_deploy.media import write_video
+
+from helpers import LoopbackNamespace, fcn_deploy_command, ray_cli_command
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'fcn-deploy[ray]')")
 pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed (pip install 'fcn-deploy[ray]')")

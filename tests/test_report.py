@@ -9,8 +9,6 @@ import re
 import numpy as np
 import pytest
 
-from helpers import THRESHOLDS
-
 from fcn_deploy import __version__
 from fcn_deploy.backends import Prediction
 from fcn_deploy.cli import main
@@ -26,6 +24,8 @@ from fcn_deploy.validation import (
     near_edge,
 )
 from fcn_deploy.validation.metrics import register, unregister
+
+from helpers import THRESHOLDS
 
 PALETTE = [[0, 0, 0], [200, 30, 60], [40, 180, 80]]
 

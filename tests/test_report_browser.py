@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from browser import Browser, find_chromium
-from helpers import THRESHOLDS, perturbed_copy
-
 from fcn_deploy.data.synthetic import make_scene
 from fcn_deploy.media import write_video
 from fcn_deploy.render.html import benchmark_page, demo_page, validation_page, write_page
 from fcn_deploy.validation import ExampleKeeper, ValidateOptions, ValidationReport, validate_engine
+
+from browser import Browser, find_chromium
+from helpers import THRESHOLDS, perturbed_copy
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(
@@ -98,8 +98,16 @@ def browser():
 EXPECTED = {
     "validate": ["Validation: broken.onnx", "Edges or regions?", "Where the engine disagrees", "Per size"],
     "benchmark": ["Benchmark", "Latency", "Speed-up over PyTorch eager FP32", "Throughput vs batch", "Memory", "All results"],
-    "demo": ["fcn-deploy demo", "Summary", "Held-out accuracy", "Validation", "onnxruntime-fp32", "onnxruntime-int8",
-             "Benchmark", "Video"],  # fmt: skip
+    "demo": [
+        "fcn-deploy demo",
+        "Summary",
+        "Held-out accuracy",
+        "Validation",
+        "onnxruntime-fp32",
+        "onnxruntime-int8",
+        "Benchmark",
+        "Video",
+    ],  # fmt: skip
     "empty": ["Validation: tiny.onnx"],
 }
 #: At least this many decoded pictures and plots per page: validate: histogram, colour key and a row of 4 per

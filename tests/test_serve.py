@@ -45,11 +45,11 @@ from fcn_deploy.engines import BuildOptions, build_engine  # noqa: E402
 from fcn_deploy.errors import FcnDeployError  # noqa: E402
 from fcn_deploy.events import Recorder  # noqa: E402
 from fcn_deploy.fileio import sha256_file  # noqa: E402
+from fcn_deploy.inference import Segmenter  # noqa: E402
 from fcn_deploy.meta import ModelMeta  # noqa: E402
 from fcn_deploy.serve import prepost_model  # noqa: E402
 from fcn_deploy.serve.repository import export_triton  # noqa: E402
 from fcn_deploy.serve.triton import ServedModel  # noqa: E402
-from fcn_deploy.inference import Segmenter  # noqa: E402
 
 MAX_SIDE = 160  # the served engine's profile maximum: larger images are fitted, beyond 4x refused
 ODD_SIZES = [(37, 91), (97, 129), (300, 41), (20, 20)]  # in profile, in profile, fitted down, fitted up
@@ -249,8 +249,13 @@ def test_sixteen_concurrent_clients_all_served_and_batched(server, remote, local
         ("float32 image", "image", "FP32", np.zeros((1, 40, 40, 3), np.float32), "data-type is 'FP32', but model 'fcn' expects 'UINT8'"),
         ("rank 2", "image", "UINT8", np.zeros((40, 40), np.uint8), "batch-size must be <= "),  # Triton reads dim 0 as the batch
         ("0x0 image", "image", "UINT8", np.zeros((1, 0, 0, 3), np.uint8), "Model execute error"),  # PyTriton fails before our code
-        ("beyond 4x the profile's maximum", "image", "UINT8", np.zeros((1, 4 * MAX_SIDE + 1, 8, 3), np.uint8),
-         "larger than this server accepts"),
+        (
+            "beyond 4x the profile's maximum",
+            "image",
+            "UINT8",
+            np.zeros((1, 4 * MAX_SIDE + 1, 8, 3), np.uint8),
+            "larger than this server accepts",
+        ),
         ("wrong input name", "img", "UINT8", np.zeros((1, 40, 40, 3), np.uint8), "unexpected inference input 'img'"),
     ],
 )

@@ -10,14 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import build_all_precisions
 
-from fcn_deploy.backends import open_runner as load_runner, read_manifest
+from fcn_deploy.backends import open_runner as load_runner
+from fcn_deploy.backends import read_manifest
+from fcn_deploy.backends.torch import TorchRunner
 from fcn_deploy.engines import BuildOptions, build_engine
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.export import ExportOptions, export_onnx
-from fcn_deploy.backends.torch import TorchRunner
 from fcn_deploy.validation import DEFAULT_THRESHOLDS, spread_sizes, validate
+
+from helpers import build_all_precisions
 
 pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
 

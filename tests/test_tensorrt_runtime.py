@@ -19,7 +19,6 @@ import time
 import numpy as np
 import pytest
 import torch
-import trt_standin
 from onnx import TensorProto, helper, numpy_helper
 
 from fcn_deploy.backends import Profile
@@ -28,6 +27,8 @@ from fcn_deploy.backends.tensorrt import TrtRunner, build_plan, import_tensorrt,
 from fcn_deploy.backends.tensorrt_checks import ALIGNMENT, aligned_empty
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.meta import ModelMeta
+
+import trt_standin
 
 META = ModelMeta(arch="fcn8s-resnet18", num_classes=4, class_names=[f"c{i}" for i in range(4)], palette=[])
 WEIGHTS = np.arange(12, dtype=np.float32).reshape(4, 3, 1, 1) / 10 - 0.5

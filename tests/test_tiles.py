@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import conv_onnx, mosaic_scene, random_checkpoint
 from PIL import Image
 
 from fcn_deploy.backends import Profile, open_runner
@@ -21,6 +20,8 @@ from fcn_deploy.events import Recorder
 from fcn_deploy.export import ExportOptions, export_onnx
 from fcn_deploy.inference import Segmenter, estimate_context, run_infer, segment_tiled
 from fcn_deploy.inference.tiles import ALIGN, axis_tiles, ramp, tile_hw_for
+
+from helpers import conv_onnx, mosaic_scene, random_checkpoint
 
 #: The random FCN's engine: its profile max is smaller than the scene, its opt size what the estimated overlap needs.
 FCN_PROFILE = {"opt_shape": (512, 512), "max_shape": (1024, 1024)}

@@ -12,8 +12,6 @@ import pytest
 import torch
 
 import fcn_deploy.train as train_module
-from helpers import QUIET
-
 from fcn_deploy import models
 from fcn_deploy.checkpoint import load_checkpoint, save_checkpoint
 from fcn_deploy.cli import main
@@ -35,8 +33,6 @@ def _config(out: Path, **overrides) -> TrainConfig:
     )  # fmt: skip
     fields.update(overrides)
     return TrainConfig(**fields)
-
-
 
 
 def _temp_files(folder: Path) -> list[Path]:
@@ -273,9 +269,7 @@ def test_eval_cli_unknown_synthetic_split_is_a_usage_error(full_run, capsys):
 def test_train_cli_unknown_arch_lists_the_architectures(tmp_path, capsys):
     out = tmp_path / "o.pt"
     assert main(["train", "-o", str(out), "--arch", "fcn4s-nope"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        f"error: unknown architecture 'fcn4s-nope'; choose one of: {', '.join(models.names())}"
-    )
+    assert capsys.readouterr().err.strip() == (f"error: unknown architecture 'fcn4s-nope'; choose one of: {', '.join(models.names())}")
     assert not out.exists()
 
 

@@ -8,13 +8,10 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import QUIET
-from helpers import perturbed_copy
-
+from fcn_deploy.backends import Prediction
 from fcn_deploy.cli import main
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.export import export_onnx
-from fcn_deploy.backends import Prediction
 from fcn_deploy.validation import (
     DEFAULT_THRESHOLDS,
     InputSource,
@@ -26,6 +23,8 @@ from fcn_deploy.validation import (
     top2_margin,
     validate_engine,
 )
+
+from helpers import perturbed_copy
 
 SIZES = "32x32,97x129,64x200,131x67"
 

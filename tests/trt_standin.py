@@ -236,7 +236,7 @@ def make_module(version: str = "11.4.0.106") -> types.ModuleType:
             data = bytes(data)
             if not data.startswith(MAGIC):
                 return None
-            header, _, onnx_bytes = data[len(MAGIC):].partition(b"\n")
+            header, _, onnx_bytes = data[len(MAGIC) :].partition(b"\n")
             header = json.loads(header)
             if header["tensorrt"] != trt.__version__:
                 return None

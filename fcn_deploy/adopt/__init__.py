@@ -13,7 +13,14 @@ validate, infer, benchmark); :func:`inspect_model` says what a file is and wheth
 
 from .adopt import AdoptOptions, adopt
 from .contract import (
-    INPUT_NAME, OUTPUT_NAMES, image_input, output_role, pick_output, shape_text, spatial_size, stride_candidates,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    image_input,
+    output_role,
+    pick_output,
+    shape_text,
+    spatial_size,
+    stride_candidates,
 )  # fmt: skip
 from .inspect import inspect_model, next_step
 

@@ -35,7 +35,14 @@ from ..events import SILENT, Listener
 from ..fileio import sha256_file
 from ..meta import IMAGENET_MEAN, IMAGENET_STD, ONNX_META_KEY, ModelMeta, default_palette, read_onnx_props, write_onnx_meta
 from ..onnxkit import (
-    check_size, dims_of, external_data_files, load_external_data, ort_message, parameter_count, precision_problem, read_onnx,
+    check_size,
+    dims_of,
+    external_data_files,
+    load_external_data,
+    ort_message,
+    parameter_count,
+    precision_problem,
+    read_onnx,
     save_onnx,
 )  # fmt: skip
 from ..onnxkit.graph import default_opset
@@ -272,7 +279,7 @@ def _resolve_classes(num_classes: int, options: AdoptOptions, listener: Listener
         palette = default_palette(num_classes)
     elif len(palette) < num_classes:
         listener.note(f"the palette gives {len(palette)} colours for {num_classes} classes: the rest use the VOC colour map")
-        palette = palette + default_palette(num_classes)[len(palette):]
+        palette = palette + default_palette(num_classes)[len(palette) :]
     elif len(palette) > num_classes:
         listener.note(f"the palette gives {len(palette)} colours for {num_classes} classes: the first {num_classes} are used")
         palette = palette[:num_classes]

@@ -18,8 +18,16 @@ from ..errors import FcnDeployError, require_file
 from ..fileio import sha256_file
 from ..meta import IMAGENET_MEAN, IMAGENET_STD, ONNX_META_KEY, ModelMeta, read_onnx_props
 from ..onnxkit import (
-    dims_of, dtype_of, external_data_files, graph_inputs, op_histogram, ort_message, parameter_count, precision_problem,
-    read_onnx, walk_nodes,
+    dims_of,
+    dtype_of,
+    external_data_files,
+    graph_inputs,
+    op_histogram,
+    ort_message,
+    parameter_count,
+    precision_problem,
+    read_onnx,
+    walk_nodes,
 )  # fmt: skip
 from .contract import INPUT_NAME, OUTPUT_NAMES, image_input, pick_output, spatial_size, stride_candidates
 from .probe import Probe, first_probe_size

@@ -29,8 +29,17 @@ from ..artefacts import Kind, has_manifest, is_checkpoint, kind_of, manifest_pat
 from ..errors import FcnDeployError, first_line, require_file
 from ..events import SILENT, Listener
 from .base import (
-    Backend, BackendOption, Capabilities, CompileOptions, Prediction, Profile, Runner, TensorSpec, TritonSpec,
-    default_profile, mask_from_logits,
+    Backend,
+    BackendOption,
+    Capabilities,
+    CompileOptions,
+    Prediction,
+    Profile,
+    Runner,
+    TensorSpec,
+    TritonSpec,
+    default_profile,
+    mask_from_logits,
 )  # fmt: skip
 from .manifest import check_files, read_manifest, refuse
 

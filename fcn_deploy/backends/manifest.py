@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..artefacts import has_manifest, manifest_path
+from ..artefacts import manifest_path
 from ..errors import FcnDeployError, first_line
 from ..fileio import atomic_write_json, sha256_file
 
@@ -69,7 +69,9 @@ def read_manifest(engine: str | Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FcnDeployError(f"{path}: manifest is not valid JSON ({first_line(exc)}); rebuild the engine with `fcn-deploy build-engine`") from exc
+        raise FcnDeployError(
+            f"{path}: manifest is not valid JSON ({first_line(exc)}); rebuild the engine with `fcn-deploy build-engine`"
+        ) from exc
     if not isinstance(manifest, dict) or manifest.get("format") not in READABLE_FORMATS:
         raise FcnDeployError(f"{path}: not an fcn-deploy engine manifest; rebuild the engine with `fcn-deploy build-engine`")
     if "files" not in manifest:  # format 1: one file, its hash at the top level

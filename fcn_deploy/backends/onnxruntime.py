@@ -18,8 +18,17 @@ from ..errors import FcnDeployError, require_file
 from ..events import SILENT, Listener
 from ..fileio import atomic_path
 from ..meta import ONNX_META_KEY, ModelMeta, read_onnx_meta, read_onnx_props, write_onnx_meta
-from ..onnxkit import create_session, dims_of, dtype_of, graph_inputs, op_histogram, parameter_count, precision_problem
-from ..onnxkit import read_onnx, relax_input
+from ..onnxkit import (
+    create_session,
+    dims_of,
+    dtype_of,
+    graph_inputs,
+    op_histogram,
+    parameter_count,
+    precision_problem,
+    read_onnx,
+    relax_input,
+)
 from .base import Backend, CompileOptions, Profile, Runner, TensorSpec, TritonSpec, default_profile, upsample_bilinear
 from .manifest import major_minor
 
@@ -83,9 +92,7 @@ class OnnxRuntimeRunner(Runner):
         if self._logits_name is not None and self._logits_name not in names:
             raise FcnDeployError(f"{path}: has no output {self._logits_name!r} (outputs: {', '.join(names)})")
         if self._logits_name is None and self._mask_name is None:
-            raise FcnDeployError(
-                f"{path}: has neither a 'logits' nor a 'mask' output; bring a foreign model in with `fcn-deploy adopt`"
-            )
+            raise FcnDeployError(f"{path}: has neither a 'logits' nor a 'mask' output; bring a foreign model in with `fcn-deploy adopt`")
         self.input_dtype = np.float16 if self._input.type == "tensor(float16)" else np.float32
 
     @staticmethod

@@ -196,7 +196,7 @@ class OpenVinoBackend(Backend):
                 ov.save_model(model, str(Path(tmp, "model.xml")), compress_to_fp16=False)
             except RuntimeError as exc:
                 raise FcnDeployError(f"{engine}: OpenVINO could not save the engine ({first_line(exc)}); "
-                                     "check the disk and the folder's permissions")  # fmt: skip
+                                     "check the disk and the folder's permissions") from exc  # fmt: skip
             # Each file appears under its final name only when whole; the manifest, written
             # last, hashes both, so a half-replaced pair never opens.
             shutil.move(str(Path(tmp, "model.bin")), weights)

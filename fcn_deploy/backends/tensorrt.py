@@ -143,9 +143,7 @@ class TrtRunner(Runner):
         self._runtime = trt.Runtime(trt_logger(trt))
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
-            raise FcnDeployError(
-                f"{plan_path}: TensorRT could not deserialize the engine (built by another TensorRT version or GPU?)"
-            )
+            raise FcnDeployError(f"{plan_path}: TensorRT could not deserialize the engine (built by another TensorRT version or GPU?)")
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise FcnDeployError(f"{plan_path}: TensorRT could not create an execution context (out of GPU memory?)")
@@ -156,9 +154,7 @@ class TrtRunner(Runner):
             raise FcnDeployError(f"{plan_path}: has neither a 'logits' nor a 'mask' output; rebuild from an fcn-deploy export")
         self._dtypes = {n: self._torch_dtype(n, path) for n in names}
         lo, opt, hi = self.engine.get_tensor_profile_shape(self._inputs[0], 0)
-        super().__init__(
-            path, meta, profile or Profile((lo[0], lo[2], lo[3]), (opt[0], opt[2], opt[3]), (hi[0], hi[2], hi[3])), precision
-        )
+        super().__init__(path, meta, profile or Profile((lo[0], lo[2], lo[3]), (opt[0], opt[2], opt[3]), (hi[0], hi[2], hi[3])), precision)
         self.stream = torch.cuda.Stream()
         #: Replay one CUDA graph per shape instead of enqueuing the engine's kernels on each call.
         self.cuda_graph = cuda_graph
@@ -176,7 +172,9 @@ class TrtRunner(Runner):
         return getattr(self._torch, numpy_name)
 
     def _spec(self, name: str) -> TensorSpec:
-        return TensorSpec(name, dtypes.from_tensorrt(self.engine.get_tensor_dtype(name).name) or "?", tuple(self.engine.get_tensor_shape(name)))
+        return TensorSpec(
+            name, dtypes.from_tensorrt(self.engine.get_tensor_dtype(name).name) or "?", tuple(self.engine.get_tensor_shape(name))
+        )
 
     @property
     def inputs(self) -> list[TensorSpec]:

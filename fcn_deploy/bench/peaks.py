@@ -91,7 +91,11 @@ def _openvino(int8: bool, n: int, threads: int | None) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "peak.onnx")
         path.write_bytes(_matmul_graph(int8, n).SerializeToString())
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": str(threads)} if threads else {})}
+        config = {
+            "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+            **({"INFERENCE_NUM_THREADS": str(threads)} if threads else {}),
+        }
         compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
     request = compiled.create_infer_request()
     a = np.random.default_rng(1).standard_normal((n, n)).astype(np.float32)

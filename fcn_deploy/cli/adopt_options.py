@@ -40,7 +40,7 @@ def parse_class_names(text: str) -> tuple[list[str], list[list[int]] | None]:
             else:
                 names = data
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                raise FcnDeployError(f"--classes {path}: give a JSON list of names or {{\"class_names\": [...]}}")
+                raise FcnDeployError(f'--classes {path}: give a JSON list of names or {{"class_names": [...]}}')
             palette = parse_palette(json.dumps(palette)) if palette is not None else None
         else:
             names = [line.strip() for line in path.read_text().splitlines() if line.strip()]

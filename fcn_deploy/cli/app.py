@@ -48,9 +48,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
-    ] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
     """fcn-deploy."""
 
@@ -91,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         listener.close()
         err_console.print(escape(traceback.format_exc()))
-        err_console.print("[red]internal error[/]: this is a bug in fcn-deploy, not in your input; please report it with the traceback above")
+        err_console.print(
+            "[red]internal error[/]: this is a bug in fcn-deploy, not in your input; please report it with the traceback above"
+        )
         return 70
     finally:
         listener.close()

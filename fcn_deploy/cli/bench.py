@@ -36,7 +36,9 @@ def benchmark_command(
         Optional[str],
         typer.Option("--ray", metavar="[ADDRESS]", help="Ray's images/s against single-process infer on ENGINE (alone: a local Ray)."),
     ] = None,
-    images: Annotated[Optional[Path], typer.Option("--images", help="With --ray: the images (default: synthetic scenes at --sizes).")] = None,
+    images: Annotated[
+        Optional[Path], typer.Option("--images", help="With --ray: the images (default: synthetic scenes at --sizes).")
+    ] = None,
     inputs: Annotated[int, typer.Option("--inputs", min=1, help="With --ray: how many synthetic scenes.")] = 200,
     actors: Annotated[Optional[int], typer.Option("--actors", help="With --ray: engine actors (default: one per CPU).")] = None,
 ) -> None:
@@ -51,7 +53,9 @@ def benchmark_command(
         from ..render.bench import print_ray_comparison
 
         if not engines or len(engines) != 1 or reference or server:
-            raise FcnDeployError("--ray compares one ENGINE run on Ray with the same engine in one process: give one ENGINE, no --reference/--server")
+            raise FcnDeployError(
+                "--ray compares one ENGINE run on Ray with the same engine in one process: give one ENGINE, no --reference/--server"
+            )
         result = compare_ray(engines[0], images, address=ray, count=inputs, size=parse_sizes(sizes)[0], actors=actors, batch=batch,
                              listener=listener)  # fmt: skip
         print_ray_comparison(console, result)

@@ -125,7 +125,9 @@ def build_engine_command(
     backend: Annotated[str, typer.Option(help=f"auto or one of: {BACKEND_CHOICES}.")] = "auto",
     int8_target: Annotated[
         Optional[str],
-        typer.Option("--int8-target", help="Build the INT8 graph with this backend's activation encoding (default: the compiling backend's)."),
+        typer.Option(
+            "--int8-target", help="Build the INT8 graph with this backend's activation encoding (default: the compiling backend's)."
+        ),
     ] = None,
     float_nodes: Annotated[
         Optional[str], typer.Option("--float-nodes", help="INT8: keep these nodes (comma-separated names) in float.")
@@ -133,8 +135,12 @@ def build_engine_command(
     int8_repair: Annotated[
         Optional[str], typer.Option("--int8-repair", help="INT8: auto (check the compiled engine, repair it when it fails) or off.")
     ] = None,
-    repair_budget: Annotated[Optional[int], typer.Option("--repair-budget", help="INT8 repair: the most nodes kept in float (default 24).")] = None,
-    repair_time: Annotated[Optional[float], typer.Option("--repair-time", help="INT8 repair: seconds the search may take (default 1200).")] = None,
+    repair_budget: Annotated[
+        Optional[int], typer.Option("--repair-budget", help="INT8 repair: the most nodes kept in float (default 24).")
+    ] = None,
+    repair_time: Annotated[
+        Optional[float], typer.Option("--repair-time", help="INT8 repair: seconds the search may take (default 1200).")
+    ] = None,
     min_shape: Annotated[Optional[str], typer.Option("--min-shape", help="HxW (default: the arch minimum).")] = None,
     opt_shape: Annotated[Optional[str], typer.Option("--opt-shape", help="HxW (default: the training size).")] = None,
     max_shape: Annotated[Optional[str], typer.Option("--max-shape", help="HxW (default: the recommended max).")] = None,

@@ -18,7 +18,11 @@ def validate_command(
     engine: Annotated[Optional[Path], typer.Argument(help="Engine, or any ONNX file (or --server).")] = None,
     reference: Annotated[
         Optional[Path],
-        typer.Option("--reference", "-r", help="The FP32 reference: the PyTorch checkpoint (.pt) or an FP32 ONNX (e.g. the original an adopted model came from)."),
+        typer.Option(
+            "--reference",
+            "-r",
+            help="The FP32 reference: the PyTorch checkpoint (.pt) or an FP32 ONNX (e.g. the original an adopted model came from).",
+        ),
     ] = None,
     sizes: Annotated[Optional[str], typer.Option(help="Comma-separated HxW list, e.g. 97x129,333x517.")] = None,
     random_sizes: Annotated[int, typer.Option("--random-sizes", help="Extra seeded random sizes.")] = 4,
@@ -40,16 +44,14 @@ def validate_command(
     emulate_fp16: Annotated[
         bool, typer.Option("--emulate-fp16", help="ENGINE is a checkpoint: run it in float16 and judge it by the FP16 thresholds.")
     ] = False,
-    server: Annotated[
-        Optional[str], typer.Option("--server", help="Validate the model a Triton server serves: HOST:PORT (gRPC).")
-    ] = None,
+    server: Annotated[Optional[str], typer.Option("--server", help="Validate the model a Triton server serves: HOST:PORT (gRPC).")] = None,
     model: Annotated[str, typer.Option("--model", help="With --server: the served model's name.")] = "fcn",
     threshold: Annotated[
         Optional[list[str]], typer.Option("--threshold", help="Any limit by name, NAME=VALUE (repeatable), e.g. min_mean_iu=0.98.")
     ] = None,
 ) -> None:
     """Check the engine's masks against the FP32 reference (checkpoint or ONNX) at many sizes (exit 1 on failure)."""
-    from ..render.validation import print_plan, print_validation
+    from ..render.validation import print_validation
     from ..validation import ExampleKeeper, ValidateOptions, validate_engine
 
     if (engine is None) == (server is None):

@@ -7,12 +7,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from ..errors import EXIT_FAILED, EXIT_PARTIAL, FcnDeployError
-from .app import BACKEND_CHOICES, app, console, listener
-from .options import HtmlOption, OverwriteOption, check_html, check_report, parse_batch, parse_hw, write_html, write_report
+from .app import app, console, listener
+from .options import check_report, write_report
 
 
 @app.command("models")
@@ -147,9 +144,7 @@ def eval_command(
 def import_command(
     source: Annotated[Optional[Path], typer.Argument(help="torchvision fcn_resnet50/101 or vgg16 state dict.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.pt).")] = Path("models/imported.pt"),
-    pretrained: Annotated[
-        Optional[str], typer.Option(help="Download torchvision weights: fcn_resnet50, fcn_resnet101 or vgg16.")
-    ] = None,
+    pretrained: Annotated[Optional[str], typer.Option(help="Download torchvision weights: fcn_resnet50, fcn_resnet101 or vgg16.")] = None,
     arch: Annotated[str, typer.Option(help="For a VGG16 classifier: fcn32s-vgg16, fcn16s-vgg16 or fcn8s-vgg16.")] = "fcn8s-vgg16",
     num_classes: Annotated[int, typer.Option(help="For a VGG16 classifier: classes of the new FCN.")] = 21,
     classes: Annotated[Optional[Path], typer.Option(help="classes.json with class_names (and palette).")] = None,

@@ -59,9 +59,13 @@ def infer_command(
     video_masks: Annotated[bool, typer.Option("--video-masks", help="Folders/lists: also write each video's frame masks.")] = False,
     ray: Annotated[
         Optional[str],
-        typer.Option("--ray", metavar="[ADDRESS]", help="Run on Ray: alone, a local Ray; or join ADDRESS (auto, ray://HOST:PORT, HOST:PORT)."),
+        typer.Option(
+            "--ray", metavar="[ADDRESS]", help="Run on Ray: alone, a local Ray; or join ADDRESS (auto, ray://HOST:PORT, HOST:PORT)."
+        ),
     ] = None,
-    actors: Annotated[Optional[int], typer.Option("--actors", help="With --ray: engine actors (default: as the cluster's CPUs allow).")] = None,
+    actors: Annotated[
+        Optional[int], typer.Option("--actors", help="With --ray: engine actors (default: as the cluster's CPUs allow).")
+    ] = None,
     cpus_per_actor: Annotated[float, typer.Option("--cpus-per-actor", help="With --ray: CPUs (= runtime threads) per actor.")] = 1.0,
     gpus_per_actor: Annotated[float, typer.Option("--gpus-per-actor", help="With --ray: GPUs per actor.")] = 0.0,
     task_inputs: Annotated[int, typer.Option("--task-inputs", min=1, help="With --ray: inputs per Ray task.")] = 4,

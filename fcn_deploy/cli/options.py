@@ -13,7 +13,6 @@ import typer
 from ..errors import FcnDeployError
 from .app import console
 
-
 #: The library's option names (FcnDeployError.options) -> this CLI's flags.
 FLAGS = {
     "backend": "--backend", "precision": "--precision", "out": "--out", "calib_dir": "--calib", "calib_method": "--calib-method",

@@ -18,9 +18,7 @@ def serve_command(
     http_port: Annotated[int, typer.Option("--http-port", help="HTTP/REST endpoint (KServe v2).")] = 8000,
     grpc_port: Annotated[int, typer.Option("--grpc-port", help="gRPC endpoint.")] = 8001,
     metrics_port: Annotated[int, typer.Option("--metrics-port", help="Prometheus metrics (/metrics).")] = 8002,
-    max_batch: Annotated[
-        Optional[int], typer.Option("--max-batch", help="Largest batch Triton forms (default: the profile's).")
-    ] = None,
+    max_batch: Annotated[Optional[int], typer.Option("--max-batch", help="Largest batch Triton forms (default: the profile's).")] = None,
     queue_delay_us: Annotated[int, typer.Option("--queue-delay-us", help="How long Triton holds a request to fill a batch.")] = 0,
     instances: Annotated[int, typer.Option(help="Engine instances running batches in parallel.")] = 1,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads per instance (default: cores / instances).")] = None,

@@ -7,12 +7,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from ..errors import EXIT_FAILED, EXIT_PARTIAL, FcnDeployError
+from ..errors import EXIT_FAILED, FcnDeployError
 from .app import BACKEND_CHOICES, app, console, listener
-from .options import HtmlOption, OverwriteOption, check_html, check_report, parse_batch, parse_hw, write_html, write_report
+from .options import OverwriteOption, check_html
 
 
 @app.command("demo")
@@ -45,7 +43,8 @@ def demo_command(
 def backends_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     check: Annotated[
-        Optional[str], typer.Option("--check", help="Run the conformance suite on this backend (a plugin's author's check).", metavar="NAME")
+        Optional[str],
+        typer.Option("--check", help="Run the conformance suite on this backend (a plugin's author's check).", metavar="NAME"),
     ] = None,
 ) -> None:
     """List the registered backends (plugins included): usable here or not (and why), and what `auto` picks."""
@@ -95,7 +94,9 @@ def _check_backend(name: str) -> None:
     backends.get(name).require_usable()
     with tempfile.TemporaryDirectory(prefix="fcn-deploy-conformance-") as tmp:
         checkpoint, onnx_path, calibration = tiny_model(Path(tmp), listener=listener)
-        results = check_backend(name, checkpoint=checkpoint, onnx_path=onnx_path, calib_dir=calibration, workdir=Path(tmp), listener=listener)
+        results = check_backend(
+            name, checkpoint=checkpoint, onnx_path=onnx_path, calib_dir=calibration, workdir=Path(tmp), listener=listener
+        )
     print_checks(console, results)
     if not all(r.passed for r in results):
         raise typer.Exit(EXIT_FAILED)

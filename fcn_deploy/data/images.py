@@ -39,8 +39,7 @@ def load_rgb(path: str | Path, convert: bool = False) -> np.ndarray:
                 if not convert:
                     kind = {"L": "grayscale", "LA": "grayscale+alpha", "RGBA": "RGBA", "P": "palette", "I;16": "16-bit"}
                     raise FcnDeployError(
-                        f"{path}: image is {kind.get(mode, mode)} (mode {mode}), the model expects RGB; "
-                        "convert it, or pass --convert-rgb"
+                        f"{path}: image is {kind.get(mode, mode)} (mode {mode}), the model expects RGB; convert it, or pass --convert-rgb"
                     )
                 img = img.convert("RGB")
             return np.asarray(img, dtype=np.uint8).copy()

@@ -80,9 +80,7 @@ def _shape_polygon(rng: np.random.Generator, cls: int, cx: float, cy: float, siz
     else:  # cross: arm thickness 30-45 % of the size
         a, b = half_w, half_h
         t = rng.uniform(0.3, 0.45) * min(a, b) * 2 / 2
-        pts = np.array(
-            [[-t, -b], [t, -b], [t, -t], [a, -t], [a, t], [t, t], [t, b], [-t, b], [-t, t], [-a, t], [-a, -t], [-t, -t]]
-        )
+        pts = np.array([[-t, -b], [t, -b], [t, -t], [a, -t], [a, t], [t, t], [t, b], [-t, b], [-t, t], [-a, t], [-a, -t], [-t, -t]])
     theta = rng.uniform(0, math.pi)
     rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
     pts = pts @ rot.T + [cx, cy]

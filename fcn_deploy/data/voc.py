@@ -72,9 +72,7 @@ class VOCSegmentation:
         missing_img = [i for i, p in zip(self.ids, self.images) if p is None]
         missing_mask = [i for i, p in zip(self.ids, self.masks) if not p.is_file()]
         if missing_img:
-            raise FcnDeployError(
-                f"{len(missing_img)} image(s) of {split_file.name} missing from {image_dir} (first: {missing_img[0]})"
-            )
+            raise FcnDeployError(f"{len(missing_img)} image(s) of {split_file.name} missing from {image_dir} (first: {missing_img[0]})")
         if missing_mask:
             raise FcnDeployError(
                 f"{len(missing_mask)} image(s) without a mask in {mask_dir} (first: {missing_mask[0]}.png); "

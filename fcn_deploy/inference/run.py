@@ -100,7 +100,9 @@ class InferOptions:
         if self.actors is not None and self.actors < 1:
             raise FcnDeployError(f"actors {self.actors}: must be at least 1", options=("actors",))
         if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
-            raise FcnDeployError("CPUs per actor must be above 0 and GPUs per actor at least 0", options=("cpus_per_actor", "gpus_per_actor"))
+            raise FcnDeployError(
+                "CPUs per actor must be above 0 and GPUs per actor at least 0", options=("cpus_per_actor", "gpus_per_actor")
+            )
         if self.task_inputs < 1:
             raise FcnDeployError(f"task_inputs {self.task_inputs}: must be at least 1", options=("task_inputs",))
         if self.ray and self.server:
@@ -268,7 +270,9 @@ def _run_archive(sources: list, engines: list[Path], opts: InferOptions, listene
             what = segmenter.runner.path if opts.server else engine.name  # type: ignore[union-attr]
             listener.note(f"infer: {label} with {segmenter.runner.label} ({what}), batch {opts.batch} -> {plan.out}")
             if len(plan.todo) < len(plan.items):
-                listener.note(f"{len(plan.items) - len(plan.todo)} of {len(plan.items)} inputs already complete in {plan.out}: skipping them")
+                listener.note(
+                    f"{len(plan.items) - len(plan.todo)} of {len(plan.items)} inputs already complete in {plan.out}: skipping them"
+                )
             rows, wall_s = run_local(plan, segmenter, settings, strict=strict, listener=listener, description=Path(plan.sources[0]).name)
             summary = finish_run(plan, rows, wall_s)
             frames, infer_s = summary["frames"], segmenter.times.seconds["infer"]

@@ -55,7 +55,7 @@ def put_to(items: queue.Queue, item: Any, consumer: Worker) -> None:
         except queue.Full:
             if not consumer.is_alive():
                 consumer.raise_error()
-                raise RuntimeError(f"the {consumer.name} thread stopped early")
+                raise RuntimeError(f"the {consumer.name} thread stopped early") from None
 
 
 def put_unless(items: queue.Queue, item: Any, stop: threading.Event) -> bool:

@@ -146,7 +146,9 @@ def run_video(
         with atomic_path(out) as tmp:
             decoder = Worker("fcn-deploy-decode", _decode_frames, (info, max_frames, frames, stop, times))
             encoder = Worker(
-                "fcn-deploy-encode", _encode_frames, (tmp, out, info, codec, results, stop, times, segmenter.meta, alpha, masks_dir, on_mask)
+                "fcn-deploy-encode",
+                _encode_frames,
+                (tmp, out, info, codec, results, stop, times, segmenter.meta, alpha, masks_dir, on_mask),
             )
             decoder.start()
             encoder.start()

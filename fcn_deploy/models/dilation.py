@@ -64,11 +64,13 @@ def rarefy(net: nn.Sequential, f: int) -> nn.Sequential:
         if not isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
             continue
         if dilation > 1:
-            layer.dilation = tuple(d * dilation for d in _pair(layer.dilation)) if isinstance(layer, nn.Conv2d) else (
-                _pair(layer.dilation)[0] * dilation
+            layer.dilation = (
+                tuple(d * dilation for d in _pair(layer.dilation))
+                if isinstance(layer, nn.Conv2d)
+                else (_pair(layer.dilation)[0] * dilation)
             )
-            layer.padding = tuple(p * dilation for p in _pair(layer.padding)) if isinstance(layer, nn.Conv2d) else (
-                _pair(layer.padding)[0] * dilation
+            layer.padding = (
+                tuple(p * dilation for p in _pair(layer.padding)) if isinstance(layer, nn.Conv2d) else (_pair(layer.padding)[0] * dilation)
             )
         stride = _pair(layer.stride)[0]
         if stride > 1 and remaining > 1:

@@ -38,9 +38,7 @@ class BilinearUpsample(nn.ConvTranspose2d):
     5.0 to 2.7 ms.  A learnable upsampling keeps the full kernel, so it can learn to mix classes.
     """
 
-    def __init__(
-        self, channels: int, factor: int, layout: str = "even", learnable: bool = False, depthwise: bool = False
-    ):
+    def __init__(self, channels: int, factor: int, layout: str = "even", learnable: bool = False, depthwise: bool = False):
         if layout == "even":
             kernel, padding, output_padding = 2 * factor, 0, 0
         elif layout == "odd":

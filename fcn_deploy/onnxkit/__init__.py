@@ -2,8 +2,22 @@
 the one ONNX Runtime session factory (:mod:`.session`)."""
 
 from .graph import (
-    AXIS_NAMES, all_names, dims_of, dtype_of, graph_inputs, iter_tensors, name_nodes, op_histogram, parameter_count,
-    precision_problem, prune, relax_input, rename, set_dims, unique_name, walk_nodes,
+    AXIS_NAMES,
+    all_names,
+    dims_of,
+    dtype_of,
+    graph_inputs,
+    iter_tensors,
+    name_nodes,
+    op_histogram,
+    parameter_count,
+    precision_problem,
+    prune,
+    relax_input,
+    rename,
+    set_dims,
+    unique_name,
+    walk_nodes,
 )  # fmt: skip
 from .io import check_size, external_data_files, load_external_data, read_onnx, save_onnx
 from .session import create_session, ort_message

@@ -51,7 +51,6 @@ def iter_tensors(graph) -> Iterator:
                 yield from iter_tensors(sub)
 
 
-
 def dims_of(value_info) -> list[int | str | None]:
     """A tensor's declared dims: ints when fixed, names when symbolic, None when unknown."""
     if not value_info.type.HasField("tensor_type") or not value_info.type.tensor_type.HasField("shape"):
@@ -122,8 +121,6 @@ def precision_problem(model) -> str | None:
     if any(init.data_type == 10 for init in model.graph.initializer):  # TensorProto.FLOAT16
         return "holds FP16 weights, not an FP32 model"
     return None
-
-
 
 
 def default_opset(model) -> int:

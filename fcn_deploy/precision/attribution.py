@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnx
 
-from ..onnxkit.session import TensorRunner, onnxruntime_outputs
 from ..onnxkit.graph import constant_names
+from ..onnxkit.session import TensorRunner, onnxruntime_outputs
 from .int8 import INT8_OP_TYPES
 
 

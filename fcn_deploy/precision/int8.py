@@ -249,8 +249,11 @@ def transform(model: onnx.ModelProto, context: TransformContext) -> tuple[onnx.M
         model, calibration, context.calib_method, cache_dir=context.cache_dir, encoding=context.encoding,
         float_nodes=context.float_nodes, listener=context.listener,
     )  # fmt: skip
-    return quantized, {"calibration": details, "props": {"fcn_deploy.int8_encoding": context.encoding},
-                       "int8": int8_details(context.encoding, context.float_nodes)}
+    return quantized, {
+        "calibration": details,
+        "props": {"fcn_deploy.int8_encoding": context.encoding},
+        "int8": int8_details(context.encoding, context.float_nodes),
+    }
 
 
 def int8_details(encoding_name: str, float_nodes: tuple[str, ...] | list[str]) -> dict[str, object]:
@@ -266,5 +269,7 @@ def int8_details(encoding_name: str, float_nodes: tuple[str, ...] | list[str]) -
         "residual_add_input": encoding["residual_add_input"],
         "excluded_ops": ["ConvTranspose (kept float: quantizing the bilinear upsampling lowered agreement; README)"],
         "float_nodes": list(float_nodes),
-        "float_ops": encoding["float_ops"] if encoding["float_ops"] != "float16" else "float16 (FP32 where values exceed FP16 range; I/O float32)",
+        "float_ops": encoding["float_ops"]
+        if encoding["float_ops"] != "float16"
+        else "float16 (FP32 where values exceed FP16 range; I/O float32)",
     }

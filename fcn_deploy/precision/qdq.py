@@ -102,7 +102,9 @@ def quantized_inputs(model: onnx.ModelProto, node_name: str) -> list[tuple[str, 
     node = next((n for n in model.graph.node if n.name == node_name), None)
     if node is None:
         return []
-    return [(node_name, index) for index, name in enumerate(node.input) if name in producer and producer[name].op_type == "DequantizeLinear"]
+    return [
+        (node_name, index) for index, name in enumerate(node.input) if name in producer and producer[name].op_type == "DequantizeLinear"
+    ]
 
 
 def qdq_pairs(model: onnx.ModelProto) -> int:

@@ -64,7 +64,8 @@ def print_inspection(console: Console, report: dict[str, Any]) -> None:
         kept = check["float_nodes"]
         console.print(
             f"INT8 check ({escape(str(check['runs_on']))}, {len(check['sizes'] or [])} sizes): agreement {before['pixel_agreement']:.4%} as "
-            f"quantized" + (f", {after['pixel_agreement']:.4%} with {len(kept)} node(s) kept in float" if kept else "")
+            f"quantized"
+            + (f", {after['pixel_agreement']:.4%} with {len(kept)} node(s) kept in float" if kept else "")
             + (f"; {check['int8_compute_share']:.1%} of the convolution work in INT8" if check.get("int8_compute_share") else "")
         )
         for name in kept:

@@ -77,7 +77,11 @@ def print_validation(console: Console, report: ValidationReport, title: str | No
                 console.print(f"[red]✗ {case.height}x{case.width}[/]: {escape('; '.join(case.failures))}")
         for failure in report.failures:
             console.print(f"[red]✗ all sizes[/]: {escape(failure)}")
-        where = f" at {len(report.failing_sizes)} of {summary['sizes']} sizes: {', '.join(report.failing_sizes)}" if report.failing_sizes else ""
+        where = (
+            f" at {len(report.failing_sizes)} of {summary['sizes']} sizes: {', '.join(report.failing_sizes)}"
+            if report.failing_sizes
+            else ""
+        )
         console.print(f"[red]FAILED[/]{where}; {pooled}")
     if report.arithmetic in ARITHMETIC_NOTES:
         console.print(f"arithmetic: {report.arithmetic}: {ARITHMETIC_NOTES[report.arithmetic]}")

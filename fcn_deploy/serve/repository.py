@@ -80,7 +80,7 @@ def to_pbtxt(message: dict[str, Any], indent: int = 0) -> str:
             continue
         if key == "parameters" and isinstance(value, dict):
             for name, text in value.items():
-                lines.append(f'{pad}parameters {{ key: {_quote(name)} value {{ string_value: {_quote(text)} }} }}')
+                lines.append(f"{pad}parameters {{ key: {_quote(name)} value {{ string_value: {_quote(text)} }} }}")
             continue
         for item in value if isinstance(value, list) and (not value or isinstance(value[0], dict)) else [value]:
             if isinstance(item, dict):

@@ -312,7 +312,9 @@ def limit_names() -> dict[str, str]:
     names: dict[str, str] = {}
     for metric in METRICS.values():
         for gate in metric.gates:
-            names[gate.limit] = f"{'minimum' if gate.at_least else 'maximum'} {metric.label} ({'per size' if gate.scope == 'size' else 'over all sizes'})"
+            names[gate.limit] = (
+                f"{'minimum' if gate.at_least else 'maximum'} {metric.label} ({'per size' if gate.scope == 'size' else 'over all sizes'})"
+            )
         for name in metric.parameters:
             names[name] = f"parameter of {metric.label}"
     return names

@@ -145,4 +145,4 @@ def benchmark_page(report: dict) -> str:
     baseline = (report.get("baseline") or {}).get("checkpoint")
     if baseline:
         sub += f" ({esc(baseline)})"
-    return html_page("Benchmark", f"<h1>Benchmark</h1>\n<p class=\"sub\">{esc(sub)}</p>\n{benchmark_section(report)}")
+    return html_page("Benchmark", f'<h1>Benchmark</h1>\n<p class="sub">{esc(sub)}</p>\n{benchmark_section(report)}')

@@ -95,8 +95,8 @@ def html_page(title: str, body: str) -> str:
     """The whole document: head, style, ``body`` and the footer (version, time written)."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n"
         f"<footer>fcn-deploy {esc(__version__)} &middot; written {esc(stamp)} &middot; one self-contained file: "
         "no scripts, nothing fetched</footer>\n</body>\n</html>\n"
@@ -111,8 +111,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Collect
     for index, row in enumerate(rows):
         cls = f' class="{row_class(index)}"' if row_class and row_class(index) else ""
         cells = "".join(
-            f'<td{" class=num" if i in numeric else ""}>{cell if isinstance(cell, Raw) else esc(cell)}</td>'
-            for i, cell in enumerate(row)
+            f"<td{' class=num' if i in numeric else ''}>{cell if isinstance(cell, Raw) else esc(cell)}</td>" for i, cell in enumerate(row)
         )
         body.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"

@@ -50,7 +50,7 @@ def margin_histogram_plot(counts: Sequence[int], threshold: float | None) -> str
     """Bars over the fixed log bins of the margins at disagreeing pixels, coloured as the maps are."""
     cmap, norm = _margin_cmap()
     edges = np.asarray(MARGIN_BIN_EDGES, dtype=float).copy()
-    edges[0], edges[-1] = MARGIN_RANGE[0] / 10 ** 0.25, MARGIN_RANGE[1] * 10 ** 0.25  # show "below" and "beyond" bins
+    edges[0], edges[-1] = MARGIN_RANGE[0] / 10**0.25, MARGIN_RANGE[1] * 10**0.25  # show "below" and "beyond" bins
     counts = np.asarray(counts)
     centres = np.sqrt(edges[:-1] * edges[1:])
     figure = new_figure(5.6, 2.9)
@@ -151,7 +151,7 @@ def _example_row(example: Example, palette, threshold: float | None) -> str:
         wrong = example.reference_mask != example.engine_mask
         ties = int((example.margin[wrong].astype(np.float32) <= threshold).sum())
         near_ties = f", {ties / max(1, example.disagreeing) * 100:.1f}% near-ties (margin &le; {threshold:g})"
-    status = "" if example.passed else f" &mdash; <span class=\"fail-mark\">failed</span>: {esc('; '.join(example.failures))}"
+    status = "" if example.passed else f' &mdash; <span class="fail-mark">failed</span>: {esc("; ".join(example.failures))}'
     reduced = f" (shown reduced {factor}x; a block shows its most confident disagreement)" if factor > 1 else ""
     caption = (
         f"<p><b>{example.height}x{example.width}</b> {mark(example.passed)} size agreement {pct(example.case_agreement, 4)}; "
@@ -166,8 +166,7 @@ def _legend(class_names: Sequence[str], palette) -> str:
     if not class_names or not palette:
         return ""
     items = "".join(
-        f'<span class="swatch" style="background: rgb({c[0]},{c[1]},{c[2]})"></span>{esc(name)}'
-        for name, c in zip(class_names, palette)
+        f'<span class="swatch" style="background: rgb({c[0]},{c[1]},{c[2]})"></span>{esc(name)}' for name, c in zip(class_names, palette)
     )
     return f'<p class="muted">classes:{items}</p>'
 
@@ -186,14 +185,14 @@ def _edges_answer(share: float | None, disagreeing: int, near_ties: float | None
     if share is None:
         return f"{disagreeing:,} disagreeing pixels (this report does not say where they lie)."
     if share >= EDGES_SAY_EDGES:
-        verdict = "<b class=\"big\">Edges.</b> "
+        verdict = '<b class="big">Edges.</b> '
         meaning = " Object outlines moved by a pixel or two: what reduced precision does to a healthy engine."
     elif share < EDGES_SAY_REGIONS:
-        verdict = "<b class=\"big\">Regions.</b> "
+        verdict = '<b class="big">Regions.</b> '
         meaning = (" Most disagreements lie inside regions, where the reference is not at an edge: whole areas labelled "
                    "differently, as a broken layer or a preprocessing mismatch does. Look at the pictures below.")  # fmt: skip
     else:
-        verdict = "<b class=\"big\">Mixed: edges and regions.</b> "
+        verdict = '<b class="big">Mixed: edges and regions.</b> '
         meaning = " Outline shifts and some region flips; the pictures below show which sizes have the regions."
     return f"{verdict}<b>{share * 100:.1f}%</b> {where}.{ties}{meaning}"
 
@@ -337,14 +336,20 @@ def _int8_nodes(check: dict | None, h: str) -> list[str]:
         f"The build checked the compiled engine at {len(check.get('sizes') or [])} sizes of its own on {esc(check.get('inputs', ''))}: "
         f"agreement {pct(before.get('pixel_agreement'), 3)} as quantized"
         + (f", {pct(after.get('pixel_agreement'), 3)} with {len(kept)} node(s) kept in float ({esc(', '.join(kept))})" if kept else "")
-        + (f"; {pct(check.get('int8_compute_share'), 1)} of the convolution work stays in INT8." if check.get("int8_compute_share") else ".")
+        + (
+            f"; {pct(check.get('int8_compute_share'), 1)} of the convolution work stays in INT8."
+            if check.get("int8_compute_share")
+            else "."
+        )
     )
     rows = [[n["name"], n["op_type"], num(n["introduced"], ".4f"), num(n["rel_l2"], ".4f"), num(n["cosine"], ".5f"),
              mark(n["name"] in kept)] for n in check.get("worst_nodes") or []]  # fmt: skip
     parts = [f"<{h}>Which nodes break</{h}>", f"<p>{summary}</p>"]
     if rows:
-        parts.append("<p class=\"muted\">Worst quantized nodes on this backend, by the error each introduces (its output's relative L2 error "
-                     "against FP32 minus the largest error of what it reads):</p>")
+        parts.append(
+            '<p class="muted">Worst quantized nodes on this backend, by the error each introduces (its output\'s relative L2 error '
+            "against FP32 minus the largest error of what it reads):</p>"
+        )
         parts.append(table(["node", "op", "introduced", "rel L2", "cosine", "kept in float"], rows, numeric={2, 3, 4}))
     return parts
 
@@ -357,4 +362,4 @@ def validation_page(report: dict, keeper: ExampleKeeper | None = None) -> str:
         f"{esc(report.get('backend', '?'))}, {esc(report.get('precision', '?'))} &middot; engine {esc(report.get('engine', '?'))} "
         f"&middot; reference {esc(report.get('reference', '?'))}"
     )
-    return html_page(title, f"<h1>{esc(title)}</h1>\n<p class=\"sub\">{sub}</p>\n{validation_section(report, keeper)}")
+    return html_page(title, f'<h1>{esc(title)}</h1>\n<p class="sub">{sub}</p>\n{validation_section(report, keeper)}')
