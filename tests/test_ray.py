@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -92,9 +93,28 @@ def infer_ray(cluster, *args: str, timeout: float = 120):
     return namespace.run(fcn_deploy_command(["infer", *args, "--ray", address]), timeout=timeout)
 
 
+WAIT_FOR_IDLE_CPUS = """
+import sys, time, ray
+ray.init(address=sys.argv[1], logging_level="ERROR")
+deadline = time.monotonic() + 60
+while ray.available_resources().get("CPU", 0) < float(sys.argv[2]) and time.monotonic() < deadline:
+    time.sleep(0.2)
+print(ray.available_resources().get("CPU", 0))
+"""
+
+
+def wait_for_idle_cpus(cluster, cpus: float) -> None:
+    """Until the cluster's CPUs are free again: a test that ran before (the tests run in random order)
+    may leave an actor being torn down, and a pool that finds one node busy runs on the other alone."""
+    namespace, address = cluster
+    result = namespace.run([sys.executable, "-c", WAIT_FOR_IDLE_CPUS, address, str(cpus)], timeout=90)
+    assert result.returncode == 0 and float(result.stdout.split()[-1]) >= cpus, result.stdout[-2000:] + result.stderr[-2000:]
+
+
 @pytest.fixture(scope="module")
 def first_run(cluster, engine, tmp_path_factory):
     source = archive(tmp_path_factory.mktemp("ray-src") / "survey")
+    wait_for_idle_cpus(cluster, 2)
     out = source.parent / "out"
     report = source.parent / "report.json"
     result = infer_ray(
@@ -151,6 +171,7 @@ def test_killing_an_actor_mid_run_loses_nothing(cluster, engine, tmp_path):
         Image.fromarray(make_scene(3, index, 192, 224)[0]).save(source / f"{index:03d}.png")
     out, report = tmp_path / "out", tmp_path / "report.json"
     args = ["infer", str(source), "-e", str(engine), "-o", str(out), "--actors", "2", "--task-inputs", "1", "--report", str(report)]
+    wait_for_idle_cpus(cluster, 2)
     process = namespace.popen(fcn_deploy_command([*args, "--ray", address]))
     killed = None
     deadline = time.monotonic() + 90
