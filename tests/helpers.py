@@ -110,6 +110,7 @@ def independent_scores(labels: np.ndarray, predictions: np.ndarray, num_classes:
         "mean_accuracy": float(np.nanmean(accs)),
         "mean_iu": float(np.nanmean(ious)),
         "fw_iu": float(np.sum(np.array(weights) * np.nan_to_num(ious)) / np.sum(weights)),
+        "per_class_iu": [float(iou) for iou in ious],
     }
 
 
