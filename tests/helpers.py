@@ -240,3 +240,26 @@ def fcn_deploy_command(args: list[str]) -> list[str]:
     import sys
 
     return [sys.executable, "-m", "fcn_deploy.cli", *args]
+
+
+# ImageNet normalisation, written out here (not read from fcn_deploy): the oracles' own.
+IMAGENET_MEAN_INDEPENDENT, IMAGENET_STD_INDEPENDENT = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
+def independent_input(rgb: np.ndarray) -> np.ndarray:
+    """``H x W x 3`` uint8 RGB -> ``1 x 3 x H x W`` float32, in float64 arithmetic, channel by channel."""
+    mean, std = IMAGENET_MEAN_INDEPENDENT, IMAGENET_STD_INDEPENDENT
+    planes = [(rgb[..., c].astype(np.float64) / 255.0 - mean[c]) / std[c] for c in range(3)]
+    return np.stack(planes)[None].astype(np.float32)
+
+
+def direct_mask(onnx_path, rgb: np.ndarray) -> np.ndarray:
+    """The mask of a bare ONNX Runtime session on independently normalised input: an oracle for
+    ``infer`` and ``serve`` (first maximum wins, as numpy's argmax)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (image,) = session.get_inputs()
+    outputs = session.run(None, {image.name: independent_input(rgb)})
+    logits = next(o for o in outputs if o.ndim == 4)
+    return logits[0].argmax(axis=0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from PIL import Image
 
@@ -16,24 +15,9 @@ from fcn_deploy.data.images import preprocess
 from fcn_deploy.evaluate import evaluate_model
 from fcn_deploy.meta import read_onnx_meta
 
-from helpers import independent_scores
-
-# ImageNet normalisation, written out here (not read from fcn_deploy).
-MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-
-
-def independent_input(rgb: np.ndarray) -> np.ndarray:
-    """``H x W x 3`` uint8 RGB -> ``1 x 3 x H x W`` float32, in float64 arithmetic, channel by channel."""
-    planes = [(rgb[..., c].astype(np.float64) / 255.0 - MEAN[c]) / STD[c] for c in range(3)]
-    return np.stack(planes)[None].astype(np.float32)
-
-
-def direct_mask(onnx_path, rgb: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (image,) = session.get_inputs()
-    outputs = session.run(None, {image.name: independent_input(rgb)})
-    logits = next(o for o in outputs if o.ndim == 4)
-    return logits[0].argmax(axis=0)
+from helpers import IMAGENET_MEAN_INDEPENDENT as MEAN
+from helpers import IMAGENET_STD_INDEPENDENT as STD
+from helpers import direct_mask, independent_scores
 
 
 def test_preprocess_matches_torchvision():

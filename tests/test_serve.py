@@ -51,6 +51,8 @@ from fcn_deploy.serve import prepost_model  # noqa: E402
 from fcn_deploy.serve.repository import export_triton  # noqa: E402
 from fcn_deploy.serve.triton import ServedModel  # noqa: E402
 
+from helpers import direct_mask  # noqa: E402
+
 MAX_SIDE = 160  # the served engine's profile maximum: larger images are fitted, beyond 4x refused
 ODD_SIZES = [(37, 91), (97, 129), (300, 41), (20, 20)]  # in profile, in profile, fitted down, fitted up
 READY_TIMEOUT_S = 180
@@ -293,6 +295,12 @@ def test_validate_and_infer_against_the_server_match_local_runs(server, engines,
     assert written["local"] == written["remote"] and len(written["local"]) == 2 * len(ODD_SIZES)  # masks/ and overlays/
     for name in written["local"]:
         assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "remote" / name).read_bytes()
+    # and against independent code: a bare ONNX Runtime session on numpy-normalised input (in-profile sizes)
+    for index, (height, width) in enumerate(ODD_SIZES[:2]):
+        served = np.asarray(Image.open(tmp_path / "remote" / "masks" / f"frame{index}.png"))
+        expected = direct_mask(engines["onnxruntime"], scene(50 + index, height, width))
+        assert served.shape == expected.shape == (height, width) and len(np.unique(expected)) >= 2
+        assert np.mean(served == expected) >= 0.9999
     out = capsys.readouterr().out
     assert "triton-onnxruntime-fp32" in out
 
