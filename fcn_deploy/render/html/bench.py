@@ -14,7 +14,7 @@ def _series_names(results: list[dict]) -> dict[tuple[str, str], str]:
     for r in results:
         key = (str(r.get("engine", r.get("label"))), str(r.get("device", "")))
         if key not in names:
-            torch = r.get("backend") == "torch"
+            torch = bool(r.get("baseline"))
             names[key] = f"torch eager fp32 ({r.get('device', 'cpu')})" if torch else f"{r.get('backend')} {r.get('precision')}"
     counts: dict[str, int] = {}
     for name in names.values():
@@ -129,7 +129,7 @@ def benchmark_section(report: dict, level: int = 2) -> str:
         [names[_key(r)], r.get("device", "-"), f"{r['batch']}x{r['height']}x{r['width']}", f"{r['median_ms']:.2f}",
          f"{r.get('p10_ms', r['median_ms']):.2f}-{r.get('p90_ms', r['median_ms']):.2f}", num(r.get("throughput_fps"), ".2f"),
          "-" if r.get("speedup_vs_torch") is None else f"{r['speedup_vs_torch']:.2f}x", num(r.get("peak_memory_mb"), ".0f"),
-         "-" if r.get("backend") == "torch" else Path(str(r.get("engine", ""))).name]
+         "-" if r.get("baseline") else Path(str(r.get("engine", ""))).name]
         for r in results
     ]  # fmt: skip
     parts += [f"<{h}>All results</{h}>", table(["engine", "device", "N x H x W", "median ms", "p10-p90 ms", "images/s",

@@ -98,7 +98,7 @@ def demo_page(report: dict, keepers: dict[str, ExampleKeeper] | None = None, vid
         size = [results[0]["height"], results[0]["width"]]
     rows = []
     for r in (r for r in results if [r["height"], r["width"]] == list(size)):
-        if r.get("backend") == "torch":
+        if r.get("baseline"):
             rows.append(["torch eager fp32 (reference)", r.get("device", "-"), "-", "-", "-", "-", f"{r['median_ms']:.1f}", "1.00x", "-"])
             continue
         v = validations.get(r.get("label"), {})
