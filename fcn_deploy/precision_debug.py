@@ -67,7 +67,8 @@ def debug_precision(target: str | Path, reference: str | Path, options: DebugOpt
     meta = read_onnx_meta(float_model, str(reference))
     with tempfile.TemporaryDirectory(prefix="fcn-deploy-debug-") as tmp:
         listener.note(f"preparing the FP32 graph {reference.name} as quantization saw it")
-        prepared = prepare(float_model, Path(tmp, "prep.onnx"))
+        encoding = read_onnx_props(int8).get("fcn_deploy.int8_encoding", backend.int8_encoding)
+        prepared = prepare(float_model, Path(tmp, "prep.onnx"), encoding)
         inputs = InputSource(options.images)
         sizes = options.sizes or DEBUG_SIZES
         batches = [preprocess(inputs.batch(h, w, 1, i), meta.mean, meta.std) for i, (h, w) in enumerate(sizes)]
@@ -77,7 +78,6 @@ def debug_precision(target: str | Path, reference: str | Path, options: DebugOpt
         errors = node_errors(prepared, int8, batches, backend.intermediate_outputs)
         calibration = _calibration(manifest, meta) if options.revert_top else None
         if calibration is not None:
-            encoding = read_onnx_props(int8).get("fcn_deploy.int8_encoding", backend.int8_encoding)
             method = manifest["transform"]["calibration"].get("calibration_method", "minmax") if manifest else "minmax"
             with Quantizer(float_model, calibration, method, calibration.folder / ".cache", encoding) as quantizer:
                 reference_masks = [_masks(backend, prepared, batch) for batch in batches]

@@ -242,7 +242,8 @@ def test_openvino_manifest_records_version_cpu_isa_and_precision_hints(openvino_
     assert manifest["device"]["cpu"] and isinstance(manifest["device"]["isa"], list)
     assert manifest["build"]["config"] == {"INFERENCE_PRECISION_HINT": "f32"}
     assert manifest["build"]["inference_precision"] == "f32"
-    assert manifest["transform"]["int8"]["encoding"] == "uint8-asymmetric"  # measured: ties int8, agrees better
+    assert manifest["transform"]["int8"]["encoding"] == "uint8-asymmetric-hardswish"  # measured: ties int8, agrees better
+    assert manifest["transform"]["int8"]["hardswish"] == "whole"
     fp32 = read_manifest(openvino_engines["fp32"])
     assert fp32["build"]["config"]["INFERENCE_PRECISION_HINT"] == "f32"  # never silently bf16
     fp16 = read_manifest(openvino_engines["fp16"])

@@ -294,7 +294,7 @@ class Backend(abc.ABC):
     #: :data:`fcn_deploy.precision.int8.INT8_ENCODINGS`).
     int8_encoding: ClassVar[str] = "int8-symmetric"
     #: The INT8 encodings it can compile (``--int8-target`` may pick another backend's).
-    accepted_int8_encodings: ClassVar[tuple[str, ...]] = ("int8-symmetric", "uint8-asymmetric")
+    accepted_int8_encodings: ClassVar[tuple[str, ...]] = ("int8-symmetric", "uint8-asymmetric", "uint8-asymmetric-hardswish")
     #: Suffix of the default engine name, after ``<stem>.<precision>``.
     engine_suffix: ClassVar[str]
     #: What to install when the backend is missing (printed in errors).

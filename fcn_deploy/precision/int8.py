@@ -20,7 +20,12 @@ backend declares its own ``int8_encoding``):
 * ``uint8-asymmetric``: asymmetric **uint8** activations, ONNX Runtime's recommendation for x86:
   with symmetric int8 ORT cannot fold a ReLU into its quantized conv (zero point 0 cannot express
   max(0, x)), and INT8 ran slower than FP32 (README).  Every Add input stays quantized: ORT fuses a
-  conv into QLinearConv only when a Q follows it.
+  conv into QLinearConv only when a Q follows it;
+* ``uint8-asymmetric-hardswish``: the same, for OpenVINO, with HardSwish whole and float
+  (:func:`.qdq.whole_hardswish`): ONNX Runtime's optimizer splits it into HardSigmoid and a quantized
+  Mul, which OpenVINO runs as a reference kernel between reorders (README, "INT8 that repairs
+  itself").  ONNX Runtime keeps the split: its QLinearConv needs the Q that the quantized Mul puts
+  after the conv.
 
 Nodes named in ``float_nodes`` (the INT8 repair's choice, or the user's) keep float weights and
 read float inputs.
@@ -51,18 +56,37 @@ from ..events import SILENT, Listener
 from ..onnxkit.graph import name_nodes
 from . import cache, fp16
 from .context import TransformContext
-from .qdq import drop_input_qdq, float_ops_in_fp16, quantized_inputs, residual_add_inputs
+from .qdq import drop_input_qdq, float_ops_in_fp16, quantized_inputs, residual_add_inputs, whole_hardswish
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 INT8_OP_TYPES = ["Conv", "Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Mul", "BatchNormalization"]
 #: INT8 activation encodings (see the module docstring for why backends differ).
 INT8_ENCODINGS = {
-    "int8-symmetric": {"activations": "int8", "symmetric": True, "residual_add_input": "float", "float_ops": "float16"},
-    "uint8-asymmetric": {"activations": "uint8", "symmetric": False, "residual_add_input": "quantized", "float_ops": "float32"},
+    "int8-symmetric": {
+        "activations": "int8",
+        "symmetric": True,
+        "residual_add_input": "float",
+        "hardswish": "split",
+        "float_ops": "float16",
+    },
+    "uint8-asymmetric": {
+        "activations": "uint8",
+        "symmetric": False,
+        "residual_add_input": "quantized",
+        "hardswish": "split",
+        "float_ops": "float32",
+    },
+    "uint8-asymmetric-hardswish": {
+        "activations": "uint8",
+        "symmetric": False,
+        "residual_add_input": "quantized",
+        "hardswish": "whole",
+        "float_ops": "float32",
+    },
 }
 #: Encoding fields that change the measured ranges (the calibration cache key): not ``float_ops``,
 #: which is applied after the ranges are measured on the FP32 graph.
-_RANGE_FIELDS = ("activations", "symmetric", "residual_add_input")
+_RANGE_FIELDS = ("activations", "symmetric", "residual_add_input", "hardswish")
 #: Where Q/DQ pairs go (part of the calibration cache key and the manifest).
 INT8_PLACEMENT = "inputs of quantized ops only (ModelOpt)"
 #: Fewest calibration images per method: the histogram methods estimate the tails of every tensor's
@@ -113,9 +137,10 @@ def calibration_cache_key(model_bytes: bytes, calibration: CalibrationSet, metho
     return cache.calibration_cache_key(model_bytes, calibration, method, fields, INT8_OP_TYPES, INT8_PLACEMENT)
 
 
-def prepare(model: onnx.ModelProto, out: Path) -> onnx.ModelProto:
-    """The FP32 graph as quantization sees it (every node named, then ONNX Runtime's ``quant_pre_process``),
-    written to ``out``: the INT8 graph's node and tensor names are this graph's."""
+def prepare(model: onnx.ModelProto, out: Path, encoding: str = "int8-symmetric") -> onnx.ModelProto:
+    """The FP32 graph as quantization sees it (every node named, then ONNX Runtime's ``quant_pre_process``;
+    HardSwish made whole again where ``encoding`` says so), written to ``out``: the INT8 graph's node and
+    tensor names are this graph's."""
     from onnxruntime.quantization import quant_pre_process
 
     source = out.with_name(out.stem + ".src.onnx")
@@ -126,7 +151,10 @@ def prepare(model: onnx.ModelProto, out: Path) -> onnx.ModelProto:
     # and Mul is quantized): name them too, or the repair could not keep them in float.
     prepared = onnx.load(str(out))
     named = name_nodes(prepared)
-    if named is not prepared:
+    joined = 0
+    if INT8_ENCODINGS[encoding]["hardswish"] == "whole":
+        named, joined = whole_hardswish(named)
+    if named is not prepared or joined:
         out.write_bytes(named.SerializeToString())
     return named
 
@@ -151,7 +179,7 @@ class Quantizer:
         self._tmp = tempfile.TemporaryDirectory(prefix="fcn-deploy-int8-")
         tmp = Path(self._tmp.name)
         self.prep = tmp / "prep.onnx"
-        self.prepared = prepare(model, self.prep)
+        self.prepared = prepare(model, self.prep, encoding)
         self.node_names = {node.name for node in self.prepared.graph.node}
         self.ranges = tmp / "calib.json"  # ONNX Runtime's range cache, for every quantize() after the first
         if self.cache_hit:
@@ -267,6 +295,7 @@ def int8_details(encoding_name: str, float_nodes: tuple[str, ...] | list[str]) -
         "quantized_ops": INT8_OP_TYPES,
         "placement": INT8_PLACEMENT,
         "residual_add_input": encoding["residual_add_input"],
+        "hardswish": encoding["hardswish"],
         "excluded_ops": ["ConvTranspose (kept float: quantizing the bilinear upsampling lowered agreement; README)"],
         "float_nodes": list(float_nodes),
         "float_ops": encoding["float_ops"]

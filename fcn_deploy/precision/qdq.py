@@ -134,3 +134,54 @@ def float_ops_in_fp16(model: onnx.ModelProto, keep_fp32: list[str]) -> onnx.Mode
         warnings.simplefilter("ignore", UserWarning)
         return float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=block, max_finite_val=65504.0,
                                                 disable_shape_infer=False)  # fmt: skip
+
+
+#: The first ai.onnx opset with a HardSwish op.
+HARDSWISH_OPSET = 14
+
+
+def whole_hardswish(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """``model`` with every ``x * HardSigmoid(x)`` (alpha 1/6, beta 1/2) made one ``HardSwish`` again.
+
+    ONNX Runtime's optimizer (in ``quant_pre_process``) splits HardSwish into HardSigmoid and Mul,
+    and Mul is a quantized op: its Q/DQ pairs then sit inside the activation, where OpenVINO can
+    neither fuse it into the convolution before it nor run HardSigmoid in its blocked layout (a
+    reference kernel between two reorders).  A whole HardSwish is float and unquantized, and the
+    conv + HardSwish + Q that follows becomes one OpenVINO kernel.  The Mul keeps its name, so float
+    nodes and sensitivities still name the same place.  Returns the graph and how many it joined."""
+    from onnx import helper
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < HARDSWISH_OPSET:
+        return model, 0
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    for output in graph.output:
+        readers[output.name] = readers.get(output.name, 0) + 1
+    joined: dict[str, onnx.NodeProto] = {}
+    dropped: set[int] = set()
+    for node in graph.node:
+        if node.op_type != "Mul" or len(node.input) != 2:
+            continue
+        for x, gate in (tuple(node.input), tuple(reversed(node.input))):
+            sigmoid = producer.get(gate)
+            if sigmoid is None or sigmoid.op_type != "HardSigmoid" or sigmoid.input[0] != x or readers.get(gate) != 1:
+                continue
+            attrs = {a.name: helper.get_attribute_value(a) for a in sigmoid.attribute}
+            if abs(attrs.get("alpha", 0.2) - 1 / 6) > 1e-6 or abs(attrs.get("beta", 0.5) - 0.5) > 1e-6:
+                continue
+            joined[node.name] = helper.make_node("HardSwish", [x], list(node.output), name=node.name)
+            dropped.add(id(sigmoid))
+            break
+    if not joined:
+        return model, 0
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = [joined.get(node.name, node) for node in graph.node if id(node) not in dropped]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out, len(joined)
