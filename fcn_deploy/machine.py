@@ -9,7 +9,7 @@ import platform
 #: The ISA extensions that decide which kernels CPU runtimes pick (int8 dot products, bf16, fp16).
 RELEVANT_ISA = (
     "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve",
+    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "amx_fp16", "asimd", "asimddp", "sve",
 )  # fmt: skip
 
 
