@@ -47,19 +47,30 @@ CHECK_SEED = SYNTHETIC_SEEDS["check"]
 CHECK_CAP = 256
 #: How many sizes the ranking measures node errors at (those the plain engine agrees least at).
 RANKING_SIZES = 2
+#: Pixels the check pools per size, at least: small sizes get several images (up to the profile's
+#: batch), or one image's few pixels would decide the per-size floor by chance, and the search,
+#: which compares trials, would chase noise.
+CHECK_PIXELS = 16384
+CHECK_MAX_BATCH = 8
 
 
 def check_sizes(profile: Profile, cap: int = CHECK_CAP) -> list[tuple[int, int]]:
     """Sizes across the profile, small ones included, that ``validate``'s default spread does not use."""
     (_, h_min, w_min), (_, h_max, w_max) = profile.min, profile.max
     h_cap, w_cap = min(h_max, max(cap, h_min)), min(w_max, max(cap, w_min))
-    candidates = [(h_min + 3, w_min + 13), (75, 61), (101, 157), (143, 113), (h_cap - 9, w_cap - 29)]
+    candidates = [(h_min + 3, w_min + 13), (h_min + 7, w_min + 1), (75, 61), (101, 157), (143, 113), (h_cap - 9, w_cap - 29)]
     sizes: list[tuple[int, int]] = []
     for h, w in candidates:
         size = (min(max(h, h_min), h_cap), min(max(w, w_min), w_cap))
         if size not in sizes:
             sizes.append(size)
     return sizes
+
+
+def check_batches(sizes: list[tuple[int, int]], profile: Profile) -> dict[tuple[int, int], int]:
+    """Images per check size: enough for :data:`CHECK_PIXELS` pixels, within the profile's batch range."""
+    low, high = profile.min[0], min(profile.max[0], CHECK_MAX_BATCH)
+    return {(h, w): max(low, min(high, -(-CHECK_PIXELS // (h * w)))) for h, w in sizes}
 
 
 def check_inputs(meta: ModelMeta, calib_folder: Path) -> tuple[InputSource, str]:
@@ -135,6 +146,7 @@ class CheckedInt8Build:
         self.reference.infer = _memoised(self.reference.infer)  # every trial sees the same inputs: run FP32 once
         self.inputs, self.inputs_text = check_inputs(meta, calibration.folder)
         self.sizes = check_sizes(profile)
+        self.batches = check_batches(self.sizes, profile)
         self.thresholds = default_thresholds("int8")
         self.margin_thresholds = with_margin(self.thresholds)
         self.candidates: dict[tuple[str, ...], Candidate] = {}
@@ -162,7 +174,7 @@ class CheckedInt8Build:
         build_info = self.backend.compile(graph_path, engine, self.profile, self.meta, options, listener=SILENT)
         manifest = {"profile": self.profile.to_dict(), "precision": "int8", "meta": self.meta.to_dict(), "build": build_info}
         with self.backend.open(engine, manifest) as runner:
-            report = validate(runner, self.reference, self.sizes, self.thresholds, inputs=self.inputs)
+            report = validate(runner, self.reference, self.sizes, self.thresholds, inputs=self.inputs, batch_sizes=self.batches)
         trial = summarise(report, tuple(float_nodes), self.margin_thresholds, time.perf_counter() - started)
         self.candidates[key] = Candidate(graph_path, engine, build_info, trial)
         return self.candidates[key]
@@ -191,19 +203,22 @@ class CheckedInt8Build:
         """The accepted build and the record the manifest keeps (``int8_check``)."""
         started = time.perf_counter()
         self.listener.note(f"checking the compiled {self.backend.name} INT8 engine against the FP32 graph at {len(self.sizes)} sizes "
-                           f"({', '.join(f'{h}x{w}' for h, w in self.sizes)}) on {self.inputs_text}")  # fmt: skip
+                           f"({', '.join(f'{h}x{w}' + (f' x{self.batches[(h, w)]}' if self.batches[(h, w)] > 1 else '') for h, w in self.sizes)}) "
+                           f"on {self.inputs_text}")  # fmt: skip
         first = self.build(given)
         record: dict[str, Any] = {
-            "sizes": [list(s) for s in self.sizes], "inputs": self.inputs_text, "thresholds": self.thresholds.to_dict(),
+            "sizes": [list(s) for s in self.sizes], "images_per_size": [self.batches[s] for s in self.sizes],
+            "inputs": self.inputs_text, "thresholds": self.thresholds.to_dict(),
             "margin": REPAIR_MARGIN, "runs_on": f"the compiled {self.backend.name} engine", "given_float_nodes": list(given),
             "before": first.trial.to_dict(), "repair": self.repair.mode, "trials": [],
         }  # fmt: skip
         chosen, ranking = first, []
         figures = (f"agreement {first.trial.pixel_agreement:.4%}, lowest size {first.trial.min_size_agreement:.4%}, "
                    f"mIU vs FP32 {first.trial.mean_iu:.4f}")  # fmt: skip
-        # The plain engine passes at the product thresholds; the margin is the search's target only, so a
-        # model whose INT8 passes (the project's own) is never touched.
-        verdict = "" if first.trial.passed else self._shortfall(first.trial)
+        # The plain engine must pass with the search's margin too: one that scrapes through on the check's
+        # sizes fails at others (measured on LR-ASPP: check mIU 0.9726, validate 97.9 % at 127x131).  The
+        # project's own models pass with room to spare and are never touched.
+        verdict = "" if first.trial.passed_with_margin else self._shortfall(first.trial)
         if not verdict:
             self.listener.note(f"INT8 check passed: {figures}", level="success")
         elif self.repair.mode == "off" or given:
@@ -215,7 +230,10 @@ class CheckedInt8Build:
             best, trials = search([r["name"] for r in ranking], lambda nodes: self.build(nodes).trial, budget=self.repair.budget,
                                   time_limit_s=self.repair.time_limit_s, listener=self.listener)  # fmt: skip
             record["trials"] = [t.to_dict() for t in trials]
-            if best is None:
+            if best is None and first.trial.passed:
+                self.listener.note(f"no set of at most {self.repair.budget} float nodes reached the margin; keeping the plain engine, "
+                                   f"which passes the check without it ({figures})", level="warning")  # fmt: skip
+            elif best is None:
                 tried = max([first.trial, *trials], key=lambda t: (t.passed, t.pixel_agreement))
                 raise CheckFailed(
                     f"{self.engine}: the INT8 engine {verdict}, and no set of at most "
@@ -224,8 +242,9 @@ class CheckedInt8Build:
                     f"{tried.mean_iu:.4f}); try FP16, more or other calibration images, or a larger repair budget; nothing was written",
                     options=("repair_budget",),
                 )  # fmt: skip
-            chosen = self.candidates[tuple(sorted(best.float_nodes))]
-            self.listener.note(f"repaired: {len(best.float_nodes)} node(s) kept in float ({', '.join(best.float_nodes)}); agreement "
+            else:
+                chosen = self.candidates[tuple(sorted(best.float_nodes))]
+                self.listener.note(f"repaired: {len(best.float_nodes)} node(s) kept in float ({', '.join(best.float_nodes)}); agreement "
                                f"{best.pixel_agreement:.4%}, lowest size {best.min_size_agreement:.4%}, mIU vs FP32 {best.mean_iu:.4f}",
                                level="success")  # fmt: skip
         sensitivity = {r["name"]: {k: r[k] for k in ("op_type", "rel_l2", "cosine", "introduced")} for r in ranking}

@@ -26,18 +26,21 @@ FOREIGN = Path(__file__).parent / "data" / "lraspp-mnv3-w050.onnx"
 BACKEND = "openvino"
 
 
-def build(src: Path, out: Path, calib: Path, *extra: str) -> int:
-    return main(["build-engine", str(src), "-o", str(out), "--backend", BACKEND, "--int8", "--calib", str(calib), *extra])
+#: The profile's smallest side for this model's engines.  At 32 to 40 pixels LR-ASPP's stride-16
+#: features are 2x2 to 3x3, and INT8 cannot match FP32 there: the plain OpenVINO engine agrees on 93 %
+#: of the pixels of eight 35x45 scenes, and no 48 float nodes lift it past 96 % (README, "INT8 that
+#: repairs itself").  The engines are built for what the model can serve in INT8, 64 pixels up.
+MIN_SHAPE = "64x64"
 
 
-#: validate's default sizes (none of them the check's, int8_check.check_sizes), its smallest, 32x32, replaced
-#: by 64x64: at 32 to 40 pixels LR-ASPP's stride-16 features are 2x2 to 3x3, and the repaired engine agrees
-#: on 95-96 % there (the plain one on 96-98 %), below the 98 % floor: the repair does not reach those sizes.
-SIZES = "64x64,1024x1024,256x256,97x129,127x131,211x173,255x257,32x261,199x32,333x517,876x664,539x299,337x72,106x48"
+def build(src: Path, out: Path, calib: Path, *extra: str, min_shape: str = MIN_SHAPE) -> int:
+    return main(["build-engine", str(src), "-o", str(out), "--backend", BACKEND, "--int8", "--calib", str(calib),
+                 "--min-shape", min_shape, *extra])  # fmt: skip
 
 
 def validate(engine: Path, reference: Path, report: Path) -> tuple[int, dict]:
-    code = main(["validate", str(engine), "--reference", str(reference), "--sizes", SIZES, "--random-sizes", "0", "--report", str(report)])
+    """``validate`` with its defaults: the spread over the engine's profile, none of it the check's sizes."""
+    code = main(["validate", str(engine), "--reference", str(reference), "--report", str(report)])
     return code, json.loads(report.read_text())
 
 
@@ -72,14 +75,17 @@ def test_plain_int8_fails_and_the_repaired_engine_passes_at_sizes_the_repair_nev
     assert code == 1 and not plain["passed"], plain["summary"]
     code, fixed = validate(repaired, foreign["src"], tmp_path / "repaired.json")
     assert code == 0 and fixed["passed"], (fixed["summary"], fixed["failures"])
-    assert fixed["summary"]["pixel_agreement"] > plain["summary"]["pixel_agreement"]
-    assert fixed["summary"]["mean_iu_vs_reference"] > plain["summary"]["mean_iu_vs_reference"]
+    # The plain engine fails on its worst size; the repair lifts the worst size (the pooled figures of
+    # both are above their gates, and may move either way).
+    assert fixed["summary"]["min_pixel_agreement"] > plain["summary"]["min_pixel_agreement"]
+    assert plain["failing_sizes"] and not fixed["failing_sizes"]
 
     manifest = json.loads(manifest_path(repaired).read_text())
     check = manifest["int8_check"]
     assert not {(c["height"], c["width"]) for c in fixed["cases"]} & {tuple(s) for s in check["sizes"]}
-    assert check["repair"] == "auto" and not check["before"]["passed"] and check["after"]["passed"]
-    assert check["after"]["pixel_agreement"] > check["before"]["pixel_agreement"]
+    # the plain engine scraped through the check without the margin (and then failed validate); the repair reached it
+    assert check["repair"] == "auto" and not check["before"]["passed_with_margin"] and check["after"]["passed_with_margin"]
+    assert check["before"]["margin_failures"] and not check["after"]["margin_failures"]
     kept = check["float_nodes"]
     assert 1 <= len(kept) <= 24 and kept == manifest["transform"]["int8"]["float_nodes"]
     assert set(check["sensitivity"]) == set(kept)
@@ -89,9 +95,10 @@ def test_plain_int8_fails_and_the_repaired_engine_passes_at_sizes_the_repair_nev
     # the kept set is a trial that passed with the margin, and no smaller trial did
     assert any(t["float_nodes"] == kept and t["passed_with_margin"] for t in check["trials"])
     assert not [t for t in check["trials"] if t["passed_with_margin"] and len(t["float_nodes"]) < len(kept)]
-    # the plain build recorded the same failure and kept nothing in float
+    # the plain build recorded the same shortfall and kept nothing in float
     plain_check = json.loads(manifest_path(foreign["plain"]).read_text())["int8_check"]
-    assert plain_check["float_nodes"] == [] and not plain_check["after"]["passed"]
+    assert plain_check["float_nodes"] == [] and not plain_check["after"]["passed_with_margin"]
+    assert plain_check["before"]["margin_failures"] == check["before"]["margin_failures"]
 
 
 @pytest.mark.slow
@@ -145,7 +152,8 @@ def test_a_budget_no_subset_meets_exits_1_with_the_best_agreement_and_what_to_tr
     folder.mkdir()
     shutil.copy(foreign["src"], folder / "m.onnx")
     before = files_under(folder)
-    code = build(folder / "m.onnx", folder / "m.int8.openvino.xml", foreign["calib"], "--repair-time", "0.001")
+    # the profile's own 32x32 corner, where the plain engine fails outright (not only the margin)
+    code = build(folder / "m.onnx", folder / "m.int8.openvino.xml", foreign["calib"], "--repair-time", "0.001", min_shape="32x32")
     err = " ".join(capsys.readouterr().err.split())
     assert code == 1, err
     assert "best" in err and "agreement" in err and "FP16" in err and "calibration images" in err and "nothing was written" in err
@@ -188,17 +196,31 @@ def test_debug_precision_names_the_worst_nodes_of_the_failing_engine(foreign, tm
     assert all(n["name"] for n in nodes) and len({n["name"] for n in nodes}) == len(nodes)  # every node addressable by name
 
 
-def test_an_engine_that_passes_its_check_is_left_as_a_plain_build_writes_it(foreign, tmp_path):
-    """ONNX Runtime runs this model's INT8 graph within the thresholds: no search, no float node, and
-    the engine is byte for byte the one ``--int8-repair off`` writes."""
+def test_a_plain_engine_that_passes_without_the_margin_is_kept_when_no_repair_reaches_it(foreign, tmp_path, capsys):
+    """The plain engine passes the check's thresholds but not the margin: the search runs, and when it
+    runs out of time the plain engine is written (it passes), with a warning, rather than nothing."""
+    engine = tmp_path / "lraspp.int8.openvino.xml"
+    code = build(foreign["src"], engine, foreign["calib"], "--repair-time", "0.001")
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 0, out
+    check = json.loads(manifest_path(engine).read_text())["int8_check"]
+    assert check["before"]["passed"] and not check["before"]["passed_with_margin"], check["before"]
+    assert check["before"]["margin_failures"] and check["float_nodes"] == [] and check["after"] == check["before"]
+    assert "keeping the plain engine" in out and "without the margin" in out
+
+
+def test_an_engine_that_passes_its_check_is_left_as_a_plain_build_writes_it(tiny_onnx, tiny_calibration, tmp_path):
+    """The project's own FCN on ONNX Runtime passes its check with the margin: no search, no float
+    node, and the engine is byte for byte the one ``--int8-repair off`` writes."""
     engines = {}
     for mode in ("auto", "off"):
         folder = tmp_path / mode
         folder.mkdir()
-        engines[mode] = folder / "lraspp.int8.ort.onnx"
-        args = ["build-engine", str(foreign["src"]), "-o", str(engines[mode]), "--backend", "onnxruntime", "--int8"]
-        assert main([*args, "--calib", str(foreign["calib"]), "--int8-repair", mode]) == 0
+        engines[mode] = folder / "tiny.int8.ort.onnx"
+        args = ["build-engine", str(tiny_onnx), "-o", str(engines[mode]), "--backend", "onnxruntime", "--int8"]
+        assert main([*args, "--calib", str(tiny_calibration), "--int8-repair", mode]) == 0
     check = json.loads(manifest_path(engines["auto"]).read_text())["int8_check"]
-    assert check["before"]["passed"] and check["float_nodes"] == [] and check["trials"] == [] and check["worst_nodes"] == []
-    assert check["int8_compute_share"] == 1.0
+    assert check["before"]["passed_with_margin"] and check["float_nodes"] == [] and check["trials"] == [] and check["worst_nodes"] == []
+    off = json.loads(manifest_path(engines["off"]).read_text())["int8_check"]
+    assert check["int8_compute_share"] == off["int8_compute_share"] > 0.98  # only the upsampling ConvTranspose is float
     assert engines["auto"].read_bytes() == engines["off"].read_bytes()
