@@ -363,3 +363,28 @@ def test_full_disk_while_writing_is_a_clear_error(tiny_onnx, tmp_path, monkeypat
         run_infer(source, tiny_onnx, out=out, save_masks=tmp_path / "masks")
     assert not out.exists() and not list(tmp_path.glob(".o.mp4*"))
     assert pipeline_threads() == []
+
+
+def test_frames_prepared_off_the_engine_thread_give_the_masks_predict_batch_gives(tiny_onnx):
+    """The video decode thread preprocesses each frame (``prepare_frame``) while the engine runs the
+    one before; ``predict_prepared`` must then give exactly ``predict_batch``'s masks: same batching
+    (capped at the profile's batch), the same resize into the profile, said once, and tiles where
+    a frame exceeds the profile (those go back through ``predict_batch``)."""
+    frames = [make_scene(3, i, 100, 150)[0] for i in range(3)] + [make_scene(3, 9, 40, 48)[0]]
+    direct_runner, prepared_runner = runner_with(tiny_onnx, SMALL_PROFILE), runner_with(tiny_onnx, SMALL_PROFILE)
+    direct_messages: list[str] = []
+    prepared_messages: list[str] = []
+    direct = Segmenter(direct_runner, on_resize=direct_messages.append, tile="off").predict_batch(frames)
+    segmenter = Segmenter(prepared_runner, on_resize=prepared_messages.append, tile="off")
+    inputs = [segmenter.prepare_frame(frame) for frame in frames]
+    assert [item.batch.shape for item in inputs] == [(1, 3, 43, 64)] * 3 + [(1, 3, 40, 48)]  # preprocessed at the run size
+    assert prepared_messages == []  # said when the engine runs them, in the engine's thread
+    prepared = segmenter.predict_prepared(frames, inputs)
+    assert prepared_runner.calls == direct_runner.calls == [(2, 3, 43, 64), (1, 3, 43, 64), (1, 3, 40, 48)]
+    assert all(np.array_equal(a, b) for a, b in zip(direct, prepared)) and [m.shape for m in prepared] == [(100, 150)] * 3 + [(40, 48)]
+    assert prepared_messages == direct_messages and len(prepared_messages) == 1 and segmenter.resized_frames == 3
+
+    tiled = Segmenter(runner_with(tiny_onnx, SMALL_PROFILE), tile="auto")
+    big = make_scene(4, 0, 100, 150)[0]
+    assert tiled.prepare_frame(big) is None  # larger than the profile: tiles, at full resolution
+    assert np.array_equal(tiled.predict_prepared([big], [None])[0], tiled.predict_batch([big])[0])

@@ -8,6 +8,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,15 @@ def fit_inside(profile: Profile, height: int, width: int) -> tuple[int, int]:
     (_, min_h, min_w), (_, max_h, max_w) = profile.min, profile.max
     scale = max(min(1.0, max_h / height, max_w / width), min_h / height, min_w / width)
     return min(max(round(height * scale), min_h), max_h), min(max(round(width * scale), min_w), max_w)
+
+
+@dataclass
+class Prepared:
+    """Engine input for images of one size: preprocessed at ``run_size``, masks wanted at ``size``."""
+
+    batch: np.ndarray
+    size: tuple[int, int]
+    run_size: tuple[int, int]
 
 
 class Segmenter:
@@ -112,21 +122,53 @@ class Segmenter:
             start = stop
         return masks
 
-    def _segment(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def prepare_frame(self, image: np.ndarray) -> Prepared | None:
+        """One image's engine input, made on any thread (the video decode thread makes it while the
+        engine runs the frame before); None when the image goes through tiles."""
+        return None if self.tiler.wants(*image.shape[:2]) else self._prepare([image])
+
+    def predict_prepared(self, images: Sequence[np.ndarray], prepared: Sequence[Prepared | None]) -> list[np.ndarray]:
+        """Masks for ``images`` from their :meth:`prepare_frame` inputs: the same masks as
+        :meth:`predict_batch`, which takes over when any input is missing."""
+        if any(item is None for item in prepared):
+            return self.predict_batch(images)
+        masks: list[np.ndarray] = []
+        start = 0
+        while start < len(prepared):
+            first = prepared[start]
+            stop = start + 1
+            while (stop < len(prepared) and stop - start < self.profile.max[0]
+                   and (prepared[stop].size, prepared[stop].run_size) == (first.size, first.run_size)):  # type: ignore[union-attr]  # fmt: skip
+                stop += 1
+            group = prepared[start:stop]
+            batch = group[0].batch if len(group) == 1 else np.concatenate([item.batch for item in group])  # type: ignore[union-attr]
+            masks.extend(self._run(Prepared(batch, first.size, first.run_size)))  # type: ignore[union-attr]
+            start = stop
+        return masks
+
+    def _prepare(self, images: Sequence[np.ndarray]) -> Prepared:
         height, width = images[0].shape[:2]
-        run_batch = max(len(images), self.profile.min[0])
         run_size = (height, width)
-        if not self.profile.contains(run_batch, height, width):
+        if not self.profile.contains(max(len(images), self.profile.min[0]), height, width):
             run_size = fit_inside(self.profile, height, width)
-            self._note_resize(len(images), (height, width), run_size)
         with self.times.measure("preprocess"):
-            frames = [resize_rgb(image, *run_size) for image in images]
-            frames += frames[-1:] * (run_batch - len(frames))  # a static batch wants more: repeat the last
-            batch = preprocess(np.stack(frames), self.meta.mean, self.meta.std)
+            batch = preprocess(np.stack([resize_rgb(image, *run_size) for image in images]), self.meta.mean, self.meta.std)
+        return Prepared(batch, (height, width), run_size)
+
+    def _run(self, prepared: Prepared) -> list[np.ndarray]:
+        count = len(prepared.batch)
+        if prepared.run_size != prepared.size:
+            self._note_resize(count, prepared.size, prepared.run_size)
+        batch = prepared.batch
+        if count < self.profile.min[0]:  # a static batch wants more: repeat the last
+            batch = np.concatenate([batch, np.repeat(batch[-1:], self.profile.min[0] - count, axis=0)])
         with self.times.measure("infer"):
             prediction = self.runner.infer(batch, need_logits=False)
         with self.times.measure("postprocess"):
-            return [resize_mask(mask.astype(self.mask_dtype), height, width) for mask in prediction.mask[: len(images)]]
+            return [resize_mask(mask.astype(self.mask_dtype), *prepared.size) for mask in prediction.mask[:count]]
+
+    def _segment(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return self._run(self._prepare(images))
 
     def _note_resize(self, count: int, size: tuple[int, int], run_size: tuple[int, int]) -> None:
         if not self.resized_frames:
@@ -152,6 +194,9 @@ class RemoteSegmenter(Segmenter):
             raise FcnDeployError("tiles blend an engine's logits, and a server returns masks (it resizes what exceeds its profile): "
                                  "run tiles with a local engine", options=("tile", "server"))  # fmt: skip
         super().__init__(RemoteRunner(server, model), on_resize, tile="off")
+
+    def prepare_frame(self, image: np.ndarray) -> Prepared | None:
+        return None  # the server preprocesses
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         for image in images:

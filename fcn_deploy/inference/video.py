@@ -1,8 +1,9 @@
 """One video file -> its overlay video (and, if asked, one mask PNG per frame).
 
-Decoding, inference and encoding overlap: a decode thread and an encode thread (which also draws
-the overlays and writes the mask PNGs) sit around the inference loop in the calling thread (where
-the CUDA context lives), joined by bounded queues, so end-to-end FPS approaches engine-only FPS.
+Decoding, inference and encoding overlap: a decode thread (which also preprocesses each frame for
+the engine) and an encode thread (which also draws the overlays and writes the mask PNGs) sit around
+the inference loop in the calling thread (where the CUDA context lives), joined by bounded queues,
+so the calling thread runs little but the engine and end-to-end FPS approaches engine-only FPS.
 Every blocking queue call polls (:mod:`.threads`), so an error in any thread, or Ctrl-C, stops all
 three promptly; the video is written under a temporary name and renamed only when complete.
 
@@ -32,8 +33,10 @@ from .segmenter import Segmenter, StageTimes
 from .threads import END, QUEUE_DEPTH, Worker, get_from, get_unless, join_polling, put_to, put_unless
 
 
-def _decode_frames(info: VideoInfo, max_frames: int | None, frames: queue.Queue, stop: threading.Event, times: StageTimes) -> None:
-    """Decode thread: RGB frames into ``frames``, then ``END``."""
+def _decode_frames(info: VideoInfo, max_frames: int | None, frames: queue.Queue, stop: threading.Event, times: StageTimes,
+                   prepare: Callable[[np.ndarray], Any]) -> None:  # fmt: skip
+    """Decode thread: ``(RGB frame, its engine input)`` into ``frames``, then ``END``.  Preprocessing
+    here, while the engine runs the frame before, leaves the calling thread only the engine."""
     index = 0
     first_size = None
     with av.open(str(info.path)) as container:
@@ -57,7 +60,7 @@ def _decode_frames(info: VideoInfo, max_frames: int | None, frames: queue.Queue,
                     f"{info.path}: frame {index} is {rgb.shape[0]}x{rgb.shape[1]} but the video starts at "
                     f"{first_size[0]}x{first_size[1]}; re-encode it at one size"
                 )
-            if not put_unless(frames, rgb, stop):
+            if not put_unless(frames, (rgb, prepare(rgb)), stop):
                 return
             index += 1
     put_unless(frames, END, stop)
@@ -100,14 +103,16 @@ def _segment_stream(
     ended = False
     while not ended:
         pending: list[np.ndarray] = []
+        prepared: list[Any] = []
         while len(pending) < batch:
             item = get_from(frames, decoder)
             if item is END:
                 ended = True
                 break
-            pending.append(item)
+            pending.append(item[0])
+            prepared.append(item[1])
         if pending:
-            for frame, mask in zip(pending, segmenter.predict_batch(pending)):
+            for frame, mask in zip(pending, segmenter.predict_prepared(pending, prepared)):
                 put_to(results, (count, frame, mask), encoder)
                 count += 1
             advance(len(pending))
@@ -144,7 +149,7 @@ def run_video(
     listener.start(task, total=expected, description=description or info.path.name, unit="frames")
     try:
         with atomic_path(out) as tmp:
-            decoder = Worker("fcn-deploy-decode", _decode_frames, (info, max_frames, frames, stop, times))
+            decoder = Worker("fcn-deploy-decode", _decode_frames, (info, max_frames, frames, stop, times, segmenter.prepare_frame))
             encoder = Worker(
                 "fcn-deploy-encode",
                 _encode_frames,
