@@ -692,24 +692,39 @@ def test_export_triton_interrupted_at_any_step_leaves_the_old_or_the_new_reposit
         assert seen == {False, True}  # interrupted early, the old state stays; late, the new one is whole
 
 
-def test_a_ctrl_c_during_the_swap_takes_effect_once_the_new_repository_is_in_place(engines, tmp_path, monkeypatch):
-    from fcn_deploy import fileio
+#: A Ctrl-C (a real SIGINT) while export-triton swaps the repositories, in a process of its own: in the
+#: test process, other tests' native threads (Triton's client and server libraries) may be alive when
+#: the signal arrives, and a full run died there with SIGSEGV.
+CTRL_C_DURING_THE_SWAP = """
+import os, signal, sys
+from pathlib import Path
+from fcn_deploy import fileio
+from fcn_deploy.serve.repository import export_triton
+engine, repo = Path(sys.argv[1]), Path(sys.argv[2])
+real = fileio.exchange_paths
+def exchange_after_ctrl_c(a, b):
+    os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C, while the swap runs
+    return real(a, b)
+fileio.exchange_paths = exchange_after_ctrl_c
+try:
+    export_triton(engine, repo, instances=2, overwrite=True)
+except KeyboardInterrupt:
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    print("interrupted after the swap")
+    sys.exit(0)
+sys.exit("no KeyboardInterrupt")
+"""
 
+
+def test_a_ctrl_c_during_the_swap_takes_effect_once_the_new_repository_is_in_place(engines, tmp_path):
     engine, repo = engines["onnxruntime"], tmp_path / "repo"
     export_triton(engine, repo, instances=2)
     new = tree(repo)
     export_triton(engine, repo, instances=1, overwrite=True)
-    real = fileio.exchange_paths
-
-    def exchange_after_ctrl_c(a, b):
-        os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C, while the swap runs
-        return real(a, b)
-
-    monkeypatch.setattr(fileio, "exchange_paths", exchange_after_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        export_triton(engine, repo, instances=2, overwrite=True)
+    done = subprocess.run([sys.executable, "-c", CTRL_C_DURING_THE_SWAP, str(engine), str(repo)], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0 and "interrupted after the swap" in done.stdout, done.stdout + done.stderr
     assert tree(repo) == new and [p.name for p in tmp_path.iterdir()] == ["repo"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 STAND_IN_ENGINE = '''
