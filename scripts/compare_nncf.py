@@ -14,7 +14,7 @@ spread over the engines' common profile, capped), and times every engine in one 
 in its own process).  NNCF's engines are written as fcn-deploy engines (IR or ONNX plus a manifest)
 so the same validate and benchmark open them.  Needs ``pip install 'fcn-deploy[compare]'``.
 
-    python scripts/compare_nncf.py models/lraspp.onnx --calib calibration/ --out cmp-lraspp --report cmp.json
+    python scripts/compare_nncf.py tests/data/lraspp-mnv3-w050.onnx --calib calib/ --min-shape 64x64 --out cmp-lraspp --report cmp.json
     python scripts/compare_nncf.py demo-out/models/default.onnx --checkpoint demo-out/models/default.pt --calib demo-out/calibration --out cmp-default
 """
 
@@ -34,6 +34,7 @@ from fcn_deploy.backends.manifest import MANIFEST_FORMAT, file_entries, write_ma
 from fcn_deploy.bench import run_benchmark
 from fcn_deploy.data.calibration import load_calibration
 from fcn_deploy.engines import BuildOptions, build_engine, library_versions
+from fcn_deploy.errors import CheckFailed
 from fcn_deploy.fileio import sha256_file
 from fcn_deploy.meta import read_onnx_meta, write_onnx_meta
 from fcn_deploy.onnxkit import read_onnx, save_onnx
@@ -121,8 +122,11 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--size", default="512x512", help="Benchmark size HxW.")
     parser.add_argument("--checkpoint", type=Path, help="The model's PyTorch checkpoint, if it has one (the benchmark's baseline).")
+    parser.add_argument("--min-shape", default="32x32", help="The engines' smallest HxW (the profile's min; build-engine --min-shape).")
     parser.add_argument("--report", type=Path)
     args = parser.parse_args()
+    global PROFILE
+    PROFILE = Profile((1, *(int(v) for v in args.min_shape.split("x"))), PROFILE.opt, PROFILE.max)
     args.out.mkdir(parents=True, exist_ok=True)
     source = args.out / args.onnx.name
     source.write_bytes(args.onnx.read_bytes())
@@ -137,10 +141,20 @@ def main() -> None:
         timings[label] = time.perf_counter() - started
         print(f"built {label} in {timings[label]:.0f} s: {engines[label]}", flush=True)
 
+    # The plain INT8 engines (no repair) build from a copy in plain/, so that their INT8 graphs do not
+    # replace the repaired engines' beside the source.
+    plain_source = args.out / "plain" / source.name
+    plain_source.parent.mkdir(exist_ok=True)
+    plain_source.write_bytes(source.read_bytes())
     for backend in ("openvino", "onnxruntime"):
-        for precision in ("fp32", "int8"):
-            options = BuildOptions(precision=precision, backend=backend, calib_dir=args.calib, max_shape=PROFILE.max[1:])
-            timed(f"ours {backend} {precision}", lambda: args.out / build_engine(source, None, options)["engine"])  # noqa: B023 - called at once
+        for precision, repair, src in (("fp32", None, source), ("int8", "off", plain_source), ("int8", None, source)):
+            options = BuildOptions(precision=precision, backend=backend, calib_dir=args.calib, min_shape=PROFILE.min[1:],
+                                   max_shape=PROFILE.max[1:], int8_repair=repair)  # fmt: skip
+            label = f"ours {backend} {precision}" + (", plain (--int8-repair off)" if repair else "")
+            try:
+                timed(label, lambda: src.parent / build_engine(src, None, options)["engine"])  # noqa: B023 - called at once
+            except CheckFailed as exc:  # no repair within the budget: a row that says so
+                print(f"{label}: {exc}", flush=True)
     if backends.get("openvino").status()[0]:
         validation_batches = [InputSource().batch(h, w, 1, i) for i, (h, w) in enumerate([(97, 129), (160, 224), (64, 80)])]
         from fcn_deploy.data.images import preprocess
