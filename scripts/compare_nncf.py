@@ -74,11 +74,12 @@ def nncf_openvino(source: Path, calibration, out: Path, meta, accuracy_control: 
     model = core.read_model(str(source))
     if accuracy_control:
         reference = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        references = [reference(batch)[0].argmax(1) for batch in validation_batches]
 
         def agreement(candidate, items) -> tuple[float, None]:
+            """Pooled mask agreement with FP32 on ``items`` (NNCF passes the validation set whole, or one item)."""
             compiled = candidate if hasattr(candidate, "create_infer_request") else core.compile_model(candidate, "CPU",
                                                                                                        {"INFERENCE_PRECISION_HINT": "f32"})  # fmt: skip
+            references = [reference(batch)[0].argmax(1) for batch in items]
             agree = sum(int((compiled(batch)[0].argmax(1) == ref).sum()) for batch, ref in zip(items, references))
             return agree / sum(ref.size for ref in references), None
 
@@ -102,7 +103,9 @@ def nncf_onnx(source: Path, calibration, out: Path, meta) -> tuple[Path, Path]:
     from fcn_deploy.backends import CompileOptions
 
     model = read_onnx(source)
-    quantized = nncf.quantize(model, _dataset(calibration.batches), subset_size=len(calibration.batches))
+    name = model.graph.input[0].name  # NNCF's ONNX backend feeds ONNX Runtime a dict per item
+    dataset = nncf.Dataset(calibration.batches, lambda batch: {name: batch})
+    quantized = nncf.quantize(model, dataset, subset_size=len(calibration.batches))
     write_onnx_meta(quantized, meta, {"fcn_deploy.precision": "int8"})
     graph = save_onnx(quantized, out / "nncf-onnx.int8.onnx")
     engines = []
