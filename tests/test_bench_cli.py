@@ -141,6 +141,11 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(demo, "VALIDATE_RANDOM_SIZES", 0)
     monkeypatch.setattr(demo, "BENCH_ITERS", 3)
     monkeypatch.setattr(demo, "TRAIN_EPOCHS", 1)
+    import fcn_deploy.int8_check as int8_check
+
+    # 30 training steps leave an INT8 model the repair works on; fewer pixels per check size keep its
+    # trials short (the check itself is tested in tests/test_repair.py)
+    monkeypatch.setattr(int8_check, "CHECK_PIXELS", 4096)
     from fcn_deploy.backends.tensorrt import TensorRTBackend
 
     # auto on a CPU machine: every usable CPU backend, the fastest first (TensorRT patched out, so a
