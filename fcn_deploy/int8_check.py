@@ -245,8 +245,8 @@ class CheckedInt8Build:
             else:
                 chosen = self.candidates[tuple(sorted(best.float_nodes))]
                 self.listener.note(f"repaired: {len(best.float_nodes)} node(s) kept in float ({', '.join(best.float_nodes)}); agreement "
-                               f"{best.pixel_agreement:.4%}, lowest size {best.min_size_agreement:.4%}, mIU vs FP32 {best.mean_iu:.4f}",
-                               level="success")  # fmt: skip
+                                   f"{best.pixel_agreement:.4%}, lowest size {best.min_size_agreement:.4%}, mIU vs FP32 {best.mean_iu:.4f}",
+                                   level="success")  # fmt: skip
         sensitivity = {r["name"]: {k: r[k] for k in ("op_type", "rel_l2", "cosine", "introduced")} for r in ranking}
         record.update(
             after=chosen.trial.to_dict(), float_nodes=list(chosen.trial.float_nodes),

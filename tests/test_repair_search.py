@@ -75,3 +75,16 @@ def test_each_trial_is_shown_as_progress():
 @pytest.mark.parametrize(("limit", "raised"), [("pixel_agreement", 0.9925), ("size_floor", 0.985), ("min_mean_iu", 0.9775)])
 def test_the_margin_is_a_quarter_of_each_gates_headroom(limit, raised):
     assert with_margin(default_thresholds("int8"))[limit] == pytest.approx(raised)
+
+
+def test_small_check_sizes_pool_several_images_within_the_profiles_batch():
+    from fcn_deploy.backends import Profile
+    from fcn_deploy.int8_check import CHECK_PIXELS, check_batches, check_sizes
+
+    profile = Profile((1, 32, 32), (1, 256, 256), (8, 1024, 1024))
+    sizes = check_sizes(profile)
+    batches = check_batches(sizes, profile)
+    assert batches[(35, 45)] == 8 and batches[sizes[-1]] == 1  # the smallest pools 8 images, the largest one
+    assert all(n * h * w >= CHECK_PIXELS or n == 8 for (h, w), n in batches.items())
+    single = Profile((1, 32, 32), (1, 256, 256), (1, 1024, 1024))
+    assert set(check_batches(sizes, single).values()) == {1}  # never past the profile's batch
