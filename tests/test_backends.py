@@ -19,6 +19,8 @@ from fcn_deploy.backends.openvino import OpenVinoBackend
 from fcn_deploy.backends.tensorrt import TensorRTBackend
 from fcn_deploy.backends.torch import TorchRunner
 from fcn_deploy.cli import main
+from fcn_deploy.data.images import preprocess
+from fcn_deploy.data.synthetic import make_scene
 from fcn_deploy.engines import BuildOptions, build_engine, resolve_profile
 from fcn_deploy.errors import FcnDeployError
 from fcn_deploy.events import Recorder
@@ -307,3 +309,47 @@ def test_a_manifest_naming_another_backend_for_the_same_file_is_refused(tiny_onn
     manifest_path(engine).write_text(json.dumps({**manifest, "backend": "openvino"}))
     with pytest.raises(FcnDeployError, match=r"m\.ort\.onnx: the manifest does not list m\.ort\.bin.*Rebuild it"):
         open_runner(engine)
+
+
+def test_openvino_argmax_in_the_graph_picks_the_first_maximum_as_numpy_does():
+    """The mask graph's TopK (``sort="none"``) against numpy on logits full of exact ties, dynamic
+    and static, uint8 masks up to 256 classes and int32 beyond; an OpenVINO that chose otherwise
+    would make ``infer``'s masks differ from ``validate``'s."""
+    import openvino as ov
+    import openvino.opset11 as ops
+
+    from fcn_deploy.backends.openvino import with_argmax_mask
+
+    core = ov.Core()
+    rng = np.random.default_rng(3)
+    for classes, dtype in ((2, np.uint8), (21, np.uint8), (300, np.int32)):
+        parameter = ops.parameter([-1, classes, -1, -1], np.float32)
+        model = ov.Model([ops.result(ops.relu(parameter))], [parameter])
+        model.outputs[0].get_tensor().set_names({"logits"})
+        masked = with_argmax_mask(model, 0, dtype)
+        assert [output.get_any_name() for output in masked.outputs] == ["mask"]
+        for shape in ([1, classes, 9, 7], [2, classes, 64, 96]):
+            static = masked.clone()
+            static.reshape({static.inputs[0].get_any_name(): shape})
+            for graph in (masked, static):
+                request = core.compile_model(graph, "CPU").create_infer_request()
+                logits = rng.integers(0, 2, shape).astype(np.float32)  # every pixel ties among about half its classes
+                request.infer({0: logits})
+                mask = request.get_output_tensor(0).data
+                assert mask.dtype == dtype
+                np.testing.assert_array_equal(mask, np.argmax(logits, axis=1))
+
+
+def test_openvino_mask_only_calls_run_the_argmax_graph_with_the_same_masks(openvino_engines):
+    """The second call of a shape without logits compiles the static mask graph: its masks equal
+    the logits' argmax, it returns no logits, and a call wanting logits still gets them."""
+    runner = open_runner(openvino_engines["int8"])
+    batch = preprocess(np.stack([make_scene(9, i, 96, 128)[0] for i in range(2)]), runner.meta.mean, runner.meta.std)
+    full = runner.infer(batch)
+    for _ in range(3):  # first sight: the dynamic graph; then the static mask graph
+        quick = runner.infer(batch, need_logits=False)
+        assert quick.logits is None
+        np.testing.assert_array_equal(quick.mask, full.mask)
+    assert ((batch.shape, True) in runner._static) and runner._static[(batch.shape, True)][1:] == (None, 0)
+    again = runner.infer(batch)
+    np.testing.assert_array_equal(again.logits, full.logits)

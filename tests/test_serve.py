@@ -48,8 +48,8 @@ from fcn_deploy.fileio import sha256_file  # noqa: E402
 from fcn_deploy.inference import Segmenter  # noqa: E402
 from fcn_deploy.meta import ModelMeta  # noqa: E402
 from fcn_deploy.serve import prepost_model  # noqa: E402
+from fcn_deploy.serve.in_triton import ServedModel  # noqa: E402
 from fcn_deploy.serve.repository import export_triton  # noqa: E402
-from fcn_deploy.serve.triton import ServedModel  # noqa: E402
 
 from helpers import direct_mask  # noqa: E402
 
@@ -113,7 +113,7 @@ class ServerProcess:
                 pytest.fail(f"fcn-deploy serve exited with {self.process.returncode}:\n{self.log.read_text()}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v2/models/fcn/ready", timeout=1) as response:
-                    if response.status == 200:
+                    if response.status == 200 and "serving " in self.log.read_text():  # ready, and the start message out
                         return
             except OSError:
                 pass
@@ -250,7 +250,7 @@ def test_sixteen_concurrent_clients_all_served_and_batched(server, remote, local
     [
         ("float32 image", "image", "FP32", np.zeros((1, 40, 40, 3), np.float32), "data-type is 'FP32', but model 'fcn' expects 'UINT8'"),
         ("rank 2", "image", "UINT8", np.zeros((40, 40), np.uint8), "batch-size must be <= "),  # Triton reads dim 0 as the batch
-        ("0x0 image", "image", "UINT8", np.zeros((1, 0, 0, 3), np.uint8), "Model execute error"),  # PyTriton fails before our code
+        ("0x0 image", "image", "UINT8", np.zeros((1, 0, 0, 3), np.uint8), "the image is 0x0 (batch 1); send at least one non-empty image"),
         (
             "beyond 4x the profile's maximum",
             "image",
@@ -315,11 +315,22 @@ def test_clients_explain_a_wrong_address_or_model(server):
         TritonModel(f"127.0.0.1:{port}", timeout_s=2)
 
 
-def test_benchmark_against_the_server_reports_each_concurrency_level(server, tmp_path):
+def test_benchmark_against_the_server_reports_each_concurrency_level(server, engines, tmp_path, capsys):
+    """With the served engine given, it is timed alone too, and each row says what serving costs."""
     report = tmp_path / "bench.json"
-    assert main(["benchmark", "--server", server.address, "--concurrency", "1,4", "--sizes", "64x64", "--iters", "4",
-                 "--warmup", "1", "--report", str(report)]) == 0  # fmt: skip
+    assert main(["benchmark", "--server", server.address, str(engines["onnxruntime"]), "--concurrency", "1,4", "--sizes", "64x64",
+                 "--iters", "4", "--warmup", "1", "--report", str(report)]) == 0  # fmt: skip
+    assert "overhead" in capsys.readouterr().out
     data = json.loads(report.read_text())
+    (alone,) = data["engine_alone"]
+    assert (alone["height"], alone["width"], alone["backend"]) == (64, 64, "onnxruntime") and alone["median_ms"] > 0
+    for row in data["results"]:
+        assert row["engine_ms"] == alone["median_ms"]
+        assert row["overhead"] == pytest.approx(row["p50_ms"] / alone["median_ms"] - 1)
+        assert row["vs_engine"] == pytest.approx(row["throughput_rps"] * alone["median_ms"] / 1000)
+    # another engine than the served one is refused: the comparison would mean nothing
+    assert main(["benchmark", "--server", server.address, str(engines["openvino"]), "--iters", "1"]) == 2  # bad input
+    assert "the server serves tiny.fp32.ort.onnx, not this engine" in capsys.readouterr().err
     assert [r["concurrency"] for r in data["results"]] == [1, 4]
     for row in data["results"]:
         assert row["requests"] == row["concurrency"] * 4
@@ -402,19 +413,15 @@ def test_masks_are_int32_beyond_256_classes_and_uint8_up_to_256():
     assert mask_dtype(256) is np.uint8 and mask_dtype(257) is np.int32
     runner = _ManyClassRunner()
     recorder = Recorder()
-    served = ServedModel([Segmenter(runner, mask_dtype=np.int32)], listener=recorder)
-
-    class Request(dict):
-        pass
-
+    served = ServedModel(Segmenter(runner, mask_dtype=np.int32), listener=recorder)
     image = np.zeros((1, 20, 300, 3), np.uint8)  # below the minimum height: run at 32x480, masks resized back
-    (response,) = served.infer(served.segmenters[0], [Request(image=image)])
-    mask = response["mask"]
+    (mask,) = served.infer([image])
     assert mask.dtype == np.int32 and mask.shape == (1, 20, 300) and mask.max() > 255
     big = np.zeros((1, 64 * 4 + 1, 20, 3), np.uint8)
-    with pytest.raises(FcnDeployError, match="larger than this server accepts"):
-        served.infer(served.segmenters[0], [Request(image=big)])
-    assert served.counts["refused"] == 1 and served.counts["images"] == 1
+    refused, served_too = served.infer([big, image])  # one batch: the bad request is refused, the other served
+    assert isinstance(refused, ValueError) and "larger than this server accepts" in str(refused)
+    np.testing.assert_array_equal(served_too, mask)
+    assert served.counts == {"requests": 2, "images": 2, "executions": 2, "largest_batch": 1, "refused": 1, "failed": 0}
     (refusal,) = recorder.texts("warning")
     assert refusal.startswith("refused 1 request(s): the image is 257x20, larger than this server accepts")
     with pytest.raises(FcnDeployError, match="do not fit 8-bit masks"):

@@ -85,6 +85,26 @@ def weights_path(engine: Path) -> Path:
     return engine.with_suffix(".bin")
 
 
+def with_argmax_mask(model, logits_index: int, dtype: type) -> Any:
+    """``model`` with its logits output replaced by their argmax over the classes (``uint8`` up to
+    256 classes, else ``int32``), the first maximum winning as numpy's does.
+
+    TopK with ``k=1`` and ``sort="none"``, faster than the logits output plus numpy's argmax, where
+    ``sort="value", stable=True`` (documented to keep the first of equal values) costs most of the
+    gain back (README, "Speed"); tests/test_backends.py holds the installed OpenVINO to numpy's
+    choice on heavily tied logits."""
+    import openvino.opset11 as ops
+
+    result = model.outputs[logits_index].get_node()
+    top = ops.topk(result.input_value(0), np.int64(1), axis=1, mode="max", sort="none", index_element_type="i32")
+    labels = ops.squeeze(top.output(1), np.array([1], np.int64))
+    mask = ops.result(labels if dtype is np.int32 else ops.convert(labels, "u8"))
+    model.add_results([mask])
+    model.remove_result(result)
+    mask.output(0).get_tensor().set_names({"mask"})
+    return model
+
+
 class OpenVinoRunner(Runner):
     backend = "openvino"
 
@@ -136,29 +156,38 @@ class OpenVinoRunner(Runner):
     def outputs(self) -> list[TensorSpec]:
         return [self._spec(p) for p in self.compiled.outputs]
 
-    def _request_for(self, shape: tuple[int, ...]):
-        """The infer request for ``shape``: OpenVINO's CPU kernels run a static shape faster than the
-        dynamic-shape graph, so a shape seen a second time (video, a benchmark, steady serving) gets a
-        graph reshaped and compiled for it, kept for the :data:`STATIC_SHAPES` most recent shapes.
-        Shapes seen once (validation's many sizes) run the dynamic graph and cost no compile."""
-        if shape in self._static:
-            self._static.move_to_end(shape)
-            return self._static[shape]
-        self._seen[shape] += 1
-        if self._seen[shape] < 2 or not self._model.inputs[0].get_partial_shape().is_dynamic:
-            return self.request
+    def _request_for(self, shape: tuple[int, ...], mask_only: bool) -> tuple[Any, int | None, int | None]:
+        """The infer request for ``shape``, with the indices of its logits and mask outputs.
+
+        OpenVINO's CPU kernels run a static shape faster than the dynamic-shape graph, so a shape
+        seen a second time (video, a benchmark, steady serving) gets a graph reshaped and compiled
+        for it, kept for the :data:`STATIC_SHAPES` most recent shapes.  Shapes seen once
+        (validation's many sizes) run the dynamic graph and cost no compile.  Where only the mask is
+        wanted, the static graph ends in the argmax (:func:`with_argmax_mask`), so the float logits
+        are neither laid out for output nor copied back."""
+        key = (shape, mask_only)
+        if key in self._static:
+            self._static.move_to_end(key)
+            return self._static[key]
+        self._seen[key] += 1
+        if self._seen[key] < 2 or not self._model.inputs[0].get_partial_shape().is_dynamic:
+            return self.request, self._logits, self._mask
         model = self._model.clone()
+        if mask_only:
+            model = with_argmax_mask(model, self._logits, np.uint8 if self.meta.num_classes <= 256 else np.int32)
         model.reshape({model.inputs[0].get_any_name(): list(shape)})
-        self._static[shape] = self._core.compile_model(model, "CPU", self.config).create_infer_request()
+        request = self._core.compile_model(model, "CPU", self.config).create_infer_request()
+        self._static[key] = (request, None, 0) if mask_only else (request, self._logits, self._mask)
         if len(self._static) > STATIC_SHAPES:
             self._static.popitem(last=False)
-        return self._static[shape]
+        return self._static[key]
 
     def infer_impl(self, batch: np.ndarray, need_logits: bool) -> dict[str, np.ndarray | None]:
-        request = self._request_for(tuple(batch.shape))
+        mask_only = not need_logits and self._mask is None
+        request, logits, mask = self._request_for(tuple(batch.shape), mask_only)
         request.infer({0: batch}, share_inputs=True)
         get = lambda index: None if index is None else request.get_output_tensor(index).data.copy()  # noqa: E731
-        return {"logits": get(self._logits) if need_logits or self._mask is None else None, "mask": get(self._mask)}
+        return {"logits": get(logits) if need_logits or mask is None else None, "mask": get(mask)}
 
     def close(self) -> None:
         self.request = None

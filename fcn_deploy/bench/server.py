@@ -11,13 +11,21 @@ work), the average time a request queued, and the average duration of the execut
 
 The client shares the machine with the server when both run on one host; its threads then take
 CPU from the engine, as perf_analyzer's do.  Run it from another machine to measure the server alone.
+
+Given the served engine as well (``benchmark --server ADDRESS ENGINE``), the engine alone is timed
+in this process too (:class:`EngineAlone`), while the server idles.  Each row then says what
+serving costs: ``overhead`` is the p50 latency over the engine's median, less one, and
+``vs_engine`` the throughput over the engine's own (1000 / its median ms).  Both are same-run
+ratios on the same machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +34,8 @@ from ..backends.remote import DEFAULT_MODEL, INPUT, OUTPUT, REQUEST_TIMEOUT_S, T
 from ..data.synthetic import make_scene
 from ..errors import FcnDeployError
 from ..events import SILENT, Listener
-from .workers import BENCH_SEED, check_runs
+from .local import summarise
+from .workers import BENCH_SEED, check_runs, infer_call, scene_batch
 
 #: Distinct images each client cycles through (so no cache or identical payload flatters the server).
 IMAGES_PER_SIZE = 4
@@ -125,9 +134,48 @@ def measure_level(remote: TritonModel, size: tuple[int, int], concurrency: int, 
     }  # fmt: skip
 
 
+class EngineAlone:
+    """The served engine, timed in this process as ``benchmark`` times engines (one preprocessed
+    image in, the mask out), in a block of runs before each concurrency level and after the last,
+    while the server idles; a level is compared with the blocks on either side of it, so a machine
+    whose speed drifts (a shared host, a turbo clock) weighs on both figures alike."""
+
+    def __init__(self, engine: str | Path, threads: int | None, warmup: int, iters: int):
+        from ..backends import open_runner
+
+        self.runner = open_runner(engine, threads=threads)
+        self.warmup, self.iters = max(warmup, 1), max(iters, 10)
+        self.blocks: dict[tuple[int, int], list[list[float]]] = {}
+
+    def block(self, size: tuple[int, int]) -> None:
+        call = infer_call(self.runner, scene_batch(*size, 1, self.runner.meta))
+        for _ in range(self.warmup):
+            call()
+        samples = []
+        for _ in range(self.iters):
+            start = time.perf_counter()
+            call()
+            samples.append((time.perf_counter() - start) * 1000.0)
+        self.blocks.setdefault(size, []).append(samples)
+
+    def around(self, size: tuple[int, int], index: int) -> float:
+        """The median of the blocks before and after the ``index``-th level at ``size``."""
+        blocks = self.blocks[size]
+        return float(np.median(blocks[index] + blocks[index + 1]))
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [{"height": h, "width": w, "backend": self.runner.backend, "precision": self.runner.precision, "blocks": len(blocks),
+                 **summarise([v for block in blocks for v in block])} for (h, w), blocks in self.blocks.items()]  # fmt: skip
+
+    def close(self) -> None:
+        self.runner.close()
+
+
 def run_server_benchmark(
     server: str,
     *,
+    engine: str | Path | None = None,
+    threads: int | None = None,
     model: str = DEFAULT_MODEL,
     concurrency: list[int] | None = None,
     sizes: list[tuple[int, int]] | None = None,
@@ -141,7 +189,16 @@ def run_server_benchmark(
     sizes = list(sizes or [(512, 512)])
     check_runs(warmup, iters)
     _check_levels(levels, ",".join(map(str, levels)))
-    with TritonModel(server, model) as remote:
+    alone: EngineAlone | None = None
+    with TritonModel(server, model) as remote, contextlib.ExitStack() as stack:
+        if engine is not None:
+            if remote.engine and Path(engine).name != remote.engine:
+                raise FcnDeployError(
+                    f"{engine}: the server serves {remote.engine}, not this engine; give the served engine to compare with"
+                )
+            listener.note(f"benchmark: timing {Path(engine).name} alone too, in this process, before and after each level")
+            alone = EngineAlone(engine, threads, warmup, iters)
+            stack.callback(alone.close)
         listener.note(
             f"benchmark: {remote.describe()} at {', '.join(f'{h}x{w}' for h, w in sizes)}, concurrency {levels}: each client "
             f"{warmup} warm-up + {iters} timed requests of one image, back to back"
@@ -152,20 +209,30 @@ def run_server_benchmark(
             for size in sizes:
                 for level in levels:
                     listener.advance("benchmark-server", 0, description=f"{size[0]}x{size[1]}, {level} client(s)")
+                    if alone:
+                        alone.block(size)
                     row = measure_level(remote, size, level, warmup, iters)
                     label = f"triton-{remote.backend}-{remote.precision}"
                     row.update(backend=remote.backend, precision=remote.precision, label=label)
                     results.append(row)
                     listener.advance("benchmark-server")
+                if alone:
+                    alone.block(size)
         finally:
             listener.finish("benchmark-server")
         for row in results:
             first = next(r for r in results if (r["height"], r["width"]) == (row["height"], row["width"]))
             row["throughput_vs_first_level"] = row["throughput_rps"] / first["throughput_rps"]
+            size = (row["height"], row["width"])
+            own = alone.around(size, levels.index(row["concurrency"])) if alone else None
+            row["engine_ms"] = own
+            row["overhead"] = row["p50_ms"] / own - 1.0 if own else None
+            row["vs_engine"] = row["throughput_rps"] * own / 1000.0 if own else None
         return {
             "results": results,
             "server": {"url": remote.url, "backend": remote.backend, "precision": remote.precision, "engine": remote.engine,
                        "engine_sha256": remote.engine_sha256, "max_batch_size": remote.max_batch_size},
+            "engine_alone": alone.summary() if alone else [],
             "client": {"cpu_count": os.cpu_count(), "connections": "one gRPC connection per client thread"},
             "settings": {"concurrency": levels, "sizes": [list(s) for s in sizes], "warmup": warmup, "iters_per_client": iters,
                          "requests": "one image per request, sent back to back; latency measured at the client"},

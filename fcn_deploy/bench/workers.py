@@ -76,8 +76,9 @@ def scene_batch(height: int, width: int, batch: int, meta) -> np.ndarray:
 
 
 def infer_call(runner: Runner, batch: np.ndarray):
-    """The call to time, the same for every runner on a device: ``infer`` (host arrays in, logits
-    and argmax mask out) where the runner runs on host arrays; the forward pass alone on
+    """The call to time, the same for every runner on a device: ``infer`` as ``infer``, video and
+    ``serve`` call it (host arrays in, the argmax mask out, the logits where the runner cannot leave
+    them out) where the runner runs on host arrays; the forward pass alone on
     device-resident inputs where it can (``capabilities.device_infer``: the CUDA engines and the
     CUDA baseline), so the GPU engines and the GPU baseline are timed alike."""
     if runner.capabilities.device_infer:
@@ -85,7 +86,7 @@ def infer_call(runner: Runner, batch: np.ndarray):
 
         device_batch = torch.from_numpy(batch).to(runner.device)
         return lambda: runner.infer_on_device(device_batch)
-    return lambda: runner.infer(batch)
+    return lambda: runner.infer(batch, need_logits=False)
 
 
 def _rss_bytes() -> int:

@@ -14,7 +14,12 @@ from .options import HtmlOption, OverwriteOption, check_html, check_report, writ
 
 @app.command("benchmark")
 def benchmark_command(
-    engines: Annotated[Optional[list[Path]], typer.Argument(help="Engines / ONNX files to time.", metavar="ENGINE...")] = None,
+    engines: Annotated[
+        Optional[list[Path]],
+        typer.Argument(
+            help="Engines / ONNX files to time (with --server: the served engine, timed alone to compare).", metavar="ENGINE..."
+        ),
+    ] = None,
     reference: Annotated[Optional[Path], typer.Option("--reference", "-r", help="Checkpoint for the PyTorch eager baseline.")] = None,
     sizes: Annotated[str, typer.Option(help="Comma-separated HxW list.")] = "512x512",
     batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 1,
@@ -65,14 +70,17 @@ def benchmark_command(
         from ..bench.server import parse_concurrency, run_server_benchmark
         from ..render.bench import print_server_results
 
-        if engines or reference:
-            raise FcnDeployError("--server measures a running server: drop the ENGINE arguments and --reference")
+        if (engines and len(engines) > 1) or reference:
+            raise FcnDeployError(
+                "--server measures a running server: give at most one ENGINE (the served one, timed alone to compare) and no --reference"
+            )
         if html:
             raise FcnDeployError("--html pages cover local engines; with --server, write --report JSON")
         levels = parse_concurrency(concurrency)
         result = run_server_benchmark(
-            server, model=model, concurrency=levels, sizes=parse_sizes(sizes), warmup=warmup, iters=iters, listener=listener
-        )
+            server, engine=engines[0] if engines else None, threads=threads, model=model, concurrency=levels,
+            sizes=parse_sizes(sizes), warmup=warmup, iters=iters, listener=listener,
+        )  # fmt: skip
         print_server_results(console, result["results"], levels[0])
         write_report(report, result)
         return

@@ -53,18 +53,27 @@ def print_results(console: Console, results: list[dict[str, Any]]) -> None:
 
 def print_server_results(console: Console, results: list[dict[str, Any]], first_level: int) -> None:
     """One row per size and concurrency level (``run_server_benchmark(...)["results"]``); ``first_level``
-    is the level the throughput is compared with."""
+    is the level the throughput is compared with.  With the engine timed alone, two more columns:
+    the latency overhead and the throughput against the engine's own."""
+    alone = any(r.get("engine_ms") for r in results)
     table = Table(title="benchmark --server (client-side latency; server figures from Triton's statistics)")
-    columns = ("clients", "H x W", "req/s", f"vs {first_level}", "p50 ms", "p90 ms", "p99 ms", "images/exec", "queue ms", "compute ms")
+    columns = ["clients", "H x W", "req/s", f"vs {first_level}", "p50 ms", "p90 ms", "p99 ms", "images/exec", "queue ms", "compute ms"]
+    if alone:
+        columns += ["engine ms", "overhead", "vs engine"]
     for column in columns:
         table.add_column(column, justify="right")
     for r in results:
-        table.add_row(
+        cells = [
             str(r["concurrency"]), f"{r['height']}x{r['width']}", f"{r['throughput_rps']:.1f}",
             f"{r['throughput_vs_first_level']:.2f}x",
             f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}", _or_dash(r["server_avg_batch"], ".2f"),
             _or_dash(r["server_queue_ms"], ".1f"), _or_dash(r["server_compute_ms"], ".1f"),
-        )  # fmt: skip
+        ]  # fmt: skip
+        if alone:
+            overhead = f"{r['overhead'] * 100:+.0f} %" if r.get("overhead") is not None else "-"
+            vs_engine = f"{r['vs_engine']:.2f}x" if r.get("vs_engine") is not None else "-"
+            cells += [_or_dash(r.get("engine_ms"), ".1f"), overhead, vs_engine]
+        table.add_row(*cells)
     console.print(table)
 
 

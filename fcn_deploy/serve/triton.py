@@ -1,12 +1,18 @@
 """serve: a real Triton Inference Server for any engine, ONNX file or checkpoint the toolkit opens.
 
-PyTriton starts NVIDIA's ``tritonserver`` binary (bundled in the ``nvidia-pytriton`` wheel) and
-binds a Python function to a model: Triton owns the HTTP/gRPC endpoints, health and readiness
-(``/v2/models/NAME/ready``; ``/v2/health/ready`` answers before the model has loaded), the dynamic
-batcher, the Prometheus metrics and the statistics API; this
-process owns the engine (one runner per ``--instances``) and runs the batches Triton forms through
-the same :class:`~fcn_deploy.inference.Segmenter` as ``infer``, so out-of-profile sizes are fitted
-exactly as ``infer`` fits them.  The interface is :mod:`fcn_deploy.backends.remote`'s.
+This process writes a one-model repository (:func:`write_repository`) and starts NVIDIA's
+``tritonserver`` on it, the binary bundled in the ``nvidia-pytriton`` wheel, through PyTriton's
+server lifecycle.  The model runs on Triton's Python backend: each of ``--instances`` is a stub
+process that opens the engine itself (:mod:`.in_triton`) and runs the batches Triton's dynamic
+batcher forms through the same :class:`~fcn_deploy.inference.Segmenter` as ``infer``, so
+out-of-profile sizes are fitted exactly as ``infer`` fits them.  Triton owns the HTTP/gRPC
+endpoints, health and readiness, the batcher, the Prometheus metrics and the statistics API.  The
+interface is :mod:`fcn_deploy.backends.remote`'s.
+
+Python is in the data path once: Triton hands each batch to the stub through shared memory.  (A
+model bound with PyTriton's ``bind`` has a second hop: Triton's stub forwards every request to the
+process that bound the function, and back.)  This process only reads the engine's facts, starts and
+stops the server, and relays what the instances report (refusals, failures, counts).
 
 Three traps, each met here:
 
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import re
@@ -39,21 +46,21 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .. import dtypes
 from ..artefacts import has_manifest
 from ..backends import Runner, open_runner, read_manifest
 from ..backends.base import DEFAULT_MAX_BATCH, UNBOUNDED_MAX
-from ..backends.remote import INPUT, INSTALL_HINT, OUTPUT, largest_request, mask_dtype, published_parameters, request_problem
+from ..backends.remote import INPUT, INSTALL_HINT, OUTPUT, largest_request, mask_dtype, published_parameters
 from ..errors import FcnDeployError
 from ..events import SILENT, Listener
 from ..fileio import sha256_file
-from ..inference.segmenter import Segmenter
-from .repository import check_model_name
+from .in_triton import COUNT_KEYS, ENGINE_KEY, EVENTS_KEY, MASK_DTYPE_KEY, SETTINGS_FILE, THREADS_KEY
+from .repository import Enum, check_model_name, to_pbtxt
 
 #: Triton's restricted endpoints, less ``statistics``: the server benchmark reads it, and it only
 #: reads counts.  The repository (load/unload), shared-memory, trace and logging APIs stay behind
@@ -126,83 +133,39 @@ def default_max_batch(runner: Runner) -> int:
     return runner.profile.max[0] if runner.profile.max[0] < UNBOUNDED_MAX[0] else DEFAULT_MAX_BATCH
 
 
-class ServedModel:
-    """What Triton calls: each instance's function takes the requests of one batch Triton formed and
-    returns one mask batch per request, counting what it served.
+STUB_MODEL = """\"\"\"Written by fcn-deploy serve: the served model is fcn_deploy.serve.in_triton's.\"\"\"
+import sys
 
-    PyTriton answers one error for a whole batch, so a request is refused by raising for its batch.
-    Every refusal depends only on the request's shape (Triton refuses wrong names, data types and
-    ranks itself), and Triton's dynamic batcher only batches requests of one shape, so the requests
-    refused with it are refused for the same reason.
-    """
-
-    def __init__(self, segmenters: list[Segmenter], *, listener: Listener = SILENT):
-        self.segmenters = segmenters
-        self.profile = segmenters[0].profile
-        self.listener = listener
-        self._lock = threading.Lock()
-        self.counts = {"requests": 0, "images": 0, "executions": 0, "largest_batch": 0, "refused": 0, "failed": 0}
-
-    def infer_functions(self) -> list[Callable[[list[Any]], list[dict[str, np.ndarray]]]]:
-        """One function per instance, each with its own engine (Triton runs instances in parallel)."""
-
-        def bound(segmenter: Segmenter):
-            def infer(requests):
-                return self.infer(segmenter, requests)
-
-            return infer
-
-        return [bound(segmenter) for segmenter in self.segmenters]
-
-    def _count(self, **increments: int) -> None:
-        with self._lock:
-            for key, value in increments.items():
-                self.counts[key] += value
-
-    def infer(self, segmenter: Segmenter, requests: list[Any]) -> list[dict[str, np.ndarray]]:
-        images: list[np.ndarray] = []
-        sizes: list[int] = []
-        for request in requests:
-            batch = np.asarray(request[INPUT])
-            problem = request_problem(batch.shape, self.profile)
-            if problem:
-                self._count(refused=len(requests))
-                self.listener.note(f"refused {len(requests)} request(s): {problem}", level="warning")
-                raise FcnDeployError(problem)
-            images.extend(batch)
-            sizes.append(len(batch))
-        try:
-            masks = segmenter.predict_batch(images)
-        except Exception as exc:
-            self._count(failed=len(requests))
-            self.listener.note(f"failed {len(requests)} request(s): {exc}", level="error")
-            raise
-        responses, start = [], 0
-        for size in sizes:
-            responses.append({OUTPUT: np.stack(masks[start : start + size])})
-            start += size
-        with self._lock:
-            self.counts["requests"] += len(requests)
-            self.counts["images"] += len(images)
-            self.counts["executions"] += 1
-            self.counts["largest_batch"] = max(self.counts["largest_batch"], len(images))
-        return responses
+if {package_root!r} not in sys.path:  # the stub's interpreter is this one; an editable install may not be on its path
+    sys.path.append({package_root!r})
+from fcn_deploy.serve.in_triton import TritonPythonModel  # noqa: E402,F401
+"""
 
 
-def _publish_parameters(triton, name: str, parameters: dict[str, str]) -> None:
-    """Add ``parameters`` to the bound model's config.  PyTriton's ``ModelConfig`` has no field for
-    them, so they join the backend parameters it writes (``workspace-path``) before the model loads;
-    tests/test_serve.py reads them back from the running server."""
-    try:
-        model = next(m for m in triton._model_manager.models if m.model_name == name)
-        model._get_triton_model_config().backend_parameters.update(parameters)
-    except (AttributeError, StopIteration) as exc:
-        import pytriton
-
-        raise FcnDeployError(
-            f"nvidia-pytriton {getattr(pytriton, '__version__', '?')} changed the internals fcn-deploy publishes model "
-            f"parameters through ({exc.__class__.__name__}); install nvidia-pytriton 0.7"
-        ) from exc
+def write_repository(folder: Path, name: str, engine: Path, runner: Runner, parameters: dict[str, str], *, max_batch: int,
+                     queue_delay_us: int, instances: int, threads: int | None, events: Path) -> Path:  # fmt: skip
+    """The one-model repository ``serve`` hands Triton: the Python backend, whose stub opens the
+    engine itself (:mod:`.in_triton`), the published parameters in its config, and the settings
+    only the stub reads (the engine's path, threads, the events file) in a file beside ``model.py``,
+    so clients reading the config never see a path on this machine."""
+    dtype = mask_dtype(runner.meta.num_classes)
+    version = folder / name / "1"
+    version.mkdir(parents=True)
+    package_root = str(Path(__file__).resolve().parents[2])
+    (version / "model.py").write_text(STUB_MODEL.format(package_root=package_root))
+    settings = {ENGINE_KEY: str(engine.resolve()), THREADS_KEY: str(threads or 0), EVENTS_KEY: str(events),
+                MASK_DTYPE_KEY: np.dtype(dtype).name}  # fmt: skip
+    (version / SETTINGS_FILE).write_text(json.dumps(settings))
+    config = {
+        "name": name, "backend": "python", "max_batch_size": max_batch,
+        "input": [{"name": INPUT, "data_type": Enum("TYPE_UINT8"), "dims": [-1, -1, 3]}],
+        "output": [{"name": OUTPUT, "data_type": Enum(dtypes.triton_type(dtype)), "dims": [-1, -1]}],
+        "dynamic_batching": {"max_queue_delay_microseconds": queue_delay_us},
+        "instance_group": [{"count": instances, "kind": Enum("KIND_CPU")}],
+        "parameters": parameters,
+    }  # fmt: skip
+    (folder / name / "config.pbtxt").write_text(to_pbtxt(config))
+    return folder
 
 
 def _stop(triton) -> None:
@@ -264,49 +227,34 @@ def serve(
         threads = max(1, (os.cpu_count() or 1) // instances)
 
     with contextlib.ExitStack() as stack:
-        runners = [stack.enter_context(open_runner(engine, threads=threads)) for _ in range(instances)]
-        runner = runners[0]
-        dtype = mask_dtype(runner.meta.num_classes)
-        warned = threading.Event()
-
-        def note_resize(message: str) -> None:
-            if not warned.is_set():
-                warned.set()
-                listener.note(message, level="note")
-
-        segmenters = [Segmenter(r, on_resize=note_resize, mask_dtype=dtype, tile="off") for r in runners]  # one request, one engine call
-        served = ServedModel(segmenters, listener=listener)
-        batch = max_batch or default_max_batch(runner)
-        engine_name, sha256 = engine_facts(engine, runner)
-        parameters = published_parameters(runner.meta, runner.profile, runner.precision, runner.backend, engine_name, sha256)
-        # PyTriton's workspace (sockets, model store, a copy of tritonserver) in a folder this process
-        # removes whatever happens: PyTriton's own clean-up races its rglob and can leave it behind.
-        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="fcn-deploy-triton-", ignore_cleanup_errors=True))
-        scratch = Path(scratch)
+        # the facts clients are told, read here; the engine itself runs in Triton's stub processes
+        with open_runner(engine, threads=threads) as runner:
+            batch = max_batch or default_max_batch(runner)
+            engine_name, sha256 = engine_facts(engine, runner)
+            parameters = published_parameters(runner.meta, runner.profile, runner.precision, runner.backend, engine_name, sha256)
+            lines = _serving_lines(runner, name, host, (http_port, grpc_port, metrics_port), batch, queue_delay_us, instances)
+            described = f"{runner.backend}-{runner.precision}"
+            # PyTriton's workspace (sockets, a copy of tritonserver) and the repository, in a folder this
+            # process removes whatever happens: PyTriton's own clean-up races its rglob and can leave it behind.
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fcn-deploy-triton-", ignore_cleanup_errors=True)))
+            events = EventsReader(scratch / "events.jsonl", listener)
+            repository = write_repository(scratch / "repository", name, engine, runner, parameters, max_batch=batch,
+                                          queue_delay_us=queue_delay_us, instances=instances, threads=threads,
+                                          events=events.path)  # fmt: skip
         log_file = Path(triton_log) if triton_log else scratch / "triton.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
 
         python_libdir_first()
-        logging.getLogger("pytriton").setLevel(logging.ERROR)  # refusals reach the listener, in one line each
-        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        logging.getLogger("pytriton").setLevel(logging.ERROR)
         from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
         config = TritonConfig(
-            http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port, metrics_address=host,
-            metrics_port=metrics_port, log_file=log_file, exit_timeout_secs=DRAIN_TIMEOUT_S,
+            model_repository=repository, http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port,
+            metrics_address=host, metrics_port=metrics_port, log_file=log_file, exit_timeout_secs=DRAIN_TIMEOUT_S,
             allow_gpu_metrics=Path("/proc/driver/nvidia").exists(),  # else Triton prints an NVML error on CPU-only hosts
         )  # fmt: skip
         security = TritonSecurityConfig(restricted_endpoints=list(RESTRICTED_ENDPOINTS))
         triton = Triton(config=config, workspace=scratch / "workspace", security_config=security)
-        triton.bind(
-            model_name=name,
-            infer_func=served.infer_functions(),
-            inputs=[Tensor(name=INPUT, dtype=np.uint8, shape=(-1, -1, 3))],
-            outputs=[Tensor(name=OUTPUT, dtype=dtype, shape=(-1, -1))],
-            config=ModelConfig(max_batch_size=batch, batcher=DynamicBatcher(max_queue_delay_microseconds=queue_delay_us)),
-            strict=True,
-        )
-        _publish_parameters(triton, name, parameters)
         stop = threading.Event()
         main_thread = threading.current_thread() is threading.main_thread()
         handled = (signal.SIGINT, signal.SIGTERM)
@@ -318,6 +266,7 @@ def serve(
             triton.run()  # its children inherit the ignored signals (see the module docstring)
         except Exception as exc:  # noqa: BLE001 - PyTriton raises several kinds; the log says why
             _stop_quietly(triton)  # the server has written its last words once it is gone
+            events.read()
             why = _log_errors(log_file) or f"{exc.__class__.__name__}: {exc}"
             if triton_log:
                 raise FcnDeployError(f"Triton failed to start for {engine}: {why} (its log: {triton_log})") from None
@@ -326,23 +275,51 @@ def serve(
         for sig in previous:
             signal.signal(sig, lambda signum, frame: stop.set())
 
-        listener.note(f"serving {engine} as model {name} ({runner.backend}-{runner.precision}, sha256 {sha256})", level="success")
-        for line in _serving_lines(runner, name, host, (http_port, grpc_port, metrics_port), batch, queue_delay_us, instances):
+        listener.note(f"serving {engine} as model {name} ({described}, sha256 {sha256})", level="success")
+        for line in lines:
             listener.note(line)
         if triton_log:
             listener.note(f"  Triton's log: {triton_log}")
         while not stop.wait(_POLL_S):
+            events.read()
             if not triton.is_alive():
                 why = _log_errors(log_file)
                 raise FcnDeployError(f"the Triton server stopped unexpectedly{': ' + why if why else ''}")
         listener.note("stopping: draining in-flight requests")
         start = time.perf_counter()
-        _stop(triton)
+        _stop(triton)  # Triton unloads the model once drained: each instance writes its counts
         drain_s = time.perf_counter() - start
-        counts = dict(served.counts)
+        events.read()
+        counts = events.counts
         executions = counts["executions"]
         return {"model": name, "engine": str(engine), "engine_sha256": sha256, **counts, "drain_s": drain_s,
                 "average_batch": counts["images"] / executions if executions else None}  # fmt: skip
+
+
+class EventsReader:
+    """Reads the stub instances' events file as it grows: notes go to the listener (a note marked
+    ``once`` only the first time), and the instances' counts add up."""
+
+    def __init__(self, path: Path, listener: Listener):
+        self.path, self.listener, self.offset = path, listener, 0
+        self.path.touch()
+        self.counts = dict.fromkeys(COUNT_KEYS, 0)
+        self._once: set[str] = set()
+
+    def read(self) -> None:
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
+            record = json.loads(line)
+            if "counts" in record:
+                for key, value in record["counts"].items():
+                    self.counts[key] = max(self.counts[key], value) if key == "largest_batch" else self.counts[key] + value
+            elif not record.get("once") or record["note"] not in self._once:
+                self._once.add(record["note"])
+                self.listener.note(record["note"], level=record.get("level", "info"))
 
 
 def _serving_lines(runner: Runner, name: str, host: str, ports: tuple[int, int, int], batch: int, queue_delay_us: int,
