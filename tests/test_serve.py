@@ -48,7 +48,7 @@ from fcn_deploy.fileio import sha256_file  # noqa: E402
 from fcn_deploy.inference import Segmenter  # noqa: E402
 from fcn_deploy.meta import ModelMeta  # noqa: E402
 from fcn_deploy.serve import prepost_model  # noqa: E402
-from fcn_deploy.serve.in_triton import ServedModel  # noqa: E402
+from fcn_deploy.serve.in_triton import ServedModel, power_of_two_chunks  # noqa: E402
 from fcn_deploy.serve.repository import export_triton  # noqa: E402
 
 from helpers import direct_mask  # noqa: E402
@@ -324,10 +324,11 @@ def test_benchmark_against_the_server_reports_each_concurrency_level(server, eng
     data = json.loads(report.read_text())
     (alone,) = data["engine_alone"]
     assert (alone["height"], alone["width"], alone["backend"]) == (64, 64, "onnxruntime") and alone["median_ms"] > 0
-    for row in data["results"]:
-        assert row["engine_ms"] == alone["median_ms"]
-        assert row["overhead"] == pytest.approx(row["p50_ms"] / alone["median_ms"] - 1)
-        assert row["vs_engine"] == pytest.approx(row["throughput_rps"] * alone["median_ms"] / 1000)
+    assert alone["blocks"] == 3  # before each of the two levels and after the last
+    for row in data["results"]:  # each level against the blocks on either side of it
+        assert alone["min_ms"] <= row["engine_ms"] <= alone["max_ms"]
+        assert row["overhead"] == pytest.approx(row["p50_ms"] / row["engine_ms"] - 1)
+        assert row["vs_engine"] == pytest.approx(row["throughput_rps"] * row["engine_ms"] / 1000)
     # another engine than the served one is refused: the comparison would mean nothing
     assert main(["benchmark", "--server", server.address, str(engines["openvino"]), "--iters", "1"]) == 2  # bad input
     assert "the server serves tiny.fp32.ort.onnx, not this engine" in capsys.readouterr().err
@@ -337,7 +338,7 @@ def test_benchmark_against_the_server_reports_each_concurrency_level(server, eng
         for key in ("backend", "precision", "height", "width", "batch", "median_ms", "p90_ms", "throughput_fps"):
             assert key in row, key
         assert row["throughput_rps"] > 0 and row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
-        assert row["server_avg_batch"] >= 1
+        assert row["server_avg_batch"] >= 1 and row["client_cpu_ms_per_request"] > 0
     assert data["server"]["engine_sha256"] == sha256_file(server_engine(server))
 
 
@@ -386,7 +387,8 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(own_server):
     assert [answer for _, answer in answers] == [(1, MAX_SIDE, MAX_SIDE)] * len(images)  # none failed, none lost
     assert any(when > signalled for when, _ in answers)  # some were answered while the server drained
     log = server.log.read_text()
-    assert "stopping: draining in-flight requests" in log and re.search(r"stopped in [\d.]+ s: served \d+ request", log)
+    assert "stopping: draining in-flight requests" in log and re.search(r"stopped in [\d.]+ s: served 48 request", log)
+    assert re.search(r"per image inside the server: .*preprocess [\d.]+ ms, infer [\d.]+ ms", log)
 
 
 # --------------------------------------------------------------------------- pieces, without a server
@@ -426,6 +428,14 @@ def test_masks_are_int32_beyond_256_classes_and_uint8_up_to_256():
     assert refusal.startswith("refused 1 request(s): the image is 257x20, larger than this server accepts")
     with pytest.raises(FcnDeployError, match="do not fit 8-bit masks"):
         Segmenter(runner)
+
+
+def test_a_batch_runs_in_falling_powers_of_two_in_order():
+    """So a runner compiling a graph per shape meets at most log2(max batch) + 1 batch sizes per image size."""
+    images = [np.full((2, 2, 3), i, np.uint8) for i in range(7)]
+    chunks = power_of_two_chunks(images)
+    assert [len(c) for c in chunks] == [4, 2, 1] and [int(i[0, 0, 0]) for c in chunks for i in c] == list(range(7))
+    assert [len(c) for c in power_of_two_chunks(images[:1] * 8)] == [8] and power_of_two_chunks([]) == []
 
 
 def test_remote_runner_recovers_the_exact_uint8_images_and_refuses_other_batches():

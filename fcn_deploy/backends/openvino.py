@@ -46,7 +46,7 @@ from .manifest import major_minor
 INSTALL_HINT = "pip install openvino (a dependency of fcn-deploy; reinstall with `pip install -e .`)"
 #: ``INFERENCE_PRECISION_HINT`` per precision graph (see the module docstring; measured in the README).
 PRECISION_HINTS = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
-STATIC_SHAPES = 4  # static-shape graphs an OpenVINO runner keeps compiled (see OpenVinoRunner._request_for)
+STATIC_SHAPES = 16  # static-shape graphs an OpenVINO runner keeps compiled (see OpenVinoRunner._request_for)
 
 
 def precision_hint(core, precision: str) -> str:

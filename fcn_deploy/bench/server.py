@@ -10,7 +10,8 @@ statistics API, what the server did meanwhile: images per engine execution (the 
 work), the average time a request queued, and the average duration of the execution it ran in.
 
 The client shares the machine with the server when both run on one host; its threads then take
-CPU from the engine, as perf_analyzer's do.  Run it from another machine to measure the server alone.
+CPU from the engine, as perf_analyzer's do, and each row says how much (``client_cpu_ms_per_request``).
+Run it from another machine to measure the server alone.
 
 Given the served engine as well (``benchmark --server ADDRESS ENGINE``), the engine alone is timed
 in this process too (:class:`EngineAlone`), while the server idles.  Each row then says what
@@ -37,6 +38,8 @@ from ..events import SILENT, Listener
 from .local import summarise
 from .workers import BENCH_SEED, check_runs, infer_call, scene_batch
 
+#: Seconds the server is left idle before the engine is timed alone (its threads wind down).
+SETTLE_S = 1.0
 #: Distinct images each client cycles through (so no cache or identical payload flatters the server).
 IMAGES_PER_SIZE = 4
 
@@ -103,16 +106,18 @@ def measure_level(remote: TritonModel, size: tuple[int, int], concurrency: int, 
     for thread in threads:
         thread.start()
     before: dict[str, int] = {}
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     try:
         barrier.wait()
         before = remote.statistics()
+        cpu_began = time.process_time()
         barrier.wait()
         began = time.perf_counter()
     except threading.BrokenBarrierError:  # a client failed; it says why below
         pass
     for thread in threads:
         thread.join()
+    client_cpu_s = time.process_time() - cpu_began
     after = remote.statistics()
     if errors:
         raise FcnDeployError(
@@ -128,6 +133,8 @@ def measure_level(remote: TritonModel, size: tuple[int, int], concurrency: int, 
         "median_ms": float(np.percentile(arr, 50)), "p50_ms": float(np.percentile(arr, 50)), "p90_ms": float(np.percentile(arr, 90)),
         "p99_ms": float(np.percentile(arr, 99)), "mean_ms": float(arr.mean()), "min_ms": float(arr.min()), "max_ms": float(arr.max()),
         "server_avg_batch": inferences / executions if executions else None,
+        # the CPU the clients themselves took (gRPC, serialisation), which a shared host takes from the server
+        "client_cpu_ms_per_request": client_cpu_s * 1000.0 / max(len(latencies), 1),
         "server_queue_ms": delta.get("queue_ns", 0) / successes / 1e6 if successes else None,
         # Triton charges each request its execution's compute time: per request, the average execution's duration
         "server_compute_ms": delta.get("compute_infer_ns", 0) / successes / 1e6 if successes else None,
@@ -148,6 +155,7 @@ class EngineAlone:
         self.blocks: dict[tuple[int, int], list[list[float]]] = {}
 
     def block(self, size: tuple[int, int]) -> None:
+        time.sleep(SETTLE_S)
         call = infer_call(self.runner, scene_batch(*size, 1, self.runner.meta))
         for _ in range(self.warmup):
             call()

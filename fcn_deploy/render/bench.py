@@ -75,6 +75,9 @@ def print_server_results(console: Console, results: list[dict[str, Any]], first_
             cells += [_or_dash(r.get("engine_ms"), ".1f"), overhead, vs_engine]
         table.add_row(*cells)
     console.print(table)
+    cpu = [f"{r['client_cpu_ms_per_request']:.1f}" for r in results if r.get("client_cpu_ms_per_request") is not None]
+    if cpu:
+        console.print(f"client CPU per request: {', '.join(cpu)} ms (taken from the server when both share a host)")
 
 
 def print_ray_comparison(console: Console, result: dict[str, Any]) -> None:

@@ -26,3 +26,6 @@ def render_served(console: Console, result: dict[str, Any]) -> None:
         f"in {result['executions']} execution(s) (largest batch {result['largest_batch']}); "
         f"refused {result['refused']}, failed {result['failed']}"
     )
+    stages = result.get("stage_ms_per_image") or {}
+    if stages:
+        console.print("  per image inside the server: " + ", ".join(f"{stage} {ms:.2f} ms" for stage, ms in stages.items()))

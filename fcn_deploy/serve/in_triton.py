@@ -32,6 +32,19 @@ ENGINE_KEY, THREADS_KEY, EVENTS_KEY, MASK_DTYPE_KEY = "engine", "threads", "even
 COUNT_KEYS = ("requests", "images", "executions", "largest_batch", "refused", "failed")
 
 
+def power_of_two_chunks(images: list[np.ndarray]) -> list[list[np.ndarray]]:
+    """``images`` in chunks of falling powers of two (7 -> 4, 2, 1).  The dynamic batcher forms
+    batches of any size up to the maximum, and a runner that compiles a graph per input shape
+    (OpenVINO's static shapes) would otherwise meet a new shape, and compile, for each batch size;
+    this way an image size brings at most log2(max batch) + 1 of them."""
+    chunks, start = [], 0
+    while start < len(images):
+        size = 1 << ((len(images) - start).bit_length() - 1)
+        chunks.append(images[start : start + size])
+        start += size
+    return chunks
+
+
 class ServedModel:
     """One instance's arithmetic, apart from Triton (tests run it without a server): the requests of
     one batch in, one mask batch or one refusal per request out, counting what it served.
@@ -63,7 +76,7 @@ class ServedModel:
         refused = len(batches) - len(served)
         if served:
             try:
-                masks = self.segmenter.predict_batch(images)
+                masks = [mask for chunk in power_of_two_chunks(images) for mask in self.segmenter.predict_batch(chunk)]
             except Exception as exc:  # noqa: BLE001 - each request of the batch gets the error; the server stays up
                 self.listener.note(f"failed {len(served)} request(s): {exc}", level="error")
                 self._add(refused=refused, failed=len(served))
@@ -141,6 +154,7 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
-        self.events.write({"instance": self.instance, "counts": self.served.counts})
+        seconds = self.served.segmenter.times.seconds
+        self.events.write({"instance": self.instance, "counts": self.served.counts, "stage_seconds": seconds})
         self.served.segmenter.close()
         self.events.close()

@@ -292,8 +292,10 @@ def serve(
         events.read()
         counts = events.counts
         executions = counts["executions"]
+        images = counts["images"]
+        stage_ms = {stage: 1000 * seconds / images for stage, seconds in events.stage_seconds.items()} if images else {}
         return {"model": name, "engine": str(engine), "engine_sha256": sha256, **counts, "drain_s": drain_s,
-                "average_batch": counts["images"] / executions if executions else None}  # fmt: skip
+                "average_batch": images / executions if executions else None, "stage_ms_per_image": stage_ms}  # fmt: skip
 
 
 class EventsReader:
@@ -304,6 +306,7 @@ class EventsReader:
         self.path, self.listener, self.offset = path, listener, 0
         self.path.touch()
         self.counts = dict.fromkeys(COUNT_KEYS, 0)
+        self.stage_seconds: dict[str, float] = {}
         self._once: set[str] = set()
 
     def read(self) -> None:
@@ -317,6 +320,8 @@ class EventsReader:
             if "counts" in record:
                 for key, value in record["counts"].items():
                     self.counts[key] = max(self.counts[key], value) if key == "largest_batch" else self.counts[key] + value
+                for stage, seconds in record.get("stage_seconds", {}).items():
+                    self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
             elif not record.get("once") or record["note"] not in self._once:
                 self._once.add(record["note"])
                 self.listener.note(record["note"], level=record.get("level", "info"))
