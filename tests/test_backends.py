@@ -350,6 +350,44 @@ def test_openvino_mask_only_calls_run_the_argmax_graph_with_the_same_masks(openv
         quick = runner.infer(batch, need_logits=False)
         assert quick.logits is None
         np.testing.assert_array_equal(quick.mask, full.mask)
-    assert ((batch.shape, True) in runner._static) and runner._static[(batch.shape, True)][1:] == (None, 0)
+    assert ((batch.shape, True, False) in runner._static) and runner._static[(batch.shape, True, False)][1:] == (None, 0)
     again = runner.infer(batch)
     np.testing.assert_array_equal(again.logits, full.logits)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_openvino_normalises_uint8_images_in_the_graph_as_numpy_does(openvino_engines, precision):
+    """infer_images: a shape seen once is normalised in numpy for the dynamic graph; from the second
+    call the static graph converts, scales and lays out the uint8 images itself.  Both give the float
+    path's logits (within float rounding of the static graph) and its masks exactly."""
+    runner = open_runner(openvino_engines[precision])
+    assert runner.capabilities.uint8_images
+    images = np.stack([make_scene(11, i, 104, 136)[0] for i in range(2)])
+    reference = runner.infer(preprocess(images, runner.meta.mean, runner.meta.std))
+    for _ in range(3):
+        got = runner.infer_images(images)
+        np.testing.assert_allclose(got.logits, reference.logits, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(got.mask, reference.mask)
+        np.testing.assert_array_equal(runner.infer_images(images, need_logits=False).mask, reference.mask)
+    assert ((2, 3, 104, 136), False, True) in runner._static and ((2, 3, 104, 136), True, True) in runner._static
+    with pytest.raises(FcnDeployError, match=r"expected uint8 NxHxWx3 images, got float32 \(2, 104, 136, 3\)"):
+        runner.infer_images(images.astype(np.float32))
+
+
+def test_segmenter_hands_uint8_images_to_an_engine_that_normalises_and_floats_to_one_that_does_not(openvino_engines, tiny_onnx):
+    """The same masks either way: OpenVINO gets the images (and compiles its image graph), ONNX
+    Runtime, which cannot take them, gets numpy's normalised batch."""
+    images = [make_scene(12, i, 96, 120)[0] for i in range(3)]
+    with Segmenter(open_runner(openvino_engines["fp32"])) as segmenter:
+        assert segmenter.engine_normalises
+        masks = [segmenter.predict_batch(images) for _ in range(2)]
+        assert any(key[2] for key in segmenter.runner._static)  # the second pass ran the image graph
+    onnx_runner = open_runner(tiny_onnx)
+    assert not onnx_runner.capabilities.uint8_images
+    with pytest.raises(NotImplementedError, match="capabilities.uint8_images is off"):
+        onnx_runner.infer_images(np.stack(images))
+    with Segmenter(onnx_runner) as segmenter:
+        assert not segmenter.engine_normalises
+        for mask_ov, mask_again, mask_ort in zip(*masks, segmenter.predict_batch(images)):
+            np.testing.assert_array_equal(mask_ov, mask_again)
+            assert (mask_ov == mask_ort).mean() > 0.999

@@ -120,7 +120,8 @@ class Capabilities:
 
     #: ``Runner.infer_on_device`` runs on inputs already on the device (the benchmark times that on a GPU).
     device_infer: bool = False
-    #: The engine takes uint8 images (preprocessing inside the graph) rather than normalised floats.
+    #: ``Runner.infer_images`` takes uint8 RGB images and normalises them inside the graph, on the
+    #: engine's threads, rather than in numpy before the call (the :class:`Segmenter` uses it).
     uint8_images: bool = False
 
 
@@ -202,6 +203,24 @@ class Runner(abc.ABC):
         if mask.shape != (n, h, w):
             raise FcnDeployError(f"{self.path}: the engine returned a mask of shape {mask.shape}, expected {(n, h, w)}")
         return Prediction(mask=mask.astype(np.int64, copy=False), logits=logits if need_logits else None)
+
+    def infer_images(self, images: np.ndarray, need_logits: bool = True) -> Prediction:
+        """Segment ``images`` (``uint8 NxHxWx3`` RGB, not yet normalised): the graph scales and
+        normalises them per ``meta``, with the same float32 operations as
+        :func:`fcn_deploy.data.images.preprocess`.  Only runners whose ``capabilities.uint8_images``
+        is set implement it (:meth:`infer_images_impl`)."""
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise FcnDeployError(f"{self.path}: expected uint8 NxHxWx3 images, got {images.dtype} {tuple(images.shape)}")
+        n, h, w, _ = images.shape
+        self.profile.check(n, h, w)
+        start = time.perf_counter()
+        raw = self.infer_images_impl(np.ascontiguousarray(images), need_logits)
+        self.last_infer_ms = (time.perf_counter() - start) * 1000.0
+        return self._prediction(raw, (n, h, w), need_logits)
+
+    def infer_images_impl(self, images: np.ndarray, need_logits: bool) -> dict[str, np.ndarray | None]:
+        """The raw run of :meth:`infer_images`, with :meth:`infer_impl`'s result."""
+        raise NotImplementedError(f"{type(self).__name__} takes normalised batches only (capabilities.uint8_images is off)")
 
     def infer_on_device(self, batch: Any) -> Any:
         """Run on a batch already on the device, returning device-side outputs (no host copies).

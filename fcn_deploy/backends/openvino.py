@@ -37,10 +37,11 @@ from typing import Any
 import numpy as np
 
 from .. import dtypes
+from ..data.images import normalisation, preprocess
 from ..errors import FcnDeployError, first_line, require_file
 from ..events import SILENT, Listener
 from ..meta import ModelMeta
-from .base import Backend, CompileOptions, Profile, Runner, TensorSpec, TritonSpec
+from .base import Backend, Capabilities, CompileOptions, Profile, Runner, TensorSpec, TritonSpec
 from .manifest import major_minor
 
 INSTALL_HINT = "pip install openvino (a dependency of fcn-deploy; reinstall with `pip install -e .`)"
@@ -105,8 +106,28 @@ def with_argmax_mask(model, logits_index: int, dtype: type) -> Any:
     return model
 
 
+def with_image_input(model, mean, std) -> Any:
+    """``model`` taking ``uint8 NxHxWx3`` RGB images: converted to float32, multiplied by
+    ``1 / (255 std)`` and less ``mean / std`` per channel, then laid out as NCHW, the float32
+    operations :func:`fcn_deploy.data.images.preprocess` runs in numpy, here on the engine's threads."""
+    import openvino as ov
+    import openvino.opset11 as ops
+    from openvino.preprocess import PrePostProcessor
+
+    scale, shift = (value.reshape(1, 1, 1, 3) for value in normalisation(mean, std))
+    steps = PrePostProcessor(model)
+    image = steps.input(0)
+    image.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    image.model().set_layout(ov.Layout("NCHW"))
+    image.preprocess().convert_element_type(ov.Type.f32).custom(
+        lambda node: ops.subtract(ops.multiply(node, ops.constant(scale)), ops.constant(shift)).output(0)
+    )
+    return steps.build()
+
+
 class OpenVinoRunner(Runner):
     backend = "openvino"
+    capabilities = Capabilities(uint8_images=True)
 
     def __init__(self, xml: Path, meta: ModelMeta, precision: str, profile: Profile, config: dict[str, str],
                  threads: int | None = None):  # fmt: skip
@@ -156,26 +177,32 @@ class OpenVinoRunner(Runner):
     def outputs(self) -> list[TensorSpec]:
         return [self._spec(p) for p in self.compiled.outputs]
 
-    def _request_for(self, shape: tuple[int, ...], mask_only: bool) -> tuple[Any, int | None, int | None]:
-        """The infer request for ``shape``, with the indices of its logits and mask outputs.
+    def _request_for(self, shape: tuple[int, ...], mask_only: bool, images: bool = False) -> tuple[Any, int | None, int | None] | None:
+        """The infer request for the NCHW ``shape``, with the indices of its logits and mask outputs.
 
         OpenVINO's CPU kernels run a static shape faster than the dynamic-shape graph, so a shape
         seen a second time (video, a benchmark, steady serving) gets a graph reshaped and compiled
         for it, kept for the :data:`STATIC_SHAPES` most recent shapes.  Shapes seen once
         (validation's many sizes) run the dynamic graph and cost no compile.  Where only the mask is
         wanted, the static graph ends in the argmax (:func:`with_argmax_mask`), so the float logits
-        are neither laid out for output nor copied back."""
-        key = (shape, mask_only)
+        are neither laid out for output nor copied back; where the caller has uint8 images, it
+        starts with their normalisation (:func:`with_image_input`).  None: an image shape seen
+        once, which the caller normalises in numpy for the dynamic graph."""
+        key = (shape, mask_only, images)
         if key in self._static:
             self._static.move_to_end(key)
             return self._static[key]
         self._seen[key] += 1
-        if self._seen[key] < 2 or not self._model.inputs[0].get_partial_shape().is_dynamic:
-            return self.request, self._logits, self._mask
+        dynamic = self._model.inputs[0].get_partial_shape().is_dynamic
+        if self._seen[key] < 2 or not (dynamic or images):
+            return None if images else (self.request, self._logits, self._mask)
         model = self._model.clone()
         if mask_only:
             model = with_argmax_mask(model, self._logits, np.uint8 if self.meta.num_classes <= 256 else np.int32)
-        model.reshape({model.inputs[0].get_any_name(): list(shape)})
+        if dynamic:
+            model.reshape({model.inputs[0].get_any_name(): list(shape)})
+        if images:
+            model = with_image_input(model, self.meta.mean, self.meta.std)
         request = self._core.compile_model(model, "CPU", self.config).create_infer_request()
         self._static[key] = (request, None, 0) if mask_only else (request, self._logits, self._mask)
         if len(self._static) > STATIC_SHAPES:
@@ -184,7 +211,17 @@ class OpenVinoRunner(Runner):
 
     def infer_impl(self, batch: np.ndarray, need_logits: bool) -> dict[str, np.ndarray | None]:
         mask_only = not need_logits and self._mask is None
-        request, logits, mask = self._request_for(tuple(batch.shape), mask_only)
+        return self._run(self._request_for(tuple(batch.shape), mask_only), batch, need_logits)  # type: ignore[arg-type]
+
+    def infer_images_impl(self, images: np.ndarray, need_logits: bool) -> dict[str, np.ndarray | None]:
+        n, h, w, _ = images.shape
+        found = self._request_for((n, 3, h, w), not need_logits and self._mask is None, images=True)
+        if found is None:
+            return self.infer_impl(preprocess(images, self.meta.mean, self.meta.std), need_logits)
+        return self._run(found, images, need_logits)
+
+    def _run(self, found: tuple[Any, int | None, int | None], batch: np.ndarray, need_logits: bool) -> dict[str, np.ndarray | None]:
+        request, logits, mask = found
         request.infer({0: batch}, share_inputs=True)
         get = lambda index: None if index is None else request.get_output_tensor(index).data.copy()  # noqa: E731
         return {"logits": get(logits) if need_logits or mask is None else None, "mask": get(mask)}

@@ -49,6 +49,14 @@ def load_rgb(path: str | Path, convert: bool = False) -> np.ndarray:
         raise FcnDeployError(f"{path}: not a readable image ({exc.__class__.__name__}); replace or remove it") from exc
 
 
+def normalisation(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """float32 ``(scale, shift)`` per channel: a pixel ``x`` in 0..255 becomes ``x * scale - shift``,
+    ``(x / 255 - mean) / std`` in one multiply and one subtract (an engine that normalises inside its
+    graph uses the same two constants, so both give the same floats)."""
+    std32 = np.asarray(std, dtype=np.float32)
+    return (1.0 / (255.0 * std32)).astype(np.float32), (np.asarray(mean, dtype=np.float32) / std32).astype(np.float32)
+
+
 def preprocess(images: np.ndarray | Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """``uint8 (N)xHxWx3`` RGB -> ``float32 Nx3xHxW``: scaled to [0, 1], then ``(x - mean) / std``."""
     batch = np.asarray(images) if not isinstance(images, np.ndarray) else images
@@ -56,8 +64,7 @@ def preprocess(images: np.ndarray | Sequence[np.ndarray], mean: Sequence[float],
         batch = batch[None]
     if batch.ndim != 4 or batch.shape[-1] != 3:
         raise ValueError(f"expected (N)xHxWx3 RGB images, got shape {batch.shape}")
-    scale = (1.0 / (255.0 * np.asarray(std, dtype=np.float32))).reshape(1, 3, 1, 1)
-    shift = (np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)).reshape(1, 3, 1, 1)
+    scale, shift = (value.reshape(1, 3, 1, 1) for value in normalisation(mean, std))
     out = np.empty((batch.shape[0], 3, *batch.shape[1:3]), dtype=np.float32)
     np.multiply(batch.transpose(0, 3, 1, 2), scale, out=out)  # one pass, no float temporaries
     np.subtract(out, shift, out=out)

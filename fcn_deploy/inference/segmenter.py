@@ -54,7 +54,8 @@ def fit_inside(profile: Profile, height: int, width: int) -> tuple[int, int]:
 
 @dataclass
 class Prepared:
-    """Engine input for images of one size: preprocessed at ``run_size``, masks wanted at ``size``."""
+    """Engine input for images of one size at ``run_size`` (masks wanted at ``size``): normalised
+    float32 NCHW, or the uint8 NHWC images where the engine normalises them itself."""
 
     batch: np.ndarray
     size: tuple[int, int]
@@ -83,6 +84,9 @@ class Segmenter:
         self.times = StageTimes()
         self.resized_frames = 0
         self.tiler = Tiler(runner, tile, tile_overlap)
+        #: The engine normalises uint8 images on its own threads (``capabilities.uint8_images``), so
+        #: preprocessing here is only the stacking (and any resize).
+        self.engine_normalises = runner.capabilities.uint8_images
 
     @classmethod
     def from_engine(cls, path: str | Path, on_resize: Callable[[str], None] | None = None, threads: int | None = None,
@@ -152,7 +156,9 @@ class Segmenter:
         if not self.profile.contains(max(len(images), self.profile.min[0]), height, width):
             run_size = fit_inside(self.profile, height, width)
         with self.times.measure("preprocess"):
-            batch = preprocess(np.stack([resize_rgb(image, *run_size) for image in images]), self.meta.mean, self.meta.std)
+            batch = np.stack([resize_rgb(image, *run_size) for image in images])
+            if not self.engine_normalises:
+                batch = preprocess(batch, self.meta.mean, self.meta.std)
         return Prepared(batch, (height, width), run_size)
 
     def _run(self, prepared: Prepared) -> list[np.ndarray]:
@@ -163,7 +169,8 @@ class Segmenter:
         if count < self.profile.min[0]:  # a static batch wants more: repeat the last
             batch = np.concatenate([batch, np.repeat(batch[-1:], self.profile.min[0] - count, axis=0)])
         with self.times.measure("infer"):
-            prediction = self.runner.infer(batch, need_logits=False)
+            infer = self.runner.infer_images if batch.dtype == np.uint8 else self.runner.infer
+            prediction = infer(batch, need_logits=False)
         with self.times.measure("postprocess"):
             return [resize_mask(mask.astype(self.mask_dtype), *prepared.size) for mask in prediction.mask[:count]]
 
