@@ -177,11 +177,14 @@ class Runner(abc.ABC):
             raise FcnDeployError(f"{self.path}: expected an Nx3xHxW batch, got shape {tuple(batch.shape)}")
         n, _, h, w = batch.shape
         self.profile.check(n, h, w)
-        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        return self._timed(self.infer_impl, np.ascontiguousarray(batch, dtype=self.input_dtype), (n, h, w), need_logits)
+
+    def _timed(self, impl, batch: np.ndarray, nhw: tuple[int, int, int], need_logits: bool) -> Prediction:
+        """Run ``impl`` (a raw run), keep its wall time in :attr:`last_infer_ms`, check its result."""
         start = time.perf_counter()
-        raw = self.infer_impl(batch, need_logits)
+        raw = impl(batch, need_logits)
         self.last_infer_ms = (time.perf_counter() - start) * 1000.0
-        return self._prediction(raw, (n, h, w), need_logits)
+        return self._prediction(raw, nhw, need_logits)
 
     def _prediction(self, raw: dict[str, np.ndarray | None], nhw: tuple[int, int, int], need_logits: bool) -> Prediction:
         logits, mask = raw.get("logits"), raw.get("mask")
@@ -213,10 +216,7 @@ class Runner(abc.ABC):
             raise FcnDeployError(f"{self.path}: expected uint8 NxHxWx3 images, got {images.dtype} {tuple(images.shape)}")
         n, h, w, _ = images.shape
         self.profile.check(n, h, w)
-        start = time.perf_counter()
-        raw = self.infer_images_impl(np.ascontiguousarray(images), need_logits)
-        self.last_infer_ms = (time.perf_counter() - start) * 1000.0
-        return self._prediction(raw, (n, h, w), need_logits)
+        return self._timed(self.infer_images_impl, np.ascontiguousarray(images), (n, h, w), need_logits)
 
     def infer_images_impl(self, images: np.ndarray, need_logits: bool) -> dict[str, np.ndarray | None]:
         """The raw run of :meth:`infer_images`, with :meth:`infer_impl`'s result."""

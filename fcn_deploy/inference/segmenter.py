@@ -84,9 +84,12 @@ class Segmenter:
         self.times = StageTimes()
         self.resized_frames = 0
         self.tiler = Tiler(runner, tile, tile_overlap)
-        #: The engine normalises uint8 images on its own threads (``capabilities.uint8_images``), so
-        #: preprocessing here is only the stacking (and any resize).
-        self.engine_normalises = runner.capabilities.uint8_images
+
+    @property
+    def engine_normalises(self) -> bool:
+        """The engine normalises uint8 images on its own threads (``capabilities.uint8_images``), so
+        preprocessing here is only the stacking (and any resize)."""
+        return self.runner.capabilities.uint8_images
 
     @classmethod
     def from_engine(cls, path: str | Path, on_resize: Callable[[str], None] | None = None, threads: int | None = None,
@@ -169,7 +172,7 @@ class Segmenter:
         if count < self.profile.min[0]:  # a static batch wants more: repeat the last
             batch = np.concatenate([batch, np.repeat(batch[-1:], self.profile.min[0] - count, axis=0)])
         with self.times.measure("infer"):
-            infer = self.runner.infer_images if batch.dtype == np.uint8 else self.runner.infer
+            infer = self.runner.infer_images if self.engine_normalises else self.runner.infer
             prediction = infer(batch, need_logits=False)
         with self.times.measure("postprocess"):
             return [resize_mask(mask.astype(self.mask_dtype), *prepared.size) for mask in prediction.mask[:count]]
