@@ -318,7 +318,7 @@ def test_openvino_argmax_in_the_graph_picks_the_first_maximum_as_numpy_does():
     import openvino as ov
     import openvino.opset11 as ops
 
-    from fcn_deploy.backends.openvino import with_argmax_mask
+    from fcn_deploy.backends.openvino_graphs import with_argmax_mask
 
     core = ov.Core()
     rng = np.random.default_rng(3)

@@ -37,12 +37,13 @@ from typing import Any
 import numpy as np
 
 from .. import dtypes
-from ..data.images import normalisation, preprocess
+from ..data.images import preprocess
 from ..errors import FcnDeployError, first_line, require_file
 from ..events import SILENT, Listener
 from ..meta import ModelMeta
 from .base import Backend, Capabilities, CompileOptions, Profile, Runner, TensorSpec, TritonSpec
 from .manifest import major_minor
+from .openvino_graphs import with_argmax_mask, with_image_input, with_matmul_upsampling
 
 INSTALL_HINT = "pip install openvino (a dependency of fcn-deploy; reinstall with `pip install -e .`)"
 #: ``INFERENCE_PRECISION_HINT`` per precision graph (see the module docstring; measured in the README).
@@ -84,45 +85,6 @@ def weights_path(engine: Path) -> Path:
     if engine.suffix == ".bin":
         raise FcnDeployError(f"{engine}: an OpenVINO engine name must not end in .bin (that is its weights file); use .xml")
     return engine.with_suffix(".bin")
-
-
-def with_argmax_mask(model, logits_index: int, dtype: type) -> Any:
-    """``model`` with its logits output replaced by their argmax over the classes (``uint8`` up to
-    256 classes, else ``int32``), the first maximum winning as numpy's does.
-
-    TopK with ``k=1`` and ``sort="none"``, faster than the logits output plus numpy's argmax, where
-    ``sort="value", stable=True`` (documented to keep the first of equal values) costs most of the
-    gain back (README, "Speed"); tests/test_backends.py holds the installed OpenVINO to numpy's
-    choice on heavily tied logits."""
-    import openvino.opset11 as ops
-
-    result = model.outputs[logits_index].get_node()
-    top = ops.topk(result.input_value(0), np.int64(1), axis=1, mode="max", sort="none", index_element_type="i32")
-    labels = ops.squeeze(top.output(1), np.array([1], np.int64))
-    mask = ops.result(labels if dtype is np.int32 else ops.convert(labels, "u8"))
-    model.add_results([mask])
-    model.remove_result(result)
-    mask.output(0).get_tensor().set_names({"mask"})
-    return model
-
-
-def with_image_input(model, mean, std) -> Any:
-    """``model`` taking ``uint8 NxHxWx3`` RGB images: converted to float32, multiplied by
-    ``1 / (255 std)`` and less ``mean / std`` per channel, then laid out as NCHW, the float32
-    operations :func:`fcn_deploy.data.images.preprocess` runs in numpy, here on the engine's threads."""
-    import openvino as ov
-    import openvino.opset11 as ops
-    from openvino.preprocess import PrePostProcessor
-
-    scale, shift = (value.reshape(1, 1, 1, 3) for value in normalisation(mean, std))
-    steps = PrePostProcessor(model)
-    image = steps.input(0)
-    image.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
-    image.model().set_layout(ov.Layout("NCHW"))
-    image.preprocess().convert_element_type(ov.Type.f32).custom(
-        lambda node: ops.subtract(ops.multiply(node, ops.constant(scale)), ops.constant(shift)).output(0)
-    )
-    return steps.build()
 
 
 class OpenVinoRunner(Runner):
@@ -183,7 +145,8 @@ class OpenVinoRunner(Runner):
         OpenVINO's CPU kernels run a static shape faster than the dynamic-shape graph, so a shape
         seen a second time (video, a benchmark, steady serving) gets a graph reshaped and compiled
         for it, kept for the :data:`STATIC_SHAPES` most recent shapes.  Shapes seen once
-        (validation's many sizes) run the dynamic graph and cost no compile.  Where only the mask is
+        (validation's many sizes) run the dynamic graph and cost no compile.  A final bilinear resize
+        runs as two matrix products (:func:`with_matmul_upsampling`).  Where only the mask is
         wanted, the static graph ends in the argmax (:func:`with_argmax_mask`), so the float logits
         are neither laid out for output nor copied back; where the caller has uint8 images, it
         starts with their normalisation (:func:`with_image_input`).  None: an image shape seen
@@ -197,10 +160,11 @@ class OpenVinoRunner(Runner):
         if self._seen[key] < 2 or not (dynamic or images):
             return None if images else (self.request, self._logits, self._mask)
         model = self._model.clone()
-        if mask_only:
-            model = with_argmax_mask(model, self._logits, np.uint8 if self.meta.num_classes <= 256 else np.int32)
         if dynamic:
             model.reshape({model.inputs[0].get_any_name(): list(shape)})
+        with_matmul_upsampling(model)
+        if mask_only:
+            model = with_argmax_mask(model, self._logits, np.uint8 if self.meta.num_classes <= 256 else np.int32)
         if images:
             model = with_image_input(model, self.meta.mean, self.meta.std)
         request = self._core.compile_model(model, "CPU", self.config).create_infer_request()
