@@ -34,6 +34,7 @@ from .fileio import ensure_writable_dir, replaced_together, sha256_file
 from .meta import ModelMeta, read_onnx_meta, read_onnx_props
 from .onnxkit import dims_of, read_onnx
 from .precision import apply_precision
+from .precision.repair import REPAIR_MODES
 
 
 @dataclass
@@ -51,6 +52,8 @@ class BuildOptions:
     int8_target: str | None = None
     #: INT8 nodes kept in float (by name), chosen by hand.
     float_nodes: tuple[str, ...] = ()
+    #: INT8: fold each quantized conv's mean output error into its bias (the repair's first, free step).
+    bias_correction: bool = False
     #: INT8: ``auto`` checks the compiled engine and repairs it when it fails; ``off`` checks and records only.
     int8_repair: str | None = None
     #: INT8 repair: the most nodes kept in float, and the seconds the search may take.
@@ -63,7 +66,7 @@ class BuildOptions:
         """The precision-specific options set away from their defaults (each precision says which it uses).
         The calibration folder is shared by every command that builds engines, so it is never refused."""
         defaults = BuildOptions()
-        names = ("calib_method", "int8_target", "float_nodes", "int8_repair", "repair_budget", "repair_time_s")
+        names = ("calib_method", "int8_target", "float_nodes", "bias_correction", "int8_repair", "repair_budget", "repair_time_s")
         return {name for name in names if getattr(self, name) != getattr(defaults, name)}
 
 
@@ -111,8 +114,8 @@ def check_options(opts: BuildOptions, backend: backends.Backend) -> precisions.P
         raise FcnDeployError(f"{', '.join(unused)}: used by {' and '.join(users) or 'no'} builds only, not {entry.name}",
                              options=tuple(unused))  # fmt: skip
     backend.option_values(opts.backend_options)
-    if opts.int8_repair not in (None, "auto", "off"):
-        raise FcnDeployError(f"INT8 repair {opts.int8_repair!r}: choose auto or off", options=("int8_repair",))
+    if opts.int8_repair is not None and opts.int8_repair not in REPAIR_MODES:
+        raise FcnDeployError(f"INT8 repair {opts.int8_repair!r}: choose {', '.join(REPAIR_MODES)}", options=("int8_repair",))
     if opts.repair_budget is not None and opts.repair_budget < 1:
         raise FcnDeployError(f"repair budget {opts.repair_budget}: must be at least 1 node", options=("repair_budget",))
     return entry
@@ -216,7 +219,7 @@ def _checked_int8(src, out, precision_onnx, backend, profile, meta, opts: BuildO
                              repair=repair, listener=listener)  # fmt: skip
     try:
         with library_errors(src, "the int8 transform", "build FP32 instead, or simplify the graph (onnxslim) and try again"):
-            candidate, record = check.run(tuple(opts.float_nodes))
+            candidate, record = check.run(tuple(opts.float_nodes), opts.bias_correction)
         move_into_place(candidate, backend, out, precision_onnx)
         quantization = check.quantizer.report()
     finally:
@@ -225,16 +228,20 @@ def _checked_int8(src, out, precision_onnx, backend, profile, meta, opts: BuildO
         "precision": "int8",
         "calibration": {"folder": str(calibration.folder), "images": len(calibration.files), "skipped": len(calibration.skipped),
                         "sha256": calibration.sha256, **quantization},
-        "int8": int8_details(encoding, record["float_nodes"]),
+        "int8": int8_details(encoding, record["float_nodes"], record["bias_correction"]),
     }  # fmt: skip
     return transform, candidate.build_info, record
 
 
 def _as_built(opts: BuildOptions, int8_check: dict | None) -> BuildOptions:
-    """The options that rebuild exactly this engine: a repair's float nodes, given by name, and no new search."""
-    if not int8_check or tuple(int8_check["float_nodes"]) == tuple(opts.float_nodes):
+    """The options that rebuild exactly this engine: a repair's float nodes, given by name, its bias
+    correction, and no new search."""
+    if not int8_check or (tuple(int8_check["float_nodes"]), int8_check["bias_correction"]) == (
+        tuple(opts.float_nodes),
+        opts.bias_correction,
+    ):
         return opts
-    return replace(opts, float_nodes=tuple(int8_check["float_nodes"]), int8_repair="off")
+    return replace(opts, float_nodes=tuple(int8_check["float_nodes"]), bias_correction=int8_check["bias_correction"], int8_repair="off")
 
 
 def rebuild_command(src: Path, out: Path, opts: BuildOptions, backend: backends.Backend) -> str:
@@ -249,6 +256,8 @@ def rebuild_command(src: Path, out: Path, opts: BuildOptions, backend: backends.
         parts += ["--int8-target", opts.int8_target]
     if "float_nodes" in entry.uses and opts.float_nodes:
         parts += ["--float-nodes", ",".join(opts.float_nodes)]
+    if "bias_correction" in entry.uses and opts.bias_correction:
+        parts += ["--bias-correction"]
     if "int8_repair" in entry.uses and opts.int8_repair:
         parts += ["--int8-repair", opts.int8_repair]
     if "repair_budget" in entry.uses and opts.repair_budget:

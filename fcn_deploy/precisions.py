@@ -115,7 +115,7 @@ register(Precision(
     graph_suffix="int8-{target}",
     needs_calibration=True,
     transform="fcn_deploy.precision.int8:transform",
-    uses=frozenset({"calib_dir", "calib_method", "int8_target", "float_nodes", "int8_repair", "repair_budget", "repair_time_s"}),
+    uses=frozenset({"calib_dir", "calib_method", "int8_target", "float_nodes", "bias_correction", "int8_repair", "repair_budget", "repair_time_s"}),
     limits={"pixel_agreement": 0.99, "size_floor": 0.98, "confident_agreement": None, "min_mean_iu": 0.97,
             "confidence_margin": 2.0},
     arithmetic="int8",

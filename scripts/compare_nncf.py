@@ -2,8 +2,9 @@
 
 For one FP32 ONNX (exported or adopted) and one calibration folder it builds:
 
-* ours: ``build-engine --int8`` for OpenVINO and for ONNX Runtime (the check and the repair on), plus
-  the FP32 engines of both;
+* ours: ``build-engine --int8`` for OpenVINO and for ONNX Runtime (the check and the repair on), the
+  plain INT8 engines (``--int8-repair off``), the float-node search alone on OpenVINO
+  (``--int8-repair float-nodes``), and the FP32 engines of both;
 * NNCF, OpenVINO backend: ``nncf.quantize`` on the OpenVINO model, run on OpenVINO;
 * NNCF, OpenVINO backend with accuracy control (``quantize_with_accuracy_control``, ``max_drop``
   0.005 on pooled mask agreement with FP32, OpenVINO as the validation runtime);
@@ -42,6 +43,7 @@ from fcn_deploy.validation import InputSource, ValidateOptions, validate_engine
 from fcn_deploy.validation.metrics import METRICS
 
 MAX_SIDE = 256
+VARIANT_LABELS = {"off": ", plain (--int8-repair off)", "float-nodes": ", float nodes alone (--int8-repair float-nodes)"}
 PROFILE = Profile((1, 32, 32), (1, 256, 256), (1, 512, 512))
 
 
@@ -144,16 +146,21 @@ def main() -> None:
         timings[label] = time.perf_counter() - started
         print(f"built {label} in {timings[label]:.0f} s: {engines[label]}", flush=True)
 
-    # The plain INT8 engines (no repair) build from a copy in plain/, so that their INT8 graphs do not
-    # replace the repaired engines' beside the source.
-    plain_source = args.out / "plain" / source.name
-    plain_source.parent.mkdir(exist_ok=True)
-    plain_source.write_bytes(source.read_bytes())
-    for backend in ("openvino", "onnxruntime"):
-        for precision, repair, src in (("fp32", None, source), ("int8", "off", plain_source), ("int8", None, source)):
+    # The plain INT8 engines (no repair) and the float-node search alone build from copies in plain/ and
+    # float-nodes/, so that their INT8 graphs do not replace the default build's beside the source.
+    copies = {}
+    for repair in ("off", "float-nodes"):
+        copies[repair] = args.out / ("plain" if repair == "off" else repair) / source.name
+        copies[repair].parent.mkdir(exist_ok=True)
+        copies[repair].write_bytes(source.read_bytes())
+    variants = {"openvino": [None, "off", "float-nodes", "default"], "onnxruntime": [None, "off", "default"]}
+    for backend, repairs in variants.items():
+        for repair in repairs:
+            precision = "fp32" if repair is None else "int8"
+            src = copies.get(repair, source)
             options = BuildOptions(precision=precision, backend=backend, calib_dir=args.calib, min_shape=PROFILE.min[1:],
-                                   max_shape=PROFILE.max[1:], int8_repair=repair)  # fmt: skip
-            label = f"ours {backend} {precision}" + (", plain (--int8-repair off)" if repair else "")
+                                   max_shape=PROFILE.max[1:], int8_repair=None if repair == "default" else repair)  # fmt: skip
+            label = f"ours {backend} {precision}" + VARIANT_LABELS.get(repair or "", "")
             try:
                 timed(label, lambda: src.parent / build_engine(src, None, options)["engine"])  # noqa: B023 - called at once
             except CheckFailed as exc:  # no repair within the budget: a row that says so

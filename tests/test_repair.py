@@ -2,8 +2,9 @@
 
 The model is torchvision's LR-ASPP MobileNetV3 (half width), trained for a few minutes on the
 synthetic scenes and adopted (``tests/data/README.md`` says how).  Its plain OpenVINO INT8 engine
-fails ``validate`` at the product thresholds; ``build-engine --int8`` finds the nodes to keep in
-float, and the engine it writes passes at sizes the repair never saw.  The calibration images are
+fails ``validate`` at the product thresholds; ``build-engine --int8`` corrects its conv biases (which
+is enough here, with no node kept in float), and the engine it writes passes at sizes the repair never
+saw.  The float-node search alone (``--int8-repair float-nodes``) repairs it too, behind ``slow``.  The calibration images are
 the default set (``fcn-deploy calib-data``: synthetic scenes from the held-out calibration seed).
 """
 
@@ -59,18 +60,87 @@ def foreign(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def repaired(foreign) -> Path:
-    """The engine ``build-engine --int8`` repairs (about 25 checked trials: a minute or two on 2 cores)."""
+    """The engine ``build-engine --int8`` repairs: the biases corrected, two checked builds (seconds)."""
     engine = foreign["root"] / "repaired" / "lraspp.int8.openvino.xml"
-    assert build(foreign["src"], engine, foreign["calib"]) == 0
+    assert build(own_copy(foreign["src"], engine.parent), engine, foreign["calib"]) == 0
     return engine
+
+
+@pytest.fixture(scope="module")
+def searched(foreign) -> Path:
+    """The engine the float-node search alone repairs (about 50 checked trials: two minutes on 2 cores)."""
+    engine = foreign["root"] / "searched" / "lraspp.int8.openvino.xml"
+    assert build(own_copy(foreign["src"], engine.parent), engine, foreign["calib"], "--int8-repair", "float-nodes") == 0
+    return engine
+
+
+def own_copy(src: Path, folder: Path) -> Path:
+    """``src`` copied into ``folder``: the precision graph is written beside its source, so an engine whose
+    rebuild is compared byte for byte needs a source no other test builds from (tests run in random order)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(src, folder / src.name))
 
 
 def files_under(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if ".cache" not in p.parts}
 
 
+def test_plain_int8_fails_and_the_bias_corrected_engine_passes_at_sizes_the_repair_never_saw(foreign, repaired, tmp_path):
+    code, plain = validate(foreign["plain"], foreign["src"], tmp_path / "plain.json")
+    assert code == 1 and not plain["passed"], plain["summary"]
+    code, fixed = validate(repaired, foreign["src"], tmp_path / "repaired.json")
+    assert code == 0 and fixed["passed"], (fixed["summary"], fixed["failures"])
+    assert fixed["summary"]["min_pixel_agreement"] > plain["summary"]["min_pixel_agreement"]
+    assert plain["failing_sizes"] and not fixed["failing_sizes"]
+
+    manifest = json.loads(manifest_path(repaired).read_text())
+    check = manifest["int8_check"]
+    assert not {(c["height"], c["width"]) for c in fixed["cases"]} & {tuple(s) for s in check["sizes"]}
+    # the plain engine missed the margin; the corrected one reached it, so no float node was searched for
+    assert check["repair"] == "auto" and not check["before"]["passed_with_margin"] and check["after"]["passed_with_margin"]
+    assert check["bias_correction"] is True and check["after"] == check["bias_corrected"] and check["after"]["bias_correction"]
+    assert check["float_nodes"] == [] and check["trials"] == [] and check["corrected_convs"] > 20
+    assert check["after"]["mean_iu"] > check["before"]["mean_iu"]
+    assert manifest["transform"]["int8"]["bias_correction"] != "none" and manifest["transform"]["int8"]["float_nodes"] == []
+    plain_check = json.loads(manifest_path(foreign["plain"]).read_text())["int8_check"]
+    assert check["int8_compute_share"] == plain_check["int8_compute_share"]  # every node as INT8 as the plain engine's
+    assert plain_check["bias_correction"] is False and plain_check["bias_corrected"] is None
+
+
+def test_the_rebuild_command_reproduces_the_bias_corrected_graph_byte_for_byte(repaired, tmp_path):
+    manifest = json.loads(manifest_path(repaired).read_text())
+    command = shlex.split(manifest["rebuild_command"])
+    assert "--bias-correction" in command and command[command.index("--int8-repair") + 1] == "off" and "--float-nodes" not in command
+    engine, command = rebuild_elsewhere(repaired, command, tmp_path)
+    assert main(command[1:]) == 0
+    rebuilt = json.loads(manifest_path(engine).read_text())
+    assert rebuilt["int8_check"]["bias_correction"] is True and rebuilt["int8_check"]["bias_corrected"] is None  # given, not searched
+    assert Path(rebuilt["precision_onnx"]).read_bytes() == Path(manifest["precision_onnx"]).read_bytes()
+    assert rebuilt["precision_onnx_sha256"] == manifest["precision_onnx_sha256"]
+    assert engine.with_suffix(".bin").read_bytes() == repaired.with_suffix(".bin").read_bytes()
+    assert ov_names_aside(engine.read_bytes()) == ov_names_aside(repaired.read_bytes())
+
+
+def rebuild_elsewhere(engine: Path, command: list[str], folder: Path) -> tuple[Path, list[str]]:
+    """The rebuild command pointed at a copy of the engine's folder (its source ONNX included), so the
+    module's engine stays as built for the other tests, whatever order they run in."""
+    copy = folder / "rebuild"
+    shutil.copytree(engine.parent, copy)
+    return copy / engine.name, [arg.replace(str(engine.parent.resolve()), str(copy.resolve())) for arg in command]
+
+
+def test_inspect_shows_the_bias_correction(repaired, tmp_path, capsys):
+    report_path = tmp_path / "inspect.json"
+    assert main(["inspect", str(repaired), "--report", str(report_path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    shown = json.loads(report_path.read_text())["int8_check"]
+    assert shown["bias_correction"] is True and shown["corrected_convs"] > 20 and shown["float_nodes"] == []
+    assert f"with the biases of {shown['corrected_convs']} conv(s) corrected" in out
+
+
 @pytest.mark.slow
-def test_plain_int8_fails_and_the_repaired_engine_passes_at_sizes_the_repair_never_saw(foreign, repaired, tmp_path):
+def test_plain_int8_fails_and_the_float_node_search_passes_at_sizes_the_repair_never_saw(foreign, searched, tmp_path):
+    repaired = searched
     code, plain = validate(foreign["plain"], foreign["src"], tmp_path / "plain.json")
     assert code == 1 and not plain["passed"], plain["summary"]
     code, fixed = validate(repaired, foreign["src"], tmp_path / "repaired.json")
@@ -84,8 +154,9 @@ def test_plain_int8_fails_and_the_repaired_engine_passes_at_sizes_the_repair_nev
     check = manifest["int8_check"]
     assert not {(c["height"], c["width"]) for c in fixed["cases"]} & {tuple(s) for s in check["sizes"]}
     # the plain engine scraped through the check without the margin (and then failed validate); the repair reached it
-    assert check["repair"] == "auto" and not check["before"]["passed_with_margin"] and check["after"]["passed_with_margin"]
+    assert check["repair"] == "float-nodes" and not check["before"]["passed_with_margin"] and check["after"]["passed_with_margin"]
     assert check["before"]["margin_failures"] and not check["after"]["margin_failures"]
+    assert check["bias_corrected"] is None and check["bias_correction"] is False  # the search alone, as asked
     kept = check["float_nodes"]
     assert 1 <= len(kept) <= 24 and kept == manifest["transform"]["int8"]["float_nodes"]
     assert set(check["sensitivity"]) == set(kept)
@@ -102,7 +173,8 @@ def test_plain_int8_fails_and_the_repaired_engine_passes_at_sizes_the_repair_nev
 
 
 @pytest.mark.slow
-def test_inspect_shows_the_float_nodes_their_sensitivity_and_the_figures(repaired, tmp_path, capsys):
+def test_inspect_shows_the_float_nodes_their_sensitivity_and_the_figures(searched, tmp_path, capsys):
+    repaired = searched
     report_path = tmp_path / "inspect.json"
     assert main(["inspect", str(repaired), "--report", str(report_path)]) == 0
     out = capsys.readouterr().out
@@ -116,22 +188,22 @@ def test_inspect_shows_the_float_nodes_their_sensitivity_and_the_figures(repaire
 
 
 @pytest.mark.slow
-def test_the_rebuild_command_reproduces_the_repaired_graph_byte_for_byte(repaired):
-    engine = repaired
-    manifest = json.loads(manifest_path(engine).read_text())
+def test_the_rebuild_command_reproduces_the_searched_graph_byte_for_byte(searched, tmp_path):
+    manifest = json.loads(manifest_path(searched).read_text())
     command = shlex.split(manifest["rebuild_command"])
     assert command[:2] == ["fcn-deploy", "build-engine"] and "--float-nodes" in command and "--int8-repair" in command
+    assert "--bias-correction" not in command
     assert command[command.index("--float-nodes") + 1].split(",") == manifest["int8_check"]["float_nodes"]
-    graph = Path(manifest["precision_onnx"])
-    before = {path: path.read_bytes() for path in [graph, engine, engine.with_suffix(".bin")]}
+    engine, command = rebuild_elsewhere(searched, command, tmp_path)
     assert main(command[1:]) == 0
     rebuilt = json.loads(manifest_path(engine).read_text())
     assert rebuilt["int8_check"]["float_nodes"] == manifest["int8_check"]["float_nodes"] and rebuilt["int8_check"]["trials"] == []
-    assert graph.read_bytes() == before[graph] and rebuilt["precision_onnx_sha256"] == manifest["precision_onnx_sha256"]
-    assert engine.with_suffix(".bin").read_bytes() == before[engine.with_suffix(".bin")]  # the weights
+    assert Path(rebuilt["precision_onnx"]).read_bytes() == Path(manifest["precision_onnx"]).read_bytes()
+    assert rebuilt["precision_onnx_sha256"] == manifest["precision_onnx_sha256"]
+    assert engine.with_suffix(".bin").read_bytes() == searched.with_suffix(".bin").read_bytes()  # the weights
     # OpenVINO names the constants it creates from a counter of the process (Constant_3018160): the IR
     # is the same graph, its auto-generated names aside.
-    assert ov_names_aside(engine.read_bytes()) == ov_names_aside(before[engine])
+    assert ov_names_aside(engine.read_bytes()) == ov_names_aside(searched.read_bytes())
 
 
 def ov_names_aside(xml: bytes) -> bytes:
@@ -161,7 +233,8 @@ def test_a_budget_no_subset_meets_exits_1_with_the_best_agreement_and_what_to_tr
 
 
 @pytest.mark.parametrize(("flags", "named"), [(["--int8-repair", "off"], "--int8-repair"), (["--float-nodes", "Conv_0"], "--float-nodes"),
-                                              (["--fp16", "--repair-budget", "3"], "--repair-budget")])  # fmt: skip
+                                              (["--fp16", "--repair-budget", "3"], "--repair-budget"),
+                                              (["--fp16", "--bias-correction"], "--bias-correction")])  # fmt: skip
 def test_repair_options_on_a_non_int8_build_are_refused(foreign, tmp_path, capsys, flags, named):
     out = tmp_path / "x.xml"
     code = main(["build-engine", str(foreign["src"]), "-o", str(out), "--backend", BACKEND, *flags])
@@ -174,6 +247,13 @@ def test_a_repair_budget_below_one_is_refused(foreign, tmp_path, capsys):
     code = build(foreign["src"], tmp_path / "x.xml", foreign["calib"], "--repair-budget", "0")
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--repair-budget" in err and len(err.splitlines()) == 1
+    assert files_under(tmp_path) == set()
+
+
+def test_an_unknown_repair_mode_is_refused_with_the_modes(foreign, tmp_path, capsys):
+    code = build(foreign["src"], tmp_path / "x.xml", foreign["calib"], "--int8-repair", "bias")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "auto, float-nodes, off" in err, err
     assert files_under(tmp_path) == set()
 
 
@@ -200,7 +280,7 @@ def test_a_plain_engine_that_passes_without_the_margin_is_kept_when_no_repair_re
     """The plain engine passes the check's thresholds but not the margin: the search runs, and when it
     runs out of time the plain engine is written (it passes), with a warning, rather than nothing."""
     engine = tmp_path / "lraspp.int8.openvino.xml"
-    code = build(foreign["src"], engine, foreign["calib"], "--repair-time", "0.001")
+    code = build(foreign["src"], engine, foreign["calib"], "--repair-time", "0.001", "--int8-repair", "float-nodes")
     out = " ".join(capsys.readouterr().out.split())
     assert code == 0, out
     check = json.loads(manifest_path(engine).read_text())["int8_check"]
@@ -221,6 +301,7 @@ def test_an_engine_that_passes_its_check_is_left_as_a_plain_build_writes_it(tiny
         assert main([*args, "--calib", str(tiny_calibration), "--int8-repair", mode]) == 0
     check = json.loads(manifest_path(engines["auto"]).read_text())["int8_check"]
     assert check["before"]["passed_with_margin"] and check["float_nodes"] == [] and check["trials"] == [] and check["worst_nodes"] == []
+    assert check["bias_corrected"] is None and check["bias_correction"] is False  # nothing to correct: the plain graph
     off = json.loads(manifest_path(engines["off"]).read_text())["int8_check"]
     assert check["int8_compute_share"] == off["int8_compute_share"] > 0.98  # only the upsampling ConvTranspose is float
     assert engines["auto"].read_bytes() == engines["off"].read_bytes()

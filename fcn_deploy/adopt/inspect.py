@@ -163,7 +163,8 @@ def _probe(path: Path, model, image, meta: dict, report: dict, problems: list[st
 
 
 def _check_summary(check: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What an INT8 build's own check recorded: the nodes kept in float with their sensitivity, and the figures before and after."""
+    """What an INT8 build's own check recorded: the nodes kept in float with their sensitivity, the bias
+    correction, and the figures before and after."""
     if not check:
         return None
     keys = ("pixel_agreement", "min_size_agreement", "mean_iu", "passed")
@@ -171,6 +172,7 @@ def _check_summary(check: dict[str, Any] | None) -> dict[str, Any] | None:
         "float_nodes": check.get("float_nodes", []), "sensitivity": check.get("sensitivity", {}),
         "before": {k: check["before"].get(k) for k in keys}, "after": {k: check["after"].get(k) for k in keys},
         "int8_compute_share": check.get("int8_compute_share"), "runs_on": check.get("runs_on"), "sizes": check.get("sizes"),
+        "bias_correction": bool(check.get("bias_correction")), "corrected_convs": check.get("corrected_convs", 0),
     }  # fmt: skip
 
 

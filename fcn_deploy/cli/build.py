@@ -132,8 +132,18 @@ def build_engine_command(
     float_nodes: Annotated[
         Optional[str], typer.Option("--float-nodes", help="INT8: keep these nodes (comma-separated names) in float.")
     ] = None,
+    bias_correction: Annotated[
+        bool,
+        typer.Option(
+            "--bias-correction", help="INT8: fold each quantized conv's mean output error on the calibration images into its bias."
+        ),
+    ] = False,
     int8_repair: Annotated[
-        Optional[str], typer.Option("--int8-repair", help="INT8: auto (check the compiled engine, repair it when it fails) or off.")
+        Optional[str],
+        typer.Option(
+            "--int8-repair",
+            help="INT8: auto (check the compiled engine; if it fails, correct the biases, then keep nodes in float), float-nodes or off.",
+        ),
     ] = None,
     repair_budget: Annotated[
         Optional[int], typer.Option("--repair-budget", help="INT8 repair: the most nodes kept in float (default 24).")
@@ -157,7 +167,8 @@ def build_engine_command(
         precision=chosen[0] if chosen else "fp32", backend=backend, min_shape=parse_hw(min_shape, "--min-shape"),
         opt_shape=parse_hw(opt_shape, "--opt-shape"), max_shape=parse_hw(max_shape, "--max-shape"), batch=parse_batch(batch),
         calib_dir=calib, calib_method=calib_method or "minmax", int8_target=int8_target,
-        float_nodes=tuple(n.strip() for n in (float_nodes or "").split(",") if n.strip()), int8_repair=int8_repair,
+        float_nodes=tuple(n.strip() for n in (float_nodes or "").split(",") if n.strip()), bias_correction=bias_correction,
+        int8_repair=int8_repair,
         repair_budget=repair_budget, repair_time_s=repair_time,
         backend_options={k: v for k, v in backend_options.items() if v is not None},
     )  # fmt: skip

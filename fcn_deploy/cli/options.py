@@ -16,7 +16,8 @@ from .app import console
 #: The library's option names (FcnDeployError.options) -> this CLI's flags.
 FLAGS = {
     "backend": "--backend", "precision": "--precision", "out": "--out", "calib_dir": "--calib", "calib_method": "--calib-method",
-    "int8_target": "--int8-target", "float_nodes": "--float-nodes", "int8_repair": "--int8-repair", "repair_budget": "--repair-budget", "repair_time_s": "--repair-time",
+    "int8_target": "--int8-target", "float_nodes": "--float-nodes", "bias_correction": "--bias-correction", "int8_repair": "--int8-repair",
+    "repair_budget": "--repair-budget", "repair_time_s": "--repair-time",
     "min_shape": "--min-shape", "opt_shape": "--opt-shape", "max_shape": "--max-shape", "batch": "--batch",
     "sizes": "--sizes", "images": "--images", "emulate_fp16": "--emulate-fp16", "server": "--server", "model": "--model",
     "host": "--host", "http_port": "--http-port", "grpc_port": "--grpc-port", "metrics_port": "--metrics-port",

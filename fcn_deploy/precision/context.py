@@ -25,4 +25,6 @@ class TransformContext:
     float_nodes: tuple[str, ...] = ()
     #: INT8: the dtype float nodes and unquantized ops compute in ("float32", or "float16" on TensorRT).
     float_dtype: str = "float32"
+    #: INT8: fold each quantized conv's mean output error into its bias (:mod:`.bias`).
+    bias_correction: bool = False
     listener: Listener = field(default=SILENT)

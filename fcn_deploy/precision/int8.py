@@ -55,6 +55,7 @@ from ..errors import FcnDeployError
 from ..events import SILENT, Listener
 from ..onnxkit.graph import name_nodes
 from . import cache, fp16
+from .bias import BIAS_CORRECTION, BiasCorrection
 from .context import TransformContext
 from .qdq import drop_input_qdq, float_ops_in_fp16, quantized_inputs, residual_add_inputs, whole_hardswish
 
@@ -188,6 +189,8 @@ class Quantizer:
         self.float_ops = str(INT8_ENCODINGS[encoding]["float_ops"])
         #: Nodes whose values exceed FP16's range, kept FP32 when the float ops are FP16.
         self.kept_fp32 = fp16.overflowing_nodes(self.prepared, calibration, fp16.FP16_DATA_MAX) if self.float_ops == "float16" else []
+        self._bias: BiasCorrection | None = None  # measured on first use, shared by every quantize()
+        self.corrected_convs = 0
 
     def close(self) -> None:
         self._tmp.cleanup()
@@ -202,8 +205,9 @@ class Quantizer:
         """The nodes of the prepared graph whose op type is quantized (candidates to keep in float)."""
         return [node.name for node in self.prepared.graph.node if node.op_type in INT8_OP_TYPES]
 
-    def quantize(self, float_nodes: tuple[str, ...] | list[str] = ()) -> onnx.ModelProto:
-        """The Q/DQ graph with ``float_nodes`` kept in float (float weights, float inputs)."""
+    def quantize(self, float_nodes: tuple[str, ...] | list[str] = (), bias_correction: bool = False) -> onnx.ModelProto:
+        """The Q/DQ graph with ``float_nodes`` kept in float (float weights, float inputs), and with
+        each quantized conv's bias corrected (:mod:`.bias`) when ``bias_correction``."""
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         unknown = sorted(set(float_nodes) - self.node_names)
@@ -240,6 +244,10 @@ class Quantizer:
         drop_input_qdq(quantized, self.residual)
         if float_nodes:  # an excluded node may still read a tensor another consumer quantizes: give it the float one
             drop_input_qdq(quantized, [pair for name in float_nodes for pair in quantized_inputs(quantized, name)])
+        if bias_correction:
+            if self._bias is None:
+                self._bias = BiasCorrection(self.prepared, self.calibration.batches)
+            self.corrected_convs = self._bias.apply(quantized)
         if self.float_ops == "float16":
             quantized = float_ops_in_fp16(quantized, self.kept_fp32)
         return quantized
@@ -260,11 +268,12 @@ def convert_int8(
     encoding: str = "int8-symmetric",
     float_nodes: tuple[str, ...] | list[str] = (),
     listener: Listener = SILENT,
+    bias_correction: bool = False,
 ) -> tuple[onnx.ModelProto, dict[str, object]]:
     """Q/DQ INT8 graph with ``encoding`` activations, calibrated on ``calibration``; returns it and a report.
     ``float_nodes`` keep float weights and read float inputs."""
     with Quantizer(model, calibration, method, cache_dir, encoding, listener) as quantizer:
-        return quantizer.quantize(float_nodes), quantizer.report()
+        return quantizer.quantize(float_nodes, bias_correction), quantizer.report()
 
 
 def transform(model: onnx.ModelProto, context: TransformContext) -> tuple[onnx.ModelProto, dict[str, Any]]:
@@ -275,16 +284,16 @@ def transform(model: onnx.ModelProto, context: TransformContext) -> tuple[onnx.M
     require_images(calibration, context.calib_method)
     quantized, details = convert_int8(
         model, calibration, context.calib_method, cache_dir=context.cache_dir, encoding=context.encoding,
-        float_nodes=context.float_nodes, listener=context.listener,
+        float_nodes=context.float_nodes, listener=context.listener, bias_correction=context.bias_correction,
     )  # fmt: skip
     return quantized, {
         "calibration": details,
         "props": {"fcn_deploy.int8_encoding": context.encoding},
-        "int8": int8_details(context.encoding, context.float_nodes),
+        "int8": int8_details(context.encoding, context.float_nodes, context.bias_correction),
     }
 
 
-def int8_details(encoding_name: str, float_nodes: tuple[str, ...] | list[str]) -> dict[str, object]:
+def int8_details(encoding_name: str, float_nodes: tuple[str, ...] | list[str], bias_correction: bool = False) -> dict[str, object]:
     """What the manifest records about an INT8 graph's quantization."""
     encoding = INT8_ENCODINGS[encoding_name]
     return {
@@ -298,6 +307,7 @@ def int8_details(encoding_name: str, float_nodes: tuple[str, ...] | list[str]) -
         "hardswish": encoding["hardswish"],
         "excluded_ops": ["ConvTranspose (kept float: quantizing the bilinear upsampling lowered agreement; README)"],
         "float_nodes": list(float_nodes),
+        "bias_correction": BIAS_CORRECTION if bias_correction else "none",
         "float_ops": encoding["float_ops"]
         if encoding["float_ops"] != "float16"
         else "float16 (FP32 where values exceed FP16 range; I/O float32)",

@@ -29,6 +29,7 @@ from ..validation.metrics import METRICS
 #: The share of each gate's headroom the repair keeps in reserve.
 REPAIR_MARGIN = 0.25
 DEFAULT_BUDGET = 24
+REPAIR_MODES = ("auto", "float-nodes", "off")
 DEFAULT_TIME_LIMIT_S = 1200.0
 #: How far past the budget the reverted prefix may grow before step 3 trims it.
 GROWTH = 2
@@ -36,7 +37,8 @@ GROWTH = 2
 
 @dataclass
 class RepairOptions:
-    #: ``auto``: check the compiled INT8 engine, search when it fails; ``off``: check and record only.
+    #: ``auto``: check the compiled INT8 engine; when it fails, correct the biases, then search float
+    #: nodes; ``float-nodes``: the search without the bias correction; ``off``: check and record only.
     mode: str = "auto"
     #: The most nodes the search may keep in float.
     budget: int = DEFAULT_BUDGET
@@ -60,6 +62,8 @@ class Trial:
     #: What misses the margin when the product thresholds pass.
     margin_failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: Whether the graph's conv biases were corrected (:mod:`.bias`).
+    bias_correction: bool = False
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)

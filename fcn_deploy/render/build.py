@@ -25,6 +25,8 @@ def render_build(console: Console, manifest: dict[str, Any], engine: Path) -> No
         after = check["after"]
         verdict = "[green]passed[/]" if after["passed"] else "[red]FAILED[/]"
         repaired = f", {len(check['float_nodes'])} node(s) kept in float" if check["float_nodes"] else ""
+        if check.get("bias_correction"):
+            repaired += f", biases of {check.get('corrected_convs', 0)} conv(s) corrected"
         share = check.get("int8_compute_share")
         console.print(
             f"INT8 check on {escape(check['runs_on'])} at {len(check['sizes'])} sizes: {verdict}{repaired}; agreement "

@@ -66,6 +66,12 @@ def print_inspection(console: Console, report: dict[str, Any]) -> None:
             f"INT8 check ({escape(str(check['runs_on']))}, {len(check['sizes'] or [])} sizes): agreement {before['pixel_agreement']:.4%} as "
             f"quantized"
             + (f", {after['pixel_agreement']:.4%} with {len(kept)} node(s) kept in float" if kept else "")
+            + (
+                f", {after['pixel_agreement']:.4%} with the biases of {check.get('corrected_convs', 0)} conv(s) corrected"
+                if check.get("bias_correction") and not kept
+                else ""
+            )
+            + (f" and the biases of {check.get('corrected_convs', 0)} conv(s) corrected" if check.get("bias_correction") and kept else "")
             + (f"; {check['int8_compute_share']:.1%} of the convolution work in INT8" if check.get("int8_compute_share") else "")
         )
         for name in kept:
