@@ -8,11 +8,13 @@ CPU) on held-out image-like inputs at sizes across the profile that ``validate``
 use, at the product thresholds.
 
 * It passes: the engine and its graph are moved into place, unchanged from a build without the check.
-* It fails: the nodes are ranked by the error each introduces on this backend
+* It fails (or passes without the repair's margin): first the conv biases are corrected
+  (:mod:`.precision.bias`: no node leaves INT8, so the engine stays as fast) and the engine checked
+  again; if that is not enough, the nodes are ranked by the error each introduces on this backend
   (:mod:`.precision.attribution`), and :func:`.precision.repair.search` finds the fewest to keep in
-  float (FP32 on CPU targets; the INT8 target's float type elsewhere) until the check passes with a
-  margin.  No passing set within the budget: :class:`~fcn_deploy.errors.CheckFailed`, and nothing is
-  written under the engine's name.
+  float, on the better of the plain and the corrected graph (FP32 on CPU targets; the INT8 target's
+  float type elsewhere), until the check passes with a margin.  No passing set within the budget:
+  :class:`~fcn_deploy.errors.CheckFailed`, and nothing is written under the engine's name.
 """
 
 from __future__ import annotations
@@ -129,6 +131,8 @@ class Candidate:
     engine: Path
     build_info: dict[str, Any]
     trial: Trial
+    #: How many conv biases the graph has corrected (0 without bias correction).
+    corrected_convs: int = 0
 
 
 def _better(a: Trial, b: Trial) -> bool:
@@ -174,6 +178,7 @@ class CheckedInt8Build:
         folder = self.scratch / f"trial-{self.count}"
         folder.mkdir()
         graph = self.quantizer.quantize(float_nodes, bias_correction)
+        corrected = self.quantizer.corrected_convs if bias_correction else 0
         write_onnx_meta(graph, self.meta, self.props)
         graph_path = save_onnx(graph, folder / "graph.onnx")
         engine = folder / self.engine.name
@@ -183,7 +188,7 @@ class CheckedInt8Build:
         with self.backend.open(engine, manifest) as runner:
             report = validate(runner, self.reference, self.sizes, self.thresholds, inputs=self.inputs, batch_sizes=self.batches)
         trial = summarise(report, tuple(float_nodes), self.margin_thresholds, time.perf_counter() - started, bias_correction)
-        self.candidates[key] = Candidate(graph_path, engine, build_info, trial)
+        self.candidates[key] = Candidate(graph_path, engine, build_info, trial, corrected)
         return self.candidates[key]
 
     def rank(self, failing: Trial) -> list[dict[str, Any]]:
@@ -235,7 +240,7 @@ class CheckedInt8Build:
         sensitivity = {r["name"]: {k: r[k] for k in ("op_type", "rel_l2", "cosine", "introduced")} for r in ranking}
         record.update(
             after=chosen.trial.to_dict(), float_nodes=list(chosen.trial.float_nodes), bias_correction=chosen.trial.bias_correction,
-            corrected_convs=self.quantizer.corrected_convs if chosen.trial.bias_correction else 0,
+            corrected_convs=chosen.corrected_convs,
             sensitivity={name: sensitivity.get(name) for name in chosen.trial.float_nodes} if ranking else {},
             worst_nodes=ranking[:10], int8_compute_share=int8_compute_share(self.quantizer.prepared, chosen.trial.float_nodes),
             seconds=time.perf_counter() - started,

@@ -131,7 +131,8 @@ class BiasCorrection:
 
     def apply(self, quantized: onnx.ModelProto) -> int:
         """Fold the corrections into ``quantized``'s biases, in place; returns how many convs were corrected."""
-        convs = [c for c in quantized_convs(quantized, self.prepared) if c.name in {n.name for n in self.prepared.graph.node}]
+        fp32_nodes = {node.name for node in self.prepared.graph.node}
+        convs = [c for c in quantized_convs(quantized, self.prepared) if c.name in fp32_nodes]
         self._measure(convs)
         by_bias = {c.bias: self.deltas[c.name] for c in convs}
         for init in quantized.graph.initializer:
