@@ -340,17 +340,22 @@ def test_openvino_argmax_in_the_graph_picks_the_first_maximum_as_numpy_does():
                 np.testing.assert_array_equal(mask, np.argmax(logits, axis=1))
 
 
-def test_openvino_mask_only_calls_run_the_argmax_graph_with_the_same_masks(openvino_engines):
+@pytest.mark.parametrize(("precision", "size"), [("int8", (96, 128)), ("int8", (97, 131)), ("fp32", (61, 200))])
+def test_openvino_mask_only_calls_run_the_argmax_graph_with_the_same_masks(openvino_engines, precision, size):
     """The second call of a shape without logits compiles the static mask graph: its masks equal
-    the logits' argmax, it returns no logits, and a call wanting logits still gets them."""
-    runner = open_runner(openvino_engines["int8"])
-    batch = preprocess(np.stack([make_scene(9, i, 96, 128)[0] for i in range(2)]), runner.meta.mean, runner.meta.std)
+    the logits' argmax, it returns no logits, and a call wanting logits still gets them.  The FCN's
+    argmax runs before its final upsampling there (the labels are interleaved by DepthToSpace)."""
+    runner = open_runner(openvino_engines[precision])
+    batch = preprocess(np.stack([make_scene(9, i, *size)[0] for i in range(2)]), runner.meta.mean, runner.meta.std)
     full = runner.infer(batch)
     for _ in range(3):  # first sight: the dynamic graph; then the static mask graph
         quick = runner.infer(batch, need_logits=False)
         assert quick.logits is None
         np.testing.assert_array_equal(quick.mask, full.mask)
     assert ((batch.shape, True, False) in runner._static) and runner._static[(batch.shape, True, False)][1:] == (None, 0)
+    compiled = runner._static[(batch.shape, True, False)][0].get_compiled_model()
+    layers = [op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()]
+    assert "DepthToSpace" in layers
     again = runner.infer(batch)
     np.testing.assert_array_equal(again.logits, full.logits)
 

@@ -4,7 +4,8 @@ Each edit keeps the engine's arithmetic and moves work the caller would do aroun
 slow kernel, into one that runs faster on the same threads:
 
 * :func:`with_matmul_upsampling`: the final bilinear resize of the logits as two matrix products;
-* :func:`with_argmax_mask`: the mask as the graph's output instead of the float logits;
+* :func:`with_argmax_mask`: the mask as the graph's output instead of the float logits, taken
+  before a final strided upsampling where there is one (:func:`phase_kernels`);
 * :func:`with_image_input`: uint8 images in, normalised inside the graph.
 """
 
@@ -80,6 +81,117 @@ def with_matmul_upsampling(model) -> int:
     return rewritten
 
 
+def phase_kernels(weights: np.ndarray, stride: int) -> np.ndarray:
+    """The grouped-convolution kernels of the ``stride x stride`` output phases of a depthwise
+    transposed convolution with ``weights`` (``C x 1 x k_h x k_w``): ``C x stride² x 1 x T_h x T_w``,
+    ``T = ceil(k / stride)``, output channel ``r_h * stride + r_w`` of group ``c`` computing the
+    outputs at rows ``r_h`` and columns ``r_w`` modulo the stride (before the transposed
+    convolution's padding is cut off).
+
+    A transposed convolution's output ``s q + r`` is ``sum_t x[q - t] w[s t + r]``: per phase ``r`` an
+    ordinary convolution of the input with every ``s``-th tap, flipped, over ``T - 1`` pixels of zero
+    padding before the input."""
+    channels, _, k_h, k_w = weights.shape
+    taps_h, taps_w = -(-k_h // stride), -(-k_w // stride)
+    kernels = np.zeros((channels, stride * stride, 1, taps_h, taps_w), weights.dtype)
+    for r_h in range(stride):
+        for r_w in range(stride):
+            for j_h in range(taps_h):
+                for j_w in range(taps_w):
+                    tap_h, tap_w = stride * (taps_h - 1 - j_h) + r_h, stride * (taps_w - 1 - j_w) + r_w
+                    if tap_h < k_h and tap_w < k_w:
+                        kernels[:, r_h * stride + r_w, 0, j_h, j_w] = weights[:, 0, tap_h, tap_w]
+    return kernels
+
+
+def _folded_twins(model) -> dict[str, Any]:
+    """The ops of a constant-folded copy of ``model`` by friendly name: the values behind the shape
+    arithmetic and reshaped weights of the original, which itself stays unfolded (its INT8 weights
+    must reach the CPU plugin as the quantized pattern they are)."""
+    from openvino.passes import ConstantFolding, Manager
+
+    folded = model.clone()
+    for op in folded.get_ops():  # the frontend keeps shape arithmetic from folding; the copy is only read
+        info = op.get_rt_info()
+        if "DisableConstantFolding_0" in info:
+            del info["DisableConstantFolding_0"]
+    manager = Manager()
+    manager.register_pass(ConstantFolding())
+    manager.run_passes(folded)
+    return {op.get_friendly_name(): op for op in folded.get_ops()}
+
+
+def _constant(twins: dict[str, Any], output) -> np.ndarray | None:
+    twin = twins.get(output.get_node().get_friendly_name())
+    if twin is None:
+        return None
+    return twin.get_data() if twin.get_type_name() == "Constant" else None
+
+
+def _widens(convert) -> bool:
+    source, target = convert.input_value(0).get_element_type(), convert.get_output_element_type(0)
+    return source.is_real() and target.is_real() and target.bitwidth >= source.bitwidth
+
+
+def _labels_before_upsampling(model, logits, index_type: str):
+    """The argmax of ``logits`` taken before a final depthwise transposed convolution (FCN's
+    learned upsampling), or None where the logits do not end in one.
+
+    The transposed convolution with stride ``s`` becomes a grouped convolution to its ``s²`` output
+    phases per class (:func:`phase_kernels`) at the coarse resolution; the argmax over the classes
+    runs there, on ``s²``-times fewer pixels per plane and in planar layout, and only the labels are
+    interleaved into the fine grid (DepthToSpace) and cut as the original cut its output.  The
+    sums are the transposed convolution's own (in another order), so the labels are its logits'
+    argmax; the spatial crops that follow it (Slice) are applied to the labels instead."""
+    import openvino.opset11 as ops
+
+    crops, node = [], logits.get_node()
+    twins = None
+    while node.get_type_name() in ("Slice", "Convert"):
+        if node.get_type_name() == "Convert" and not _widens(node):
+            return None  # a narrowing convert can make ties the wider logits do not have
+        if node.get_type_name() == "Slice":
+            twins = twins or _folded_twins(model)
+            values = [_constant(twins, node.input_value(i)) for i in range(1, node.get_input_size())]
+            if any(v is None for v in values) or len(values) != 4:
+                return None
+            axes = [int(a) % 4 for a in values[3]]
+            if not set(axes) <= {2, 3}:
+                return None
+            crops.append((values[0], values[1], values[2], np.array(axes, np.int64)))
+        node = node.input_value(0).get_node()
+    if node.get_type_name() != "GroupConvolutionBackpropData" or node.get_input_size() != 2:
+        return None
+    attrs = node.get_attributes()
+    strides = attrs["strides"]
+    data, out = node.input_value(0).get_partial_shape(), node.output(0).get_partial_shape()
+    if len(strides) != 2 or strides[0] != strides[1] or strides[0] < 2 or any(d != 1 for d in attrs["dilations"]):
+        return None
+    if data.is_dynamic or out.is_dynamic or attrs.get("auto_pad", "explicit") != "explicit":
+        return None
+    weights = _constant(twins or _folded_twins(model), node.input_value(1))
+    (n, channels, height, width), (_, _, out_h, out_w) = data.to_shape(), out.to_shape()
+    if weights is None or weights.ndim != 5 or weights.shape[:3] != (channels, 1, 1):
+        return None
+    stride, begin = strides[0], attrs["pads_begin"]
+    kernels = phase_kernels(weights.reshape(channels, 1, *weights.shape[3:]), stride)
+    taps_h, taps_w = kernels.shape[3:]
+    rows, columns = -(-(begin[0] + out_h) // stride), -(-(begin[1] + out_w) // stride)  # phase-grid size the crop needs
+    phases = ops.group_convolution(node.input_value(0), ops.constant(kernels), [1, 1], [taps_h - 1, taps_w - 1],
+                                   [max(0, rows - height), max(0, columns - width)], [1, 1])  # fmt: skip
+    rows, columns = phases.get_output_partial_shape(0).to_shape()[2:]
+    per_class = ops.reshape(phases, np.array([n, channels, stride * stride, rows, columns], np.int64), False)
+    top = ops.topk(per_class, np.int64(1), axis=1, mode="max", sort="none", index_element_type="i32")
+    labels = top.output(1) if index_type == "i32" else ops.convert(top.output(1), index_type).output(0)
+    labels = ops.reshape(labels, np.array([n, stride * stride, rows, columns], np.int64), False)
+    fine = ops.depth_to_space(labels, "depth_first", stride)
+    labels = ops.slice(fine, np.array(begin, np.int64), np.array([begin[0] + out_h, begin[1] + out_w], np.int64),
+                       np.array([1, 1], np.int64), np.array([2, 3], np.int64))  # fmt: skip
+    for start, stop, step, axes in reversed(crops):
+        labels = ops.slice(labels, start, stop, step, axes)
+    return ops.squeeze(labels, np.array([1], np.int64)).output(0)
+
+
 def with_argmax_mask(model, logits_index: int, dtype: type) -> Any:
     """``model`` with its logits output replaced by their argmax over the classes (``uint8`` up to
     256 classes, else ``int32``), the first maximum winning as numpy's does.
@@ -87,13 +199,18 @@ def with_argmax_mask(model, logits_index: int, dtype: type) -> Any:
     TopK with ``k=1`` and ``sort="none"``, faster than the logits output plus numpy's argmax, where
     ``sort="value", stable=True`` (documented to keep the first of equal values) costs most of the
     gain back (README, "Speed"); tests/test_backends.py holds the installed OpenVINO to numpy's
-    choice on heavily tied logits."""
+    choice on heavily tied logits.  Logits that end in a learned upsampling have their argmax taken
+    at the coarse resolution (:func:`_labels_before_upsampling`)."""
     import openvino.opset11 as ops
 
     result = model.outputs[logits_index].get_node()
-    top = ops.topk(result.input_value(0), np.int64(1), axis=1, mode="max", sort="none", index_element_type="i32")
-    labels = ops.squeeze(top.output(1), np.array([1], np.int64))
-    mask = ops.result(labels if dtype is np.int32 else ops.convert(labels, "u8"))
+    index_type = "i32" if dtype is np.int32 else "u8"
+    labels = _labels_before_upsampling(model, result.input_value(0), index_type)
+    if labels is None:
+        top = ops.topk(result.input_value(0), np.int64(1), axis=1, mode="max", sort="none", index_element_type="i32")
+        labels = ops.squeeze(top.output(1), np.array([1], np.int64))
+        labels = (labels if dtype is np.int32 else ops.convert(labels, "u8")).output(0)
+    mask = ops.result(labels)
     model.add_results([mask])
     model.remove_result(result)
     mask.output(0).get_tensor().set_names({"mask"})
