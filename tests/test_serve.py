@@ -171,27 +171,52 @@ def metric(text: str, name: str, model: str = "fcn") -> float:
 # --------------------------------------------------------------------------- the served interface
 
 
-def test_masks_over_grpc_and_http_equal_the_local_engine(server, remote, local):
+def test_masks_over_shared_memory_grpc_and_http_equal_the_local_engine(server, remote, local):
+    """The same-host client (this test's user holds the published token) sends images and gets
+    masks through system shared memory, its regions grown as the sizes grow; a gRPC-only client
+    and an HTTP client get the same masks."""
     import tritonclient.http as httpclient
 
+    assert remote.transport == "system shared memory"
     http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http}")  # gevent-based: this thread only
     classes = set()
-    try:
-        for index, (height, width) in enumerate(ODD_SIZES):
-            image = scene(index, height, width)
-            expected = local.predict(image)
-            classes |= set(np.unique(expected).tolist())
-            over_grpc = remote.infer(image)
-            tensor = httpclient.InferInput("image", [1, height, width, 3], "UINT8")
-            tensor.set_data_from_numpy(image[None], binary_data=True)
-            over_http = http.infer("fcn", [tensor]).as_numpy("mask")[0]
-            assert over_grpc.dtype == over_http.dtype == np.uint8
-            assert over_grpc.shape == over_http.shape == (height, width)
-            np.testing.assert_array_equal(over_grpc, expected)
-            np.testing.assert_array_equal(over_http, expected)
-    finally:
-        http.close()
+    with TritonModel(server.address, shared_memory=False) as plain:
+        assert plain.transport == "gRPC"
+        try:
+            for index, (height, width) in enumerate(ODD_SIZES):
+                image = scene(index, height, width)
+                expected = local.predict(image)
+                classes |= set(np.unique(expected).tolist())
+                over_shm, over_grpc = remote.infer(image), plain.infer(image)
+                tensor = httpclient.InferInput("image", [1, height, width, 3], "UINT8")
+                tensor.set_data_from_numpy(image[None], binary_data=True)
+                over_http = http.infer("fcn", [tensor]).as_numpy("mask")[0]
+                assert over_shm.dtype == over_grpc.dtype == over_http.dtype == np.uint8
+                assert over_shm.shape == over_grpc.shape == over_http.shape == (height, width)
+                for got in (over_shm, over_grpc, over_http):
+                    np.testing.assert_array_equal(got, expected)
+        finally:
+            http.close()
     assert len(classes) > 2  # the scenes segment into several classes: equality means something
+
+
+def test_shared_memory_is_refused_without_the_token_only_this_user_can_read(server, remote):
+    from fcn_deploy.backends.remote_shm import GRPC_TOKEN_HEADER, read_token, token_folder, token_path
+
+    path = token_path(server.grpc)
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and oct(token_folder().stat().st_mode & 0o777) == "0o700"
+    token = read_token(server.address)
+    assert token and token in path.read_text()
+    client = grpcclient.InferenceServerClient(server.address)
+    try:
+        for headers in (None, {GRPC_TOKEN_HEADER: token[::-1]}):  # no token, a wrong one
+            with pytest.raises(InferenceServerException, match="restricted"):
+                client.register_system_shared_memory("intruder", "/fcn-deploy-intruder", 64, headers=headers)
+            with pytest.raises(InferenceServerException, match="restricted"):
+                client.get_system_shared_memory_status(headers=headers)  # nor may anyone list the regions in use
+        assert client.get_system_shared_memory_status(headers={GRPC_TOKEN_HEADER: token}) is not None
+    finally:
+        client.close()
 
 
 def test_config_publishes_the_engine_facts_and_the_start_message_prints_them(server, remote, engines):
@@ -339,7 +364,13 @@ def test_benchmark_against_the_server_reports_each_concurrency_level(server, eng
             assert key in row, key
         assert row["throughput_rps"] > 0 and row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
         assert row["server_avg_batch"] >= 1 and row["client_cpu_ms_per_request"] > 0
+        assert row["transport"] == "system shared memory"  # each client its own regions, on the server's host
     assert data["server"]["engine_sha256"] == sha256_file(server_engine(server))
+    assert main(["benchmark", "--server", server.address, "--concurrency", "2", "--sizes", "64x64", "--iters", "2", "--warmup", "0",
+                 "--transport", "grpc", "--report", str(report)]) == 0  # fmt: skip
+    assert [row["transport"] for row in json.loads(report.read_text())["results"]] == ["gRPC"]
+    assert main(["benchmark", "--server", server.address, "--transport", "pigeon"]) == 2
+    assert "--transport 'pigeon': choose auto or grpc" in capsys.readouterr().err
 
 
 def server_engine(server: ServerProcess) -> Path:
@@ -388,6 +419,9 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(own_server):
     assert any(when > signalled for when, _ in answers)  # some were answered while the server drained
     log = server.log.read_text()
     assert "stopping: draining in-flight requests" in log and re.search(r"stopped in [\d.]+ s: served 48 request", log)
+    from fcn_deploy.backends.remote_shm import token_path
+
+    assert "through system shared memory" in log and not token_path(server.grpc).exists()  # published while it served, then withdrawn
     assert re.search(r"per image inside the server: .*preprocess [\d.]+ ms, infer [\d.]+ ms", log)
 
 

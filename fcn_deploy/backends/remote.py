@@ -34,6 +34,7 @@ import numpy as np
 from ..errors import FcnDeployError
 from ..meta import ModelMeta
 from .base import Profile, Runner, TensorSpec
+from .remote_shm import SharedMemoryPool
 
 INPUT = "image"
 OUTPUT = "mask"
@@ -127,10 +128,12 @@ class TritonModel:
     """A served fcn-deploy model, over gRPC: uint8 images in, masks out, several requests in flight.
 
     One client is shared by every thread (tritonclient's gRPC client is thread-safe, unlike its
-    gevent-based HTTP client).
+    gevent-based HTTP client).  On the server's host, with the token ``serve`` publishes for its
+    user, images and masks go through system shared memory instead of the gRPC messages
+    (:mod:`.remote_shm`; ``transport`` says which).
     """
 
-    def __init__(self, server: str, model: str = DEFAULT_MODEL, timeout_s: float = 10.0):
+    def __init__(self, server: str, model: str = DEFAULT_MODEL, timeout_s: float = 10.0, shared_memory: bool = True):
         grpcclient = import_grpc_client()
         from tritonclient.utils import InferenceServerException
 
@@ -140,6 +143,7 @@ class TritonModel:
         self.model = model
         self.url = f"grpc://{self.address}/{model}"
         self.client = grpcclient.InferenceServerClient(self.address)
+        self.shared_memory: SharedMemoryPool | None = None
         try:
             ready = self.client.is_server_ready(client_timeout=timeout_s)
         except InferenceServerException as exc:
@@ -159,6 +163,7 @@ class TritonModel:
                 )
             self.config: dict[str, Any] = self.client.get_model_config(model, as_json=True, client_timeout=timeout_s)["config"]
             self._read_interface()
+            self.shared_memory = SharedMemoryPool.open(self.client, self.address) if shared_memory else None
         except InferenceServerException as exc:
             self.client.close()
             raise FcnDeployError(f"{self.url}: {server_message(exc)}") from None
@@ -193,6 +198,11 @@ class TritonModel:
         self.engine = params.get("engine", "?")
         self.engine_sha256 = params.get("engine_sha256", "")
         self.max_batch_size = int(config.get("max_batch_size", 0))
+        self.mask_dtype = mask_dtype(self.meta.num_classes)
+
+    @property
+    def transport(self) -> str:
+        return "system shared memory" if self.shared_memory else "gRPC"
 
     def _inputs(self, images: np.ndarray):
         tensor = self._grpc.InferInput(INPUT, list(images.shape), "UINT8")
@@ -212,15 +222,19 @@ class TritonModel:
         done = threading.Condition()
         finished = [0]
 
-        def on_done(index: int, result, error) -> None:
+        pool = self.shared_memory
+
+        def on_done(index: int, batch: np.ndarray, pair, result, error) -> None:
             try:
                 if error is not None:
                     errors.append(server_message(error))
                 else:
-                    masks[index] = result.as_numpy(OUTPUT)[0]
+                    masks[index] = (pool.masks(pair, batch, self.mask_dtype) if pair else result.as_numpy(OUTPUT))[0]
             except Exception as exc:  # noqa: BLE001 - an exception would vanish in gRPC's callback thread
                 errors.append(f"unreadable response ({exc.__class__.__name__}: {exc})")
             finally:
+                if pair:
+                    pool.release(pair)
                 slots.release()
                 with done:
                     finished[0] += 1
@@ -233,12 +247,16 @@ class TritonModel:
                 slots.release()
                 break
             batch = np.ascontiguousarray(image, dtype=np.uint8)[None]
+            pair = pool.acquire(batch.nbytes, pool.mask_bytes(batch, self.mask_dtype)) if pool else None
+            inputs, outputs = pool.request(self._grpc, pair, batch, self.mask_dtype, INPUT, OUTPUT) if pair else (self._inputs(batch), None)
             try:
                 self.client.async_infer(
-                    self.model, self._inputs(batch), callback=lambda result, error, i=index: on_done(i, result, error),
-                    client_timeout=REQUEST_TIMEOUT_S,
+                    self.model, inputs, outputs=outputs, client_timeout=REQUEST_TIMEOUT_S,
+                    callback=lambda result, error, i=index, b=batch, p=pair: on_done(i, b, p, result, error),
                 )  # fmt: skip
             except self._error as exc:
+                if pair:
+                    pool.release(pair)
                 slots.release()
                 errors.append(server_message(exc))
                 break
@@ -274,6 +292,8 @@ class TritonModel:
         return f"{self.url} ({self.backend}-{self.precision}, {self.engine}, sha256 {self.engine_sha256[:12]})"
 
     def close(self) -> None:
+        if self.shared_memory:
+            self.shared_memory.close()
         self.client.close()
 
     def __enter__(self) -> TritonModel:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..backends.remote import DEFAULT_MODEL, INPUT, OUTPUT, REQUEST_TIMEOUT_S, TritonModel, server_message
+from ..backends.remote_shm import SharedMemoryPool
 from ..data.synthetic import make_scene
 from ..errors import FcnDeployError
 from ..events import SILENT, Listener
@@ -60,45 +61,66 @@ def _check_levels(levels: list[int], text: object) -> None:
 
 
 def _client_loop(address: str, model: str, images: list[np.ndarray], warmup: int, iters: int, start: threading.Barrier,
-                 latencies: list[float], errors: list[str], finished: list[float]) -> None:  # fmt: skip
-    """One client: its own connection, ``warmup`` untimed then ``iters`` timed requests."""
+                 latencies: list[float], errors: list[str], finished: list[float], mask_dtype: type | None,
+                 transports: list[str]) -> None:  # fmt: skip
+    """One client: its own connection, ``warmup`` untimed then ``iters`` timed requests; through its
+    own shared-memory regions where ``mask_dtype`` is given and the server takes this user's token."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(address)
+    pool = SharedMemoryPool.open(client, address) if mask_dtype is not None else None
     try:
+        batches = [image[None] for image in images]
+        pair = pool.acquire(batches[0].nbytes, pool.mask_bytes(batches[0], mask_dtype)) if pool else None
         inputs = []
-        for image in images:
-            tensor = grpcclient.InferInput(INPUT, [1, *image.shape], "UINT8")
-            tensor.set_data_from_numpy(image[None])
+        for batch in batches:
+            tensor = grpcclient.InferInput(INPUT, list(batch.shape), "UINT8")
+            tensor.set_data_from_numpy(batch)
             inputs.append([tensor])
         outputs = [grpcclient.InferRequestedOutput(OUTPUT)]
+
+        def send(i: int) -> None:
+            if pair is None:  # the image in the request, the mask in the response
+                client.infer(model, inputs[i % len(inputs)], outputs=outputs, client_timeout=REQUEST_TIMEOUT_S)
+                return
+            batch = batches[i % len(batches)]  # the image copied into the region, the mask out of it, as a camera's client would
+            shared_inputs, shared_outputs = pool.request(grpcclient, pair, batch, mask_dtype, INPUT, OUTPUT)
+            client.infer(model, shared_inputs, outputs=shared_outputs, client_timeout=REQUEST_TIMEOUT_S)
+            pool.masks(pair, batch, mask_dtype)
+
         for i in range(warmup):
-            client.infer(model, inputs[i % len(inputs)], outputs=outputs, client_timeout=REQUEST_TIMEOUT_S)
+            send(i)
         start.wait()  # every client is warm: the caller reads the server's counters
         start.wait()  # and starts the clock
         for i in range(iters):
             began = time.perf_counter()
-            client.infer(model, inputs[i % len(inputs)], outputs=outputs, client_timeout=REQUEST_TIMEOUT_S)
+            send(i)
             latencies.append((time.perf_counter() - began) * 1000.0)
         finished.append(time.perf_counter())
+        transports.append("system shared memory" if pool else "gRPC")
     except Exception as exc:  # noqa: BLE001 - reported by the caller, with the level
         errors.append(server_message(exc))
         start.abort()
     finally:
+        if pool:
+            pool.close()
         client.close()
 
 
-def measure_level(remote: TritonModel, size: tuple[int, int], concurrency: int, warmup: int, iters: int) -> dict[str, Any]:
+def measure_level(remote: TritonModel, size: tuple[int, int], concurrency: int, warmup: int, iters: int,
+                  shared_memory: bool = True) -> dict[str, Any]:  # fmt: skip
     """One concurrency level at one size: the figures of a result row."""
     height, width = size
     images = [make_scene(BENCH_SEED, i, height, width)[0] for i in range(IMAGES_PER_SIZE)]
     latencies: list[float] = []
     errors: list[str] = []
     finished: list[float] = []
+    transports: list[str] = []
+    dtype = remote.mask_dtype if shared_memory else None
     barrier = threading.Barrier(concurrency + 1)
     threads = [
         threading.Thread(
-            target=_client_loop, args=(remote.address, remote.model, images, warmup, iters, barrier, latencies, errors, finished),
+            target=_client_loop, args=(remote.address, remote.model, images, warmup, iters, barrier, latencies, errors, finished, dtype, transports),
             name=f"fcn-deploy-client-{i}", daemon=True,
         )
         for i in range(concurrency)
@@ -132,6 +154,7 @@ def measure_level(remote: TritonModel, size: tuple[int, int], concurrency: int, 
         "throughput_rps": len(latencies) / wall, "throughput_fps": len(latencies) / wall,
         "median_ms": float(np.percentile(arr, 50)), "p50_ms": float(np.percentile(arr, 50)), "p90_ms": float(np.percentile(arr, 90)),
         "p99_ms": float(np.percentile(arr, 99)), "mean_ms": float(arr.mean()), "min_ms": float(arr.min()), "max_ms": float(arr.max()),
+        "transport": transports[0] if len(set(transports)) == 1 else "mixed",
         "server_avg_batch": inferences / executions if executions else None,
         # the CPU the clients themselves took (gRPC, serialisation), which a shared host takes from the server
         "client_cpu_ms_per_request": client_cpu_s * 1000.0 / max(len(latencies), 1),
@@ -189,16 +212,19 @@ def run_server_benchmark(
     sizes: list[tuple[int, int]] | None = None,
     warmup: int = 3,
     iters: int = 20,
+    shared_memory: bool = True,
     listener: Listener = SILENT,
 ) -> dict[str, Any]:
     """Measure every size at every concurrency level; return the report (``results``: one row
-    each).  Progress: the task ``benchmark-server``, one step per size and level."""
+    each).  ``shared_memory``: images and masks through system shared memory where the server
+    takes this user's token (a client on its host), else over gRPC.  Progress: the task
+    ``benchmark-server``, one step per size and level."""
     levels = list(concurrency or [1, 4, 16])
     sizes = list(sizes or [(512, 512)])
     check_runs(warmup, iters)
     _check_levels(levels, ",".join(map(str, levels)))
     alone: EngineAlone | None = None
-    with TritonModel(server, model) as remote, contextlib.ExitStack() as stack:
+    with TritonModel(server, model, shared_memory=shared_memory) as remote, contextlib.ExitStack() as stack:
         if engine is not None:
             if remote.engine and Path(engine).name != remote.engine:
                 raise FcnDeployError(
@@ -209,7 +235,7 @@ def run_server_benchmark(
             stack.callback(alone.close)
         listener.note(
             f"benchmark: {remote.describe()} at {', '.join(f'{h}x{w}' for h, w in sizes)}, concurrency {levels}: each client "
-            f"{warmup} warm-up + {iters} timed requests of one image, back to back"
+            f"{warmup} warm-up + {iters} timed requests of one image, back to back, through {remote.transport}"
         )
         results = []
         listener.start("benchmark-server", total=len(sizes) * len(levels), description="measuring", unit="levels")
@@ -219,7 +245,7 @@ def run_server_benchmark(
                     listener.advance("benchmark-server", 0, description=f"{size[0]}x{size[1]}, {level} client(s)")
                     if alone:
                         alone.block(size)
-                    row = measure_level(remote, size, level, warmup, iters)
+                    row = measure_level(remote, size, level, warmup, iters, shared_memory=remote.shared_memory is not None)
                     label = f"triton-{remote.backend}-{remote.precision}"
                     row.update(backend=remote.backend, precision=remote.precision, label=label)
                     results.append(row)
@@ -241,7 +267,7 @@ def run_server_benchmark(
             "server": {"url": remote.url, "backend": remote.backend, "precision": remote.precision, "engine": remote.engine,
                        "engine_sha256": remote.engine_sha256, "max_batch_size": remote.max_batch_size},
             "engine_alone": alone.summary() if alone else [],
-            "client": {"cpu_count": os.cpu_count(), "connections": "one gRPC connection per client thread"},
+            "client": {"cpu_count": os.cpu_count(), "connections": "one gRPC connection per client thread", "transport": remote.transport},
             "settings": {"concurrency": levels, "sizes": [list(s) for s in sizes], "warmup": warmup, "iters_per_client": iters,
                          "requests": "one image per request, sent back to back; latency measured at the client"},
         }  # fmt: skip

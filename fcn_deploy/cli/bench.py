@@ -34,6 +34,9 @@ def benchmark_command(
     ] = None,
     model: Annotated[str, typer.Option("--model", help="With --server: the served model's name.")] = "fcn",
     concurrency: Annotated[str, typer.Option(help="With --server: concurrent clients per level, e.g. 1,4,16.")] = "1,4,16",
+    transport: Annotated[
+        str, typer.Option("--transport", help="With --server: auto (system shared memory on the server's host, else gRPC) or grpc.")
+    ] = "auto",
     cuda_graph: Annotated[
         bool, typer.Option("--cuda-graph", help="GPU engines that can (TensorRT) replay a CUDA graph per size (trtexec's --useCudaGraph).")
     ] = False,
@@ -76,10 +79,12 @@ def benchmark_command(
             )
         if html:
             raise FcnDeployError("--html pages cover local engines; with --server, write --report JSON")
+        if transport not in ("auto", "grpc"):
+            raise FcnDeployError(f"--transport {transport!r}: choose auto or grpc", options=("transport",))
         levels = parse_concurrency(concurrency)
         result = run_server_benchmark(
             server, engine=engines[0] if engines else None, threads=threads, model=model, concurrency=levels,
-            sizes=parse_sizes(sizes), warmup=warmup, iters=iters, listener=listener,
+            sizes=parse_sizes(sizes), warmup=warmup, iters=iters, shared_memory=transport == "auto", listener=listener,
         )  # fmt: skip
         print_server_results(console, result["results"], levels[0])
         write_report(report, result)

@@ -31,6 +31,7 @@ FLAGS = {
     "queue_delay_us": "--queue-delay-us", "max_batch": "--max-batch", "repo": "--repo", "report": "--report", "html": "--html",
     "tile": "--tile", "tile_overlap": "--tile-overlap", "ray": "--ray", "actors": "--actors", "cpus_per_actor": "--cpus-per-actor",
     "gpus_per_actor": "--gpus-per-actor", "task_inputs": "--task-inputs", "reference": "--reference", "engine": "--engine",
+    "transport": "--transport",
 }  # fmt: skip
 
 

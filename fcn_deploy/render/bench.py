@@ -78,6 +78,9 @@ def print_server_results(console: Console, results: list[dict[str, Any]], first_
     cpu = [f"{r['client_cpu_ms_per_request']:.1f}" for r in results if r.get("client_cpu_ms_per_request") is not None]
     if cpu:
         console.print(f"client CPU per request: {', '.join(cpu)} ms (taken from the server when both share a host)")
+    transports = sorted({r["transport"] for r in results if r.get("transport")})
+    if transports:
+        console.print(f"images and masks through: {', '.join(transports)}")
 
 
 def print_ray_comparison(console: Console, result: dict[str, Any]) -> None:

@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import signal
 import socket
 import sysconfig
@@ -57,6 +58,7 @@ from ..artefacts import has_manifest
 from ..backends import Runner, open_runner, read_manifest
 from ..backends.base import DEFAULT_MAX_BATCH, UNBOUNDED_MAX
 from ..backends.remote import INPUT, INSTALL_HINT, OUTPUT, largest_request, mask_dtype, published_parameters
+from ..backends.remote_shm import publish_token, withdraw_token
 from ..errors import FcnDeployError
 from ..events import SILENT, Listener
 from ..fileio import sha256_file
@@ -65,7 +67,7 @@ from .repository import Enum, check_model_name, to_pbtxt
 
 #: Triton's restricted endpoints, less ``statistics``: the server benchmark reads it, and it only
 #: reads counts.  The repository (load/unload), shared-memory, trace and logging APIs stay behind
-#: PyTriton's access token.
+#: the access token, which only this user's clients on this host can read (:mod:`..backends.remote_shm`).
 RESTRICTED_ENDPOINTS = ["shared-memory", "model-repository", "trace", "logging"]
 #: Seconds Triton waits for in-flight requests when it stops (Triton's default).
 DRAIN_TIMEOUT_S = 30
@@ -254,7 +256,8 @@ def serve(
             metrics_address=host, metrics_port=metrics_port, log_file=log_file, exit_timeout_secs=DRAIN_TIMEOUT_S,
             allow_gpu_metrics=Path("/proc/driver/nvidia").exists(),  # else Triton prints an NVML error on CPU-only hosts
         )  # fmt: skip
-        security = TritonSecurityConfig(restricted_endpoints=list(RESTRICTED_ENDPOINTS))
+        token = secrets.token_urlsafe(32)  # the restricted APIs' token; same-host clients of this user read it
+        security = TritonSecurityConfig(access_token=token, restricted_endpoints=list(RESTRICTED_ENDPOINTS))
         triton = Triton(config=config, workspace=scratch / "workspace", security_config=security)
         stop = threading.Event()
         main_thread = threading.current_thread() is threading.main_thread()
@@ -275,10 +278,14 @@ def serve(
                                  options=("triton_log",)) from None  # fmt: skip
         for sig in previous:
             signal.signal(sig, lambda signum, frame: stop.set())
+        published = publish_token(grpc_port, token)
+        stack.callback(withdraw_token, published)
 
         listener.note(f"serving {engine} as model {name} ({described}, sha256 {sha256})", level="success")
         for line in lines:
             listener.note(line)
+        if published:
+            listener.note(f"  clients of this user on this host send images through system shared memory (token: {published})")
         if triton_log:
             listener.note(f"  Triton's log: {triton_log}")
         while not stop.wait(_POLL_S):
