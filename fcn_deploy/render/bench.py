@@ -26,7 +26,7 @@ def print_peaks(console: Console, report: dict[str, Any]) -> None:
     """The peaks the rows are held against, with the kernel that reached each."""
     for device, peaks in (report.get("machine", {}).get("peaks") or {}).items():
         parts = [f"{kind} {p['gops']:.0f} GOP/s ({escape(p['source'])})" for kind, p in peaks.items()]
-        console.print(f"peaks on {device}: " + "; ".join(parts))
+        console.print(f"peaks on {device} (the best of before and after the engines): " + "; ".join(parts))
     if report.get("machine", {}).get("flop_count"):
         console.print(f"operations counted: {escape(report['machine']['flop_count'])}")
 
