@@ -200,6 +200,36 @@ def test_masks_over_shared_memory_grpc_and_http_equal_the_local_engine(server, r
     assert len(classes) > 2  # the scenes segment into several classes: equality means something
 
 
+def test_a_request_whose_region_cannot_be_made_goes_over_grpc(server, local, monkeypatch):
+    """No room for a larger region (a full /dev/shm, or a server that stopped taking the token):
+    that request's image and mask go over gRPC, with the same mask, the smaller region pair keeps
+    serving its sizes, and the client goes on."""
+    from tritonclient.utils.shared_memory import SharedMemoryException
+
+    with TritonModel(server.address) as model:
+        pool = model.shared_memory
+        assert model.transport == "system shared memory"
+        through_regions = []
+        request = pool.request
+        monkeypatch.setattr(
+            pool, "request", lambda grpc, pair, batch, *rest: through_regions.append(batch.shape) or request(grpc, pair, batch, *rest)
+        )
+        image, larger = scene(3, 97, 131), scene(4, 160, 224)
+        np.testing.assert_array_equal(model.infer(image), local.predict(image))
+        assert through_regions == [(1, 97, 131, 3)] and len(pool._all) == 1
+
+        def no_room(*_):
+            raise SharedMemoryException("unable to create the shared memory region")
+
+        monkeypatch.setattr(pool, "_create", no_room)
+        np.testing.assert_array_equal(model.infer(larger), local.predict(larger))  # over gRPC
+        np.testing.assert_array_equal(model.infer(image), local.predict(image))  # through the smaller pair again
+        assert through_regions == [(1, 97, 131, 3)] * 2 and len(pool._all) == 1
+        monkeypatch.delattr(pool, "_create")  # room again: the pair grows
+        np.testing.assert_array_equal(model.infer(larger), local.predict(larger))
+        assert through_regions[-1] == (1, 160, 224, 3) and len(pool._all) == 1 and pool._all[0].image_bytes == larger.nbytes
+
+
 def test_shared_memory_is_refused_without_the_token_only_this_user_can_read(server, remote):
     from fcn_deploy.backends.remote_shm import GRPC_TOKEN_HEADER, read_token, token_folder, token_path
 

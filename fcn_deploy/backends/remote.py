@@ -247,7 +247,7 @@ class TritonModel:
                 slots.release()
                 break
             batch = np.ascontiguousarray(image, dtype=np.uint8)[None]
-            pair = pool.acquire(batch.nbytes, pool.mask_bytes(batch, self.mask_dtype)) if pool else None
+            pair = self._region_pair(batch)
             inputs, outputs = pool.request(self._grpc, pair, batch, self.mask_dtype, INPUT, OUTPUT) if pair else (self._inputs(batch), None)
             try:
                 self.client.async_infer(
@@ -266,6 +266,17 @@ class TritonModel:
         if errors:
             raise FcnDeployError(f"{self.url}: {errors[0]}")
         return masks  # type: ignore[return-value]
+
+    def _region_pair(self, batch: np.ndarray):
+        """Shared-memory regions for ``batch``, or None: then it goes over gRPC (no shared memory, or no
+        room for a larger region in /dev/shm, or the server refused to map one)."""
+        pool = self.shared_memory
+        if pool is None:
+            return None
+        try:
+            return pool.acquire(batch.nbytes, pool.mask_bytes(batch, self.mask_dtype))
+        except Exception:  # noqa: BLE001 - the same masks come back over gRPC
+            return None
 
     def statistics(self) -> dict[str, int]:
         """The model's cumulative counts from Triton's statistics API (empty when it is restricted):

@@ -157,16 +157,22 @@ class SharedMemoryPool:
                     self._shm.destroy_shared_memory_region(handle)
 
     def acquire(self, image_bytes: int, mask_bytes: int) -> RegionPair:
-        """A free pair of at least these sizes (a smaller free one is replaced by a larger one)."""
+        """A free pair of at least these sizes (a smaller free one is replaced by a larger one, once
+        the larger one exists)."""
         try:
             pair = self._free.get_nowait()
         except queue.Empty:
             return self._create(image_bytes, mask_bytes)
         if pair.image_bytes >= image_bytes and pair.mask_bytes >= mask_bytes:
             return pair
+        try:
+            larger = self._create(max(image_bytes, pair.image_bytes), max(mask_bytes, pair.mask_bytes))
+        except Exception:
+            self._free.put(pair)  # it still serves the smaller requests
+            raise
         self._all.remove(pair)
         self._destroy(pair)
-        return self._create(max(image_bytes, pair.image_bytes), max(mask_bytes, pair.mask_bytes))
+        return larger
 
     def release(self, pair: RegionPair) -> None:
         self._free.put(pair)
