@@ -246,3 +246,35 @@ def test_the_peaks_are_the_best_measured_before_and_after_the_engines(tiny_onnx,
     assert peaks["fp32"]["candidates"] == {"a": 2e-3, "b": 1e6} and peaks["int8"]["candidates"] == {"a": 9e5}
     engine = next(r for r in report["results"] if r["label"] == "onnxruntime-fp32")
     assert engine["peak_gops"] == 1e6 and not engine["above_peak"]
+
+
+def test_each_kernel_counts_at_its_best_size_and_the_best_kernel_is_the_peak(monkeypatch):
+    """No one product size is every kernel's best: each candidate is its best over the sizes, the
+    peak is the best candidate, and the source names the kernel and the size that reached it."""
+    from fcn_deploy.bench import peaks
+
+    rate = {  # GOP/s per (kernel, int8, n): ORT peaks at 1536, OpenVINO at 2048; int8 where OpenVINO is best at 1024
+        ("ort", False, 1024): 300, ("ort", False, 1536): 450, ("ort", False, 2048): 400,
+        ("ov", False, 1024): 200, ("ov", False, 1536): 380, ("ov", False, 2048): 420,
+        ("ort", True, 1024): 1000, ("ort", True, 1536): 1200, ("ort", True, 2048): 1100,
+        ("ov", True, 1024): 1600, ("ov", True, 1536): 1500, ("ov", True, 2048): 1400,
+    }  # fmt: skip
+
+    def seconds(kernel):
+        return lambda int8, n, threads: 2.0 * n**3 / (rate[(kernel, int8, n)] * 1e9)
+
+    def torch_mm(kind, n, threads, device):
+        if n == 2048:
+            raise RuntimeError("out of memory")  # a size a kernel cannot run is skipped, not fatal
+        return 2.0 * n**3 / (150e9 if n == 1536 else 100e9)
+
+    monkeypatch.setattr(peaks, "_onnxruntime", seconds("ort"))
+    monkeypatch.setattr(peaks, "_openvino", seconds("ov"))
+    monkeypatch.setattr(peaks, "_torch", torch_mm)
+    monkeypatch.setattr(peaks, "_has_fp16_arithmetic", lambda device: False)
+    found = peaks._measure("cpu", 2, (1024, 1536, 2048))
+    assert found["fp32"]["gops"] == pytest.approx(450) and found["fp32"]["source"] == "onnxruntime MatMul, 1536x1536x1536, 2 threads"
+    assert found["fp32"]["candidates"] == pytest.approx({"onnxruntime MatMul": 450, "openvino MatMul": 420, "torch.mm": 150})
+    assert found["int8"]["gops"] == pytest.approx(1600) and found["int8"]["source"] == "openvino MatMul, 1024x1024x1024, 2 threads"
+    assert found["int8"]["candidates"] == pytest.approx({"onnxruntime MatMul": 1200, "openvino MatMul": 1600})
+    assert "fp16" not in found
