@@ -217,16 +217,21 @@ def test_phase_kernels_compute_the_transposed_convolution(stride, kernel, pads, 
     (4, (8, 5), [2, 1, 3, 0], [0, 2], 3, [1, 3, 64, 48]),  # uneven, and a crop that starts inside
 ])  # fmt: skip
 @pytest.mark.parametrize("dtype", [np.uint8, np.int32])
+@pytest.mark.parametrize("argmax", ["elementwise", "topk"])
 def test_the_mask_of_an_upsampling_head_is_taken_before_the_upsampling_with_onnx_runtimes_labels(stride, kernel, pads, output_padding,
-                                                                                                crop, shape, dtype):  # fmt: skip
+                                                                                                crop, shape, dtype, argmax, monkeypatch):  # fmt: skip
     """The rewrite leaves no transposed convolution in the graph and gives exactly the argmax of
-    ONNX Runtime's logits of the same ONNX (first maximum on ties, which integer weights make common)."""
+    ONNX Runtime's logits of the same ONNX (first maximum on ties, which integer weights make common),
+    through the elementwise chain of a few classes and through the TopK of many."""
     pytest.importorskip("openvino")
+    if argmax == "topk":
+        monkeypatch.setattr(graphs, "ELEMENTWISE_ARGMAX_CLASSES", 3)  # as if 4 classes were many
     head = upsampling_head(4, stride, kernel, pads, output_padding, crop)
     model = ov_model(head, shape)
     masked = graphs.with_argmax_mask(model, 0, dtype)
     ops = [op.get_type_name() for op in masked.get_ordered_ops()]
     assert "DepthToSpace" in ops and "GroupConvolutionBackpropData" not in ops
+    assert ("TopK" in ops) == (argmax == "topk") and (ops.count("Select") == 3) == (argmax == "elementwise")
     x = np.random.default_rng(6).integers(-2, 3, shape).astype(np.float32)
     logits = ort.InferenceSession(head.SerializeToString(), providers=["CPUExecutionProvider"]).run(["logits"], {"x": x})[0]
     mask = compiled(masked, shape)({0: x})[0]

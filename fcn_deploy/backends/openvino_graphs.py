@@ -133,14 +133,42 @@ def _widens(convert) -> bool:
     return source.is_real() and target.is_real() and target.bitwidth >= source.bitwidth
 
 
+#: From 2 up to this many classes the coarse argmax is a chain of elementwise comparisons
+#: (:func:`_running_argmax`); otherwise one TopK.
+ELEMENTWISE_ARGMAX_CLASSES = 64
+
+
+def _running_argmax(planes: list, index_type: str):
+    """The index of the largest of ``planes`` (plane ``c``: class ``c``'s output phases), the first
+    maximum winning: for each class after the first, ``label = c where x_c > best``, ``best =
+    max(best, x_c)``.
+
+    The comparisons are exact, so the labels are TopK's; but they run elementwise in the layout the
+    convolutions write (OpenVINO fuses the chain into one kernel), where a TopK over a class axis
+    first needs the phases reordered to a planar 5-D tensor (its profiler: the reorder cost more
+    than the TopK)."""
+    import openvino.opset11 as ops
+
+    dtype = np.int32 if index_type == "i32" else np.uint8
+    best, labels = planes[0], None
+    for c in range(1, len(planes)):
+        plane = planes[c]
+        better = ops.greater(plane, best)
+        labels = ops.select(better, ops.constant(np.array(c, dtype)), labels if labels is not None else ops.constant(np.array(0, dtype)))
+        if c < len(planes) - 1:
+            best = ops.maximum(best, plane)
+    return labels.output(0)
+
+
 def _labels_before_upsampling(model, logits, index_type: str):
     """The argmax of ``logits`` taken before a final depthwise transposed convolution (FCN's
     learned upsampling), or None where the logits do not end in one.
 
-    The transposed convolution with stride ``s`` becomes a grouped convolution to its ``s²`` output
-    phases per class (:func:`phase_kernels`) at the coarse resolution; the argmax over the classes
-    runs there, on ``s²``-times fewer pixels per plane and in planar layout, and only the labels are
-    interleaved into the fine grid (DepthToSpace) and cut as the original cut its output.  The
+    The transposed convolution with stride ``s`` becomes, per class, a convolution to its ``s²``
+    output phases (:func:`phase_kernels`) at the coarse resolution (one grouped convolution where
+    the argmax is a TopK); the argmax over the classes runs there, on ``s²``-times fewer pixels per
+    plane, and only the labels are interleaved into the fine grid (DepthToSpace) and cut as the
+    original cut its output.  The
     sums are the transposed convolution's own (in another order), so the labels are its logits'
     argmax; the spatial crops that follow it (Slice) are applied to the labels instead."""
     import openvino.opset11 as ops
@@ -177,13 +205,19 @@ def _labels_before_upsampling(model, logits, index_type: str):
     kernels = phase_kernels(weights.reshape(channels, 1, *weights.shape[3:]), stride)
     taps_h, taps_w = kernels.shape[3:]
     rows, columns = -(-(begin[0] + out_h) // stride), -(-(begin[1] + out_w) // stride)  # phase-grid size the crop needs
-    phases = ops.group_convolution(node.input_value(0), ops.constant(kernels), [1, 1], [taps_h - 1, taps_w - 1],
-                                   [max(0, rows - height), max(0, columns - width)], [1, 1])  # fmt: skip
-    rows, columns = phases.get_output_partial_shape(0).to_shape()[2:]
-    per_class = ops.reshape(phases, np.array([n, channels, stride * stride, rows, columns], np.int64), False)
-    top = ops.topk(per_class, np.int64(1), axis=1, mode="max", sort="none", index_element_type="i32")
-    labels = top.output(1) if index_type == "i32" else ops.convert(top.output(1), index_type).output(0)
-    labels = ops.reshape(labels, np.array([n, stride * stride, rows, columns], np.int64), False)
+    pads = ([taps_h - 1, taps_w - 1], [max(0, rows - height), max(0, columns - width)])
+    if 2 <= channels <= ELEMENTWISE_ARGMAX_CLASSES:
+        coarse = ops.split(node.input_value(0), np.int64(1), channels)  # the small coarse input, not the s²-times larger phases
+        planes = [ops.convolution(coarse.output(c), ops.constant(kernels[c]), [1, 1], *pads, [1, 1]).output(0) for c in range(channels)]
+        rows, columns = planes[0].get_partial_shape().to_shape()[2:]
+        labels = _running_argmax(planes, index_type)
+    else:
+        phases = ops.group_convolution(node.input_value(0), ops.constant(kernels), [1, 1], *pads, [1, 1])
+        rows, columns = phases.get_output_partial_shape(0).to_shape()[2:]
+        per_class = ops.reshape(phases, np.array([n, channels, stride * stride, rows, columns], np.int64), False)
+        top = ops.topk(per_class, np.int64(1), axis=1, mode="max", sort="none", index_element_type="i32")
+        labels = top.output(1) if index_type == "i32" else ops.convert(top.output(1), index_type).output(0)
+        labels = ops.reshape(labels, np.array([n, stride * stride, rows, columns], np.int64), False)
     fine = ops.depth_to_space(labels, "depth_first", stride)
     labels = ops.slice(fine, np.array(begin, np.int64), np.array([begin[0] + out_h, begin[1] + out_w], np.int64),
                        np.array([1, 1], np.int64), np.array([2, 3], np.int64))  # fmt: skip
