@@ -74,6 +74,25 @@ def test_benchmark_reports_baseline_and_engines(tiny_onnx, tiny_checkpoint, tmp_
     assert "vs torch" in capsys.readouterr().out
 
 
+def stand_in_probe(measure):
+    """A stand-in for the peak process whose every measurement is ``measure()``."""
+
+    class Probe:
+        def __init__(self, device, threads):
+            self.device = device
+
+        def measure(self):
+            return measure()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    return Probe
+
+
 def test_engines_are_held_against_the_peak_of_their_own_arithmetic(tiny_onnx, tiny_checkpoint, tmp_path, monkeypatch):
     """An INT8 engine that outruns the FP32 peak is held against the int8 peak; a row above 100 % of its
     peak is flagged as the bug it is (here: a stand-in FP32 peak far below what the engines reach)."""
@@ -86,7 +105,7 @@ def test_engines_are_held_against_the_peak_of_their_own_arithmetic(tiny_onnx, ti
     source.write_bytes(tiny_onnx.read_bytes())
     int8 = build_engine(source, None, BuildOptions(precision="int8", backend="onnxruntime", max_shape=(128, 128), int8_repair="off"))
     stand_in = {"fp32": Peak("fp32", 1e-3, "a stand-in far below any engine"), "int8": Peak("int8", 1e6, "a stand-in above any engine")}
-    monkeypatch.setattr(local, "measure_peaks", lambda device, threads: stand_in)
+    monkeypatch.setattr(local, "PeakProcess", stand_in_probe(lambda: stand_in))
     recorder = Recorder()
     report = run_benchmark([source, tmp_path / int8["engine"]], reference=tiny_checkpoint, sizes=[(64, 64)], warmup=1, iters=2,
                            listener=recorder)  # fmt: skip
@@ -237,7 +256,7 @@ def test_the_peaks_are_the_best_measured_before_and_after_the_engines(tiny_onnx,
     held_down = {"fp32": Peak("fp32", 1e-3, "held down", {"a": 1e-3, "b": 5e-4}), "int8": Peak("int8", 9e5, "int8 first", {"a": 9e5})}
     free = {"fp32": Peak("fp32", 1e6, "free", {"a": 2e-3, "b": 1e6}), "int8": Peak("int8", 1e5, "int8 second", {"a": 1e5})}
     measured = iter([held_down, free])
-    monkeypatch.setattr(local, "measure_peaks", lambda device, threads: next(measured))
+    monkeypatch.setattr(local, "PeakProcess", stand_in_probe(lambda: next(measured)))
     report = run_benchmark([source], reference=tiny_checkpoint, sizes=[(64, 64)], warmup=1, iters=2)
     assert next(measured, None) is None  # measured twice: before and after
     peaks = report["machine"]["peaks"]["cpu"]
@@ -278,3 +297,16 @@ def test_each_kernel_counts_at_its_best_size_and_the_best_kernel_is_the_peak(mon
     assert found["int8"]["gops"] == pytest.approx(1600) and found["int8"]["source"] == "openvino MatMul, 1024x1024x1024, 2 threads"
     assert found["int8"]["candidates"] == pytest.approx({"onnxruntime MatMul": 1200, "openvino MatMul": 1600})
     assert "fp16" not in found
+
+
+def test_one_peak_process_measures_before_and_after():
+    """The process that measures the peaks stays up between the measurements and stops when closed."""
+    from fcn_deploy.bench.peaks import PeakProcess
+
+    with PeakProcess("cpu", 1, sizes=(64,)) as probe:
+        first, second = probe.measure(), probe.measure()
+        pid = probe._process.pid
+        assert probe._process.is_alive()
+    assert not probe._process.is_alive() and pid
+    for found in (first, second):
+        assert found["fp32"].gops > 0 and found["int8"].gops > 0 and "64x64x64, 1 threads" in found["fp32"].source

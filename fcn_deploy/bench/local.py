@@ -18,6 +18,7 @@ size it was timed at, or when it asked for the GPU and its session runs on the C
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -32,7 +33,7 @@ from ..errors import FcnDeployError, require_file
 from ..events import SILENT, Listener
 from ..fileio import sha256_file
 from .flops import count_flops
-from .peaks import FLOP_COUNT, measure_peaks, peak_kind, strongest
+from .peaks import FLOP_COUNT, PeakProcess, peak_kind, strongest
 from .workers import BLOCK, SETTLE_S, Contender, check_runs, time_contenders
 
 
@@ -149,9 +150,11 @@ def run_benchmark(
     )
     listener.note("measuring the attainable peaks (each runtime's own matrix multiply, FP32 and int8) in a process of their own, "
                   "before and after the engines (the best of both)")  # fmt: skip
-    before = {dev: measure_peaks(dev, threads) for dev in devices}
-    timed = time_contenders(contenders, sizes, batch=batch, warmup=warmup, iters=iters, threads=threads, listener=listener)
-    peaks = {dev: strongest(before[dev], measure_peaks(dev, threads)) for dev in devices}
+    with contextlib.ExitStack() as stack:
+        probes = {dev: stack.enter_context(PeakProcess(dev, threads)) for dev in devices}
+        before = {dev: probe.measure() for dev, probe in probes.items()}
+        timed = time_contenders(contenders, sizes, batch=batch, warmup=warmup, iters=iters, threads=threads, listener=listener)
+        peaks = {dev: strongest(before[dev], probe.measure()) for dev, probe in probes.items()}
     machine = {
         "cpu_count": os.cpu_count(),
         "threads": threads or torch.get_num_threads(),
