@@ -150,11 +150,9 @@ def _running_argmax(planes: list, index_type: str):
     import openvino.opset11 as ops
 
     dtype = np.int32 if index_type == "i32" else np.uint8
-    best, labels = planes[0], None
-    for c in range(1, len(planes)):
-        plane = planes[c]
-        better = ops.greater(plane, best)
-        labels = ops.select(better, ops.constant(np.array(c, dtype)), labels if labels is not None else ops.constant(np.array(0, dtype)))
+    best, labels = planes[0], ops.constant(np.array(0, dtype))
+    for c, plane in enumerate(planes[1:], start=1):
+        labels = ops.select(ops.greater(plane, best), ops.constant(np.array(c, dtype)), labels)
         if c < len(planes) - 1:
             best = ops.maximum(best, plane)
     return labels.output(0)
@@ -168,9 +166,9 @@ def _labels_before_upsampling(model, logits, index_type: str):
     output phases (:func:`phase_kernels`) at the coarse resolution (one grouped convolution where
     the argmax is a TopK); the argmax over the classes runs there, on ``s²``-times fewer pixels per
     plane, and only the labels are interleaved into the fine grid (DepthToSpace) and cut as the
-    original cut its output.  The
-    sums are the transposed convolution's own (in another order), so the labels are its logits'
-    argmax; the spatial crops that follow it (Slice) are applied to the labels instead."""
+    original cut its output.  The sums are the transposed convolution's own (in another order), so
+    the labels are its logits' argmax; the spatial crops that follow it (Slice) are applied to the
+    labels instead."""
     import openvino.opset11 as ops
 
     crops, node = [], logits.get_node()
