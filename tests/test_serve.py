@@ -494,6 +494,22 @@ def test_masks_are_int32_beyond_256_classes_and_uint8_up_to_256():
         Segmenter(runner)
 
 
+def test_a_served_openvino_engine_stops_pinning_its_threads_and_keeps_its_masks(engines):
+    """Pinned alike, two served instances queued on the same cores (README, "Serving")."""
+    runner = open_runner(engines["openvino"])
+    images = [scene(i, 64, 96) for i in range(2)]
+    with Segmenter(runner, tile="off") as segmenter:
+        before = [segmenter.predict_batch(images) for _ in range(2)][-1]  # a shape seen twice gets a static graph
+        assert runner._static
+        ServedModel(segmenter)
+        assert not runner._static and runner.compiled.get_property("ENABLE_CPU_PINNING") is False
+        after = [segmenter.predict_batch(images) for _ in range(2)][-1]
+        static = [entry[0].get_compiled_model() for entry in runner._static.values()]
+        assert static and all(compiled.get_property("ENABLE_CPU_PINNING") is False for compiled in static)
+        for mask, again in zip(before, after):
+            np.testing.assert_array_equal(mask, again)
+
+
 def test_a_batch_runs_in_falling_powers_of_two_in_order():
     """So a runner compiling a graph per shape meets at most log2(max batch) + 1 batch sizes per image size."""
     images = [np.full((2, 2, 3), i, np.uint8) for i in range(7)]

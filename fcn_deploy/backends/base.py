@@ -227,6 +227,11 @@ class Runner(abc.ABC):
         Only runners whose ``capabilities.device_infer`` is set implement it."""
         raise NotImplementedError(f"{type(self).__name__} runs on host arrays only (capabilities.device_infer is off)")
 
+    def share_cores(self) -> None:  # noqa: B027 - optional hook
+        """Run from now on as one of several busy processes on the same cores (a served engine
+        shares them with Triton, its clients and the other instances): a runner that pins its
+        threads to cores stops, since processes pinned alike queue on the same core."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 

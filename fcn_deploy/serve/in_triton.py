@@ -50,10 +50,12 @@ class ServedModel:
     one batch in, one mask batch or one refusal per request out, counting what it served.
 
     A request that cannot be segmented (its reason from :func:`~fcn_deploy.backends.remote.request_problem`)
-    gets its own error; the other requests of its batch are served.
+    gets its own error; the other requests of its batch are served.  The engine shares its cores
+    with Triton, the clients on the host and the other instances (:meth:`Runner.share_cores`).
     """
 
     def __init__(self, segmenter: Segmenter, *, listener: Listener = SILENT):
+        segmenter.runner.share_cores()
         self.segmenter = segmenter
         self.profile = segmenter.profile
         self.listener = listener
