@@ -379,6 +379,28 @@ def test_openvino_normalises_uint8_images_in_the_graph_as_numpy_does(openvino_en
         runner.infer_images(images.astype(np.float32))
 
 
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_a_mask_in_the_callers_dtype_equals_the_int64_mask(openvino_engines, tiny_onnx, backend):
+    """``mask_dtype=np.uint8`` gives the int64 mask's labels as uint8 at every call (OpenVINO's
+    static mask graph hands its uint8 labels over without the round trip through int64); the
+    Segmenter asks for its own dtype, so its masks, of one image or several, arrive as uint8 and
+    equal the runner's."""
+    runner = open_runner(openvino_engines["int8"] if backend == "openvino" else tiny_onnx)
+    images = np.stack([make_scene(13, i, 96, 120)[0] for i in range(2)])
+    batch = preprocess(images, runner.meta.mean, runner.meta.std)
+    reference = runner.infer(batch, need_logits=False).mask
+    assert reference.dtype == np.int64
+    for _ in range(3):  # OpenVINO: the dynamic graph first, then the static mask graph
+        got = runner.infer(batch, need_logits=False, mask_dtype=np.uint8).mask
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, reference)
+    assert runner.infer(batch, need_logits=False, mask_dtype=np.int32).mask.dtype == np.int32
+    with Segmenter(runner) as segmenter:
+        masks = segmenter.predict_batch(list(images)) + segmenter.predict_batch([images[1]])
+    assert [mask.dtype for mask in masks] == [np.uint8] * 3
+    np.testing.assert_array_equal(np.stack(masks), reference[[0, 1, 1]])
+
+
 def test_segmenter_hands_uint8_images_to_an_engine_that_normalises_and_floats_to_one_that_does_not(openvino_engines, tiny_onnx):
     """The same masks either way: OpenVINO gets the images (and compiles its image graph), ONNX
     Runtime, which cannot take them, gets numpy's normalised batch."""

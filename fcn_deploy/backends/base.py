@@ -84,7 +84,7 @@ def default_profile(meta: ModelMeta, input_dims: list[int | str] | None = None, 
 class Prediction:
     """What a runner returns: the argmax mask always, the logits when asked for and available."""
 
-    mask: np.ndarray  # int64 N x H x W
+    mask: np.ndarray  # int64 N x H x W, or the ``mask_dtype`` the caller asked for
     logits: np.ndarray | None = None  # float32 N x C x H x W
 
 
@@ -167,26 +167,28 @@ class Runner(abc.ABC):
         mask and, when ``need_logits`` is false, no logits.
         """
 
-    def infer(self, batch: np.ndarray, need_logits: bool = True) -> Prediction:
+    def infer(self, batch: np.ndarray, need_logits: bool = True, mask_dtype: Any = np.int64) -> Prediction:
         """Segment ``batch`` (float32 ``Nx3xHxW``, preprocessed per ``meta``).
 
         With ``need_logits=False`` the logits may be left out of the result (video inference only
-        wants the mask).
+        wants the mask).  ``mask_dtype``: the mask's integer type; a caller that keeps uint8 masks
+        (the :class:`~fcn_deploy.inference.Segmenter`) takes the engine's uint8 mask as it is
+        instead of through int64 and back.
         """
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise FcnDeployError(f"{self.path}: expected an Nx3xHxW batch, got shape {tuple(batch.shape)}")
         n, _, h, w = batch.shape
         self.profile.check(n, h, w)
-        return self._timed(self.infer_impl, np.ascontiguousarray(batch, dtype=self.input_dtype), (n, h, w), need_logits)
+        return self._timed(self.infer_impl, np.ascontiguousarray(batch, dtype=self.input_dtype), (n, h, w), need_logits, mask_dtype)
 
-    def _timed(self, impl, batch: np.ndarray, nhw: tuple[int, int, int], need_logits: bool) -> Prediction:
+    def _timed(self, impl, batch: np.ndarray, nhw: tuple[int, int, int], need_logits: bool, mask_dtype: Any) -> Prediction:
         """Run ``impl`` (a raw run), keep its wall time in :attr:`last_infer_ms`, check its result."""
         start = time.perf_counter()
         raw = impl(batch, need_logits)
         self.last_infer_ms = (time.perf_counter() - start) * 1000.0
-        return self._prediction(raw, nhw, need_logits)
+        return self._prediction(raw, nhw, need_logits, mask_dtype)
 
-    def _prediction(self, raw: dict[str, np.ndarray | None], nhw: tuple[int, int, int], need_logits: bool) -> Prediction:
+    def _prediction(self, raw: dict[str, np.ndarray | None], nhw: tuple[int, int, int], need_logits: bool, mask_dtype: Any) -> Prediction:
         logits, mask = raw.get("logits"), raw.get("mask")
         n, h, w = nhw
         expected = (n, self.meta.num_classes, h, w)
@@ -205,9 +207,9 @@ class Runner(abc.ABC):
         mask = np.asarray(mask)
         if mask.shape != (n, h, w):
             raise FcnDeployError(f"{self.path}: the engine returned a mask of shape {mask.shape}, expected {(n, h, w)}")
-        return Prediction(mask=mask.astype(np.int64, copy=False), logits=logits if need_logits else None)
+        return Prediction(mask=mask.astype(mask_dtype, copy=False), logits=logits if need_logits else None)
 
-    def infer_images(self, images: np.ndarray, need_logits: bool = True) -> Prediction:
+    def infer_images(self, images: np.ndarray, need_logits: bool = True, mask_dtype: Any = np.int64) -> Prediction:
         """Segment ``images`` (``uint8 NxHxWx3`` RGB, not yet normalised): the graph scales and
         normalises them per ``meta``, with the same float32 operations as
         :func:`fcn_deploy.data.images.preprocess`.  Only runners whose ``capabilities.uint8_images``
@@ -216,7 +218,7 @@ class Runner(abc.ABC):
             raise FcnDeployError(f"{self.path}: expected uint8 NxHxWx3 images, got {images.dtype} {tuple(images.shape)}")
         n, h, w, _ = images.shape
         self.profile.check(n, h, w)
-        return self._timed(self.infer_images_impl, np.ascontiguousarray(images), (n, h, w), need_logits)
+        return self._timed(self.infer_images_impl, np.ascontiguousarray(images), (n, h, w), need_logits, mask_dtype)
 
     def infer_images_impl(self, images: np.ndarray, need_logits: bool) -> dict[str, np.ndarray | None]:
         """The raw run of :meth:`infer_images`, with :meth:`infer_impl`'s result."""

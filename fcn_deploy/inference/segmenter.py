@@ -159,7 +159,10 @@ class Segmenter:
         if not self.profile.contains(max(len(images), self.profile.min[0]), height, width):
             run_size = fit_inside(self.profile, height, width)
         with self.times.measure("preprocess"):
-            batch = np.stack([resize_rgb(image, *run_size) for image in images])
+            if len(images) == 1:  # a view, not a copy: the runner copies only what is not contiguous
+                batch = resize_rgb(images[0], *run_size)[None]
+            else:
+                batch = np.stack([resize_rgb(image, *run_size) for image in images])
             if not self.engine_normalises:
                 batch = preprocess(batch, self.meta.mean, self.meta.std)
         return Prepared(batch, (height, width), run_size)
@@ -173,9 +176,9 @@ class Segmenter:
             batch = np.concatenate([batch, np.repeat(batch[-1:], self.profile.min[0] - count, axis=0)])
         with self.times.measure("infer"):
             infer = self.runner.infer_images if self.engine_normalises else self.runner.infer
-            prediction = infer(batch, need_logits=False)
+            prediction = infer(batch, need_logits=False, mask_dtype=self.mask_dtype)
         with self.times.measure("postprocess"):
-            return [resize_mask(mask.astype(self.mask_dtype), *prepared.size) for mask in prediction.mask[:count]]
+            return [resize_mask(mask, *prepared.size) for mask in prediction.mask[:count]]
 
     def _segment(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         return self._run(self._prepare(images))
