@@ -34,14 +34,13 @@ from .base import (
     Capabilities,
     CompileOptions,
     Prediction,
-    Profile,
     Runner,
     TensorSpec,
     TritonSpec,
-    default_profile,
     mask_from_logits,
 )  # fmt: skip
 from .manifest import check_files, read_manifest, refuse
+from .profile import Profile, default_profile
 
 #: fcn-deploy's own backends: name -> "module:class".
 BUILTIN: dict[str, str] = {

@@ -29,8 +29,9 @@ from ..onnxkit import (
     read_onnx,
     relax_input,
 )
-from .base import Backend, CompileOptions, Profile, Runner, TensorSpec, TritonSpec, default_profile, upsample_bilinear
+from .base import Backend, CompileOptions, Runner, TensorSpec, TritonSpec, upsample_bilinear
 from .manifest import major_minor
+from .profile import Profile, default_profile
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 

@@ -41,9 +41,10 @@ from ..data.images import preprocess
 from ..errors import FcnDeployError, first_line, require_file
 from ..events import SILENT, Listener
 from ..meta import ModelMeta
-from .base import Backend, Capabilities, CompileOptions, Profile, Runner, TensorSpec, TritonSpec
+from .base import Backend, Capabilities, CompileOptions, Runner, TensorSpec, TritonSpec
 from .manifest import major_minor
 from .openvino_graphs import with_argmax_mask, with_image_input, with_matmul_upsampling
+from .profile import Profile
 
 INSTALL_HINT = "pip install openvino (a dependency of fcn-deploy; reinstall with `pip install -e .`)"
 #: ``INFERENCE_PRECISION_HINT`` per precision graph (see the module docstring; measured in the README).

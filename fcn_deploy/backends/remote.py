@@ -33,7 +33,8 @@ import numpy as np
 
 from ..errors import FcnDeployError
 from ..meta import ModelMeta
-from .base import Profile, Runner, TensorSpec
+from .base import Runner, TensorSpec
+from .profile import Profile
 from .remote_shm import SharedMemoryPool
 
 INPUT = "image"

@@ -26,7 +26,8 @@ from .. import dtypes
 from ..errors import FcnDeployError, require_file
 from ..events import SILENT, Listener
 from ..meta import ModelMeta
-from .base import Backend, BackendOption, Capabilities, CompileOptions, Profile, Runner, TensorSpec, TritonSpec
+from .base import Backend, BackendOption, Capabilities, CompileOptions, Runner, TensorSpec, TritonSpec
+from .profile import Profile
 from .tensorrt_build import build_plan, builder_settings, network_flags  # noqa: F401 - the API tests import them here
 from .tensorrt_checks import aligned_empty, is_aligned
 from .tensorrt_qdq import qdq_problems

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import FcnDeployError
 from ..events import SILENT, Listener
 from ..fileio import atomic_path, atomic_write_bytes
-from .base import Profile
+from .profile import Profile
 
 
 def network_flags(trt) -> int:

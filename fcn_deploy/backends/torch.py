@@ -15,7 +15,8 @@ import torch
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..errors import FcnDeployError
-from .base import Capabilities, Runner, TensorSpec, default_profile
+from .base import Capabilities, Runner, TensorSpec
+from .profile import default_profile
 
 
 class TorchRunner(Runner):

@@ -54,8 +54,8 @@ import numpy as np
 from .. import backends, dtypes
 from ..artefacts import Kind, kind_of
 from ..backends import Profile, TritonSpec, default_profile, read_manifest
-from ..backends.base import DEFAULT_MAX_BATCH, UNBOUNDED_MAX
 from ..backends.manifest import check_files, refuse
+from ..backends.profile import DEFAULT_MAX_BATCH, UNBOUNDED_MAX
 from ..backends.remote import INPUT, OUTPUT, PROFILE_KEY, mask_dtype, published_parameters
 from ..errors import FcnDeployError
 from ..events import SILENT, Listener

@@ -56,7 +56,7 @@ import numpy as np
 from .. import dtypes
 from ..artefacts import has_manifest
 from ..backends import Runner, open_runner, read_manifest
-from ..backends.base import DEFAULT_MAX_BATCH, UNBOUNDED_MAX
+from ..backends.profile import DEFAULT_MAX_BATCH, UNBOUNDED_MAX
 from ..backends.remote import INPUT, INSTALL_HINT, OUTPUT, largest_request, mask_dtype, published_parameters
 from ..backends.remote_shm import publish_token, withdraw_token
 from ..errors import FcnDeployError

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backends.base import Profile
+from ..backends.profile import Profile
 from ..errors import FcnDeployError
 
 
